@@ -1,0 +1,54 @@
+"""`bpnet` command line: one sub-command per verb, following the TLT workflow.
+
+Each verb lives in `bpnet/commands/<verb>.py` with `add_arguments(parser)` and `run(args)`;
+those modules import nothing heavy at the top, so `bpnet --help` is instant and TensorFlow is
+loaded only by the verbs that need it. A `BpnetError` is printed as `error: ...` with exit 2.
+"""
+
+import argparse
+import importlib
+import sys
+
+from bpnet.errors import BpnetError, RunCancelled
+
+VERBS = {
+    "train": "Train a BodyPoseNet model from a spec (-e SPEC -r RESULTS_DIR).",
+    "prune": "Remove low-magnitude filters from a trained model.",
+    "export": "Export to ONNX (FP32/FP16/INT8) and, with TensorRT, build engines.",
+    "sample-calibration": "Choose calibration images by persons/keypoints per image.",
+    "evaluate": "COCO keypoint AP of a model, a results file, or the ground truth (--oracle).",
+    "inference": "Run a model on images; write COCO results and drawn skeletons.",
+    "bench": "Latency and throughput of a model on a backend.",
+}
+
+
+def _module(verb):
+    return importlib.import_module(f"bpnet.commands.{verb.replace('-', '_')}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="bpnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, help_text in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        _module(verb).add_arguments(p)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return _module(args.verb).run(args) or 0
+    except BpnetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RunCancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

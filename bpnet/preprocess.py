@@ -1,0 +1,110 @@
+"""The one preprocessing path: image file -> network input, and network coords -> image coords.
+
+Training, calibration, evaluation and every inference backend call these functions, so a model
+always sees pixels prepared the same way. Images are BGR uint8 as OpenCV reads them; the network
+input is float32 NHWC: pixel / image_scale - image_offset, per channel.
+
+Two resize modes (the inference spec's `keep_aspect_ratio_mode`):
+- `pad_image_input` (strict): the network input is exactly (H, W); the image is scaled to fit
+  and padded at the right/bottom, so the aspect ratio is kept.
+- `adjust_network_input`: the image is scaled so its height is H and the width follows the aspect
+  ratio, rounded up to a multiple of the stride (padded); needs a backend without a fixed width.
+"""
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from bpnet.errors import BpnetError
+
+STRIDE = 8
+DEFAULT_IMAGE_SCALE = (256.0, 256.0, 256.0)
+DEFAULT_IMAGE_OFFSET = (0.5, 0.5, 0.5)
+PAD_VALUE = 128  # grey in uint8 becomes 0.0 after default normalisation
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an original image was placed in the network input: x_net = x_img * scale (+ padding
+    on the right/bottom only, so no offset)."""
+    scale: float
+    image_hw: tuple   # original (h, w)
+    input_hw: tuple   # network input (H, W)
+
+    def to_image(self, xy):
+        """Network-input pixel coordinates -> original image coordinates (same convention)."""
+        xy = np.asarray(xy, dtype=np.float32)
+        return (xy + 0.5) / self.scale - 0.5
+
+    def to_input(self, xy):
+        xy = np.asarray(xy, dtype=np.float32)
+        return (xy + 0.5) * self.scale - 0.5
+
+
+def check_input_hw(input_hw, where="input_shape"):
+    """(H, W) must be positive multiples of the stride; raise a clear error otherwise."""
+    try:
+        h, w = (int(v) for v in input_hw)
+    except (TypeError, ValueError):
+        raise BpnetError(f"{where}: expected [H, W], got {input_hw!r}") from None
+    if h <= 0 or w <= 0 or h % STRIDE or w % STRIDE:
+        raise BpnetError(f"{where}: H and W must be positive multiples of {STRIDE}, got {h}x{w} "
+                         f"(e.g. {max(STRIDE, h // STRIDE * STRIDE)}x{max(STRIDE, w // STRIDE * STRIDE)})")
+    return h, w
+
+
+def read_image(path):
+    """BGR uint8 image, or a BpnetError naming the file when it is missing or not decodable."""
+    data = np.fromfile(str(path), dtype=np.uint8) if _exists(path) else None
+    if data is None:
+        raise BpnetError(f"image not found: {path}")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise BpnetError(f"image {path} is not a readable image (corrupt or unsupported format)")
+    return image
+
+
+def _exists(path):
+    import os
+    return os.path.isfile(path)
+
+
+def letterbox_image(image, input_hw, mode="pad_image_input"):
+    """Resize + pad a BGR image into the network input. Returns (uint8 image, Letterbox)."""
+    h, w = image.shape[:2]
+    H, W = input_hw
+    if mode == "pad_image_input":
+        scale = min(H / h, W / w)
+        out_h, out_w = H, W
+    elif mode == "adjust_network_input":
+        scale = H / h
+        out_h, out_w = H, int(np.ceil(w * scale / STRIDE) * STRIDE)
+    else:
+        raise BpnetError(f"keep_aspect_ratio_mode: {mode!r} is not one of pad_image_input, adjust_network_input")
+    new_h, new_w = min(out_h, max(1, round(h * scale))), min(out_w, max(1, round(w * scale)))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    canvas = np.full((out_h, out_w, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[:new_h, :new_w] = resized
+    return canvas, Letterbox(scale=scale, image_hw=(h, w), input_hw=(out_h, out_w))
+
+
+def normalize(images, image_scale=DEFAULT_IMAGE_SCALE, image_offset=DEFAULT_IMAGE_OFFSET):
+    """uint8 (..., H, W, 3) -> float32 network input."""
+    images = np.asarray(images, dtype=np.float32)
+    return images / np.asarray(image_scale, np.float32) - np.asarray(image_offset, np.float32)
+
+
+def prepare_batch(images, input_hw, mode="pad_image_input",
+                  image_scale=DEFAULT_IMAGE_SCALE, image_offset=DEFAULT_IMAGE_OFFSET):
+    """A list of BGR images -> (float32 (N, H, W, 3) batch, [Letterbox]).
+
+    In adjust mode images of different aspect ratios get different widths; they are padded to the
+    widest so they still form one batch.
+    """
+    boxed = [letterbox_image(img, input_hw, mode) for img in images]
+    width = max(b[0].shape[1] for b in boxed)
+    batch = np.full((len(boxed), boxed[0][0].shape[0], width, 3), PAD_VALUE, dtype=np.uint8)
+    for i, (img, _) in enumerate(boxed):
+        batch[i, :, : img.shape[1]] = img
+    return normalize(batch, image_scale, image_offset), [b[1] for b in boxed]
