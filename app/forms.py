@@ -1,0 +1,263 @@
+"""The New-run form: parsing and validation of what the user typed (pure: no Streamlit, no store).
+
+Each `parse_*` / `check_*` function raises `BpnetError` naming the field, the value and what is
+allowed; `validate_new_run` runs them all and returns every problem at once, keyed by field, so
+the page can show each message beside its widget while the user types.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bpnet.errors import BpnetError
+from bpnet.preprocess import STRIDE
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
+BUNDLED_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
+
+RESOLUTION_PRESETS = {"224×320": (224, 320), "288×384": (288, 384), "320×448": (320, 448)}
+PRECISIONS = ("FP32", "FP16", "INT8")
+MIN_STAGES, MAX_STAGES = 2, 7
+MAX_SIDE_PX = 2048
+MAX_THRESHOLD = 10.0
+IMAGE_CHECK_SAMPLE = 20   # listed images checked on disk; enough to catch a wrong folder quickly
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    annotations: Path
+    images: Path
+    num_images: int
+    num_people: int            # non-crowd person annotations
+    num_people_with_keypoints: int
+    num_images_with_keypoints: int
+    bundled: bool
+
+
+@dataclass
+class RunRequest:
+    """A validated New-run form; `state.submit_run` turns it into the job system's run spec."""
+    name: str
+    dataset: DatasetInfo
+    base_model: str | None            # None = train a new model; else an existing model's id/path
+    train_epochs: int
+    resolutions: list                 # [(H, W), ...]
+    stages: int
+    thresholds: list                  # prune thresholds, sorted; a sweep when several
+    precisions: list
+    calibration_images: int
+    calibration_batches: int
+    calibration_batch_size: int
+    retrain_epochs: int
+    extra: dict = field(default_factory=dict)
+
+
+def parse_resolution(height, width, what="custom resolution"):
+    """(H, W) as ints, each a positive multiple of the stride (8) and at most 2048."""
+    values = []
+    for name, value in (("H", height), ("W", width)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise BpnetError(f"{what}: {name} = {value!r} is not a number; "
+                             f"give a multiple of {STRIDE} between {STRIDE} and {MAX_SIDE_PX}") from None
+        if not number.is_integer() or number < STRIDE or number > MAX_SIDE_PX or int(number) % STRIDE:
+            raise BpnetError(f"{what}: {name} = {value} is not allowed; H and W must be multiples of "
+                             f"{STRIDE} between {STRIDE} and {MAX_SIDE_PX} (the network's output stride "
+                             f"is {STRIDE}), e.g. {nearest_multiple(number)}")
+        values.append(int(number))
+    return tuple(values)
+
+
+def nearest_multiple(value, step=STRIDE):
+    """The multiple of `step` closest to `value` (for a hint in error messages)."""
+    try:
+        return max(step, min(MAX_SIDE_PX, int(round(float(value) / step)) * step))
+    except (TypeError, ValueError, OverflowError):
+        return 288
+
+
+def collect_resolutions(presets, custom=None):
+    """Chosen preset names plus an optional custom (H, W) -> unique list of (H, W)."""
+    unknown = [p for p in presets if p not in RESOLUTION_PRESETS]
+    if unknown:
+        raise BpnetError(f"input resolution: unknown preset(s) {unknown}; allowed: {list(RESOLUTION_PRESETS)}")
+    chosen = [RESOLUTION_PRESETS[p] for p in presets]
+    if custom is not None:
+        chosen.append(parse_resolution(*custom))
+    if not chosen:
+        raise BpnetError("input resolution: none chosen; pick at least one preset or enter a custom H×W")
+    return list(dict.fromkeys(chosen))
+
+
+def parse_thresholds(text):
+    """'0.05, 0.1 0.2' -> [0.05, 0.1, 0.2] (sorted, unique). Several thresholds make a sweep."""
+    tokens = [t for t in str(text or "").replace(";", ",").replace(",", " ").split() if t]
+    if not tokens:
+        raise BpnetError("prune thresholds: the list is empty; give at least one number such as 0.1 "
+                         "(several, e.g. '0.05, 0.1, 0.2', make a sweep)")
+    values = []
+    for token in tokens:
+        try:
+            value = float(token)
+        except ValueError:
+            raise BpnetError(f"prune thresholds: {token!r} is not a number; "
+                             f"give numbers between 0 and {MAX_THRESHOLD}, separated by commas") from None
+        if not math.isfinite(value) or value < 0 or value > MAX_THRESHOLD:
+            raise BpnetError(f"prune thresholds: {token} is out of range; allowed 0 to {MAX_THRESHOLD} "
+                             "(0 keeps every filter; 0.05-3.0 is the useful range)")
+        values.append(value)
+    return sorted(set(values))
+
+
+def parse_int(value, what, low, high):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BpnetError(f"{what}: {value!r} is not a number; allowed whole numbers {low} to {high}") from None
+    if not number.is_integer() or not low <= number <= high:
+        raise BpnetError(f"{what}: {value} is not allowed; allowed whole numbers {low} to {high}")
+    return int(number)
+
+
+def check_precisions(precisions):
+    chosen = list(dict.fromkeys(precisions or []))
+    if not chosen:
+        raise BpnetError(f"precisions: none chosen; pick at least one of {list(PRECISIONS)}")
+    unknown = [p for p in chosen if p not in PRECISIONS]
+    if unknown:
+        raise BpnetError(f"precisions: unknown {unknown}; allowed {list(PRECISIONS)}")
+    return [p for p in PRECISIONS if p in chosen]
+
+
+def default_images_dir(annotations):
+    """COCO's layout: annotations/person_keypoints_<split>.json beside the image folder <split>/."""
+    annotations = Path(annotations)
+    split = annotations.stem.split("_")[-1]
+    return annotations.parent.parent / split
+
+
+def inspect_coco_dataset(annotations, images=None, bundled=False):
+    """Check a COCO person-keypoint dataset (exists, is COCO JSON, images present) -> DatasetInfo."""
+    text = str(annotations or "").strip()
+    if not text:
+        raise BpnetError("dataset: no annotations file given; enter the path of a COCO "
+                         "person_keypoints_*.json file")
+    annotations = Path(text).expanduser()
+    if annotations.is_dir():
+        found = sorted(annotations.glob("annotations/person_keypoints_*.json"))
+        if not found:
+            raise BpnetError(f"dataset: {annotations} is a folder without annotations/person_keypoints_*.json; "
+                             "give the annotations JSON file itself")
+        annotations = found[0]
+    if not annotations.is_file():
+        raise BpnetError(f"dataset: annotations file {annotations} does not exist")
+    try:
+        data = json.loads(annotations.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BpnetError(f"dataset: {annotations} is not valid JSON ({err})") from None
+    except OSError as err:
+        raise BpnetError(f"dataset: cannot read {annotations} ({err.strerror})") from None
+    _check_coco_layout(data, annotations)
+    images = Path(str(images).strip()).expanduser() if images and str(images).strip() else default_images_dir(annotations)
+    if not images.is_dir():
+        raise BpnetError(f"dataset: image folder {images} does not exist; give the folder holding the "
+                         f"images listed in {annotations.name}")
+    listed = [img.get("file_name", "") for img in data["images"][:IMAGE_CHECK_SAMPLE]]
+    missing = [name for name in listed if not (images / name).is_file()]
+    if missing:
+        raise BpnetError(f"dataset: {len(missing)} of the first {len(listed)} images listed in "
+                         f"{annotations.name} are missing from {images} (e.g. {missing[0]}); "
+                         "is it the right image folder?")
+    people = [a for a in data["annotations"] if not a.get("iscrowd")]
+    with_keypoints = [a for a in people if a.get("num_keypoints", 0) > 0]
+    return DatasetInfo(annotations=annotations.resolve(), images=images.resolve(),
+                       num_images=len(data["images"]), num_people=len(people),
+                       num_people_with_keypoints=len(with_keypoints),
+                       num_images_with_keypoints=len({a["image_id"] for a in with_keypoints}),
+                       bundled=bundled)
+
+
+def _check_coco_layout(data, path):
+    if not isinstance(data, dict):
+        raise BpnetError(f"dataset: {path} is not a COCO annotations file (top level is "
+                         f"{type(data).__name__}, expected an object with images, annotations, categories)")
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
+    if missing:
+        raise BpnetError(f"dataset: {path} is not a COCO annotations file: missing list(s) {missing}")
+    if not any(c.get("keypoints") for c in data["categories"] if isinstance(c, dict)):
+        raise BpnetError(f"dataset: {path} has no category with keypoints; a person-keypoints file "
+                         "(person_keypoints_*.json) is needed")
+    if not any(a.get("num_keypoints", 0) > 0 for a in data["annotations"] if isinstance(a, dict)):
+        raise BpnetError(f"dataset: {path} has no person with labelled keypoints; nothing to train or evaluate on")
+
+
+def check_calibration(images, batches, batch_size, available=None):
+    """The seed's rule: calibration needs at least batch_size × batches images."""
+    images = parse_int(images, "calibration images", 1, 100_000)
+    batches = parse_int(batches, "calibration batches", 1, 10_000)
+    batch_size = parse_int(batch_size, "calibration batch size", 1, 256)
+    if images < batches * batch_size:
+        raise BpnetError(f"calibration: {images} images is fewer than batch size × batches = "
+                         f"{batch_size} × {batches} = {batch_size * batches}; lower the batches or add images")
+    if available is not None and images > available:
+        raise BpnetError(f"calibration images: {images} asked but the dataset has only {available} images")
+    return images, batches, batch_size
+
+
+def validate_new_run(form, dataset_info=None):
+    """All checks of the New-run form -> (RunRequest or None, {field: message}).
+
+    `form` is a dict of the widget values; `dataset_info` a DatasetInfo already checked (the page
+    caches it), otherwise the dataset is inspected here.
+    """
+    errors = {}
+
+    def attempt(key, fn, *args):
+        try:
+            return fn(*args)
+        except BpnetError as err:
+            errors[key] = str(err)
+            return None
+
+    if dataset_info is None:
+        if form.get("dataset") == "bundled":
+            dataset_info = attempt("dataset", inspect_coco_dataset, BUNDLED_ANNOTATIONS, BUNDLED_IMAGES, True)
+        else:
+            dataset_info = attempt("dataset", inspect_coco_dataset, form.get("annotations"), form.get("images"))
+    custom = (form.get("custom_h"), form.get("custom_w")) if form.get("use_custom") else None
+    resolutions = attempt("resolution", collect_resolutions, form.get("presets", []), custom)
+    stages = attempt("stages", parse_int, form.get("stages"), "stages", MIN_STAGES, MAX_STAGES)
+    thresholds = attempt("thresholds", parse_thresholds, form.get("thresholds"))
+    precisions = attempt("precisions", check_precisions, form.get("precisions"))
+    train_epochs = attempt("train_epochs", parse_int, form.get("train_epochs", 1), "training epochs", 1, 1000)
+    retrain_epochs = attempt("retrain_epochs", parse_int, form.get("retrain_epochs"), "retrain epochs", 0, 1000)
+    base_model = None
+    if form.get("base") == "existing":
+        base_model = form.get("existing_model") or None
+        if base_model is None:
+            errors["base"] = "base model: 'existing trained model' chosen but none picked; pick one or train a new model"
+    calibration = (None, None, None)
+    if precisions and "INT8" in precisions:
+        available = dataset_info.num_images if dataset_info else None
+        calibration = attempt("calibration", check_calibration, form.get("cal_images"),
+                              form.get("cal_batches"), form.get("cal_batch_size"), available) or calibration
+    if errors:
+        return None, errors
+    name = str(form.get("name") or "").strip() or default_run_name(thresholds, resolutions, precisions)
+    return RunRequest(name=name, dataset=dataset_info, base_model=base_model, train_epochs=train_epochs,
+                      resolutions=resolutions, stages=stages, thresholds=thresholds, precisions=precisions,
+                      calibration_images=calibration[0] or 0, calibration_batches=calibration[1] or 0,
+                      calibration_batch_size=calibration[2] or 0, retrain_epochs=retrain_epochs), {}
+
+
+def default_run_name(thresholds, resolutions, precisions):
+    res = ",".join(f"{h}x{w}" for h, w in resolutions)
+    return f"pth {','.join(f'{t:g}' for t in thresholds)} @ {res} {'/'.join(precisions)}"
+
+
+def count_results(request):
+    """How many evaluated models the sweep produces: one per resolution × threshold × precision."""
+    return len(request.resolutions) * len(request.thresholds) * len(request.precisions)

@@ -1,0 +1,184 @@
+"""Dashboard logic without Streamlit: form validation, Pareto front, figures, skeleton overlays."""
+
+import json
+
+import numpy as np
+import pytest
+
+from app import charts, forms, overlay
+from bpnet.errors import BpnetError
+
+
+# ---------------------------------------------------------------- form validation
+
+@pytest.mark.parametrize("h, w", [(288, 384), (8, 8), ("224", "320.0"), (2048, 64)])
+def test_resolution_accepts_multiples_of_8(h, w):
+    assert forms.parse_resolution(h, w) == (int(float(h)), int(float(w)))
+
+
+@pytest.mark.parametrize("h, w, fragment", [(290, 384, "H = 290"), (288, 383, "W = 383"), (0, 64, "H = 0"),
+                                            ("abc", 64, "not a number"), (4096, 64, "H = 4096"),
+                                            (288.5, 384, "H = 288.5")])
+def test_resolution_rejects_with_field_value_and_rule(h, w, fragment):
+    with pytest.raises(BpnetError, match="multiple") as err:
+        forms.parse_resolution(h, w)
+    assert fragment in str(err.value)
+
+
+def test_resolution_error_suggests_the_nearest_multiple():
+    with pytest.raises(BpnetError, match="e.g. 288"):
+        forms.parse_resolution(290, 384)
+
+
+def test_collect_resolutions_merges_presets_and_custom_without_repeats():
+    assert forms.collect_resolutions(["288×384", "224×320"], (288, 384)) == [(288, 384), (224, 320)]
+    with pytest.raises(BpnetError, match="none chosen"):
+        forms.collect_resolutions([], None)
+    with pytest.raises(BpnetError, match="unknown preset"):
+        forms.collect_resolutions(["300×300"])
+
+
+def test_thresholds_parse_sorted_unique_and_reject_bad_lists():
+    assert forms.parse_thresholds("0.2, 0.05;0.1 0.1") == [0.05, 0.1, 0.2]
+    for text, fragment in (("", "empty"), ("  ,  ", "empty"), ("0.1, x", "'x' is not a number"),
+                           ("-0.1", "out of range"), ("11", "out of range"), ("nan", "out of range")):
+        with pytest.raises(BpnetError, match=fragment):
+            forms.parse_thresholds(text)
+
+
+def test_calibration_follows_the_seed_rule():
+    assert forms.check_calibration(16, 2, 8) == (16, 2, 8)
+    with pytest.raises(BpnetError, match="8 × 3 = 24"):
+        forms.check_calibration(16, 3, 8)
+    with pytest.raises(BpnetError, match="only 80 images"):
+        forms.check_calibration(100, 1, 1, available=80)
+
+
+def test_bundled_dataset_inspection_counts_people(coco_mini):
+    info = forms.inspect_coco_dataset(*coco_mini)
+    assert (info.num_images, info.num_people_with_keypoints, info.num_images_with_keypoints) == (80, 86, 28)
+
+
+def test_images_folder_defaults_to_coco_layout(coco_mini):
+    info = forms.inspect_coco_dataset(coco_mini[0], "")
+    assert info.images == coco_mini[1].resolve()
+
+
+def test_dataset_errors_name_the_path(tmp_path, coco_mini):
+    with pytest.raises(BpnetError, match="does not exist"):
+        forms.inspect_coco_dataset(tmp_path / "nope.json", coco_mini[1])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(BpnetError, match="not valid JSON"):
+        forms.inspect_coco_dataset(bad, coco_mini[1])
+    bad.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(BpnetError, match=r"missing list\(s\) \['categories'\]"):
+        forms.inspect_coco_dataset(bad, coco_mini[1])
+    with pytest.raises(BpnetError, match="image folder .* does not exist"):
+        forms.inspect_coco_dataset(coco_mini[0], tmp_path / "no-images")
+    with pytest.raises(BpnetError, match="missing from"):
+        forms.inspect_coco_dataset(coco_mini[0], tmp_path)
+
+
+def good_form(**changes):
+    form = {"dataset": "bundled", "base": "train", "train_epochs": 2, "presets": ["288×384"],
+            "use_custom": False, "stages": 2, "thresholds": "0.1, 0.5", "precisions": ["FP32", "INT8"],
+            "cal_images": 16, "cal_batches": 2, "cal_batch_size": 8, "retrain_epochs": 1}
+    form.update(changes)
+    return form
+
+
+def test_valid_form_gives_a_request_and_result_count():
+    request, errors = forms.validate_new_run(good_form())
+    assert errors == {}
+    assert request.thresholds == [0.1, 0.5] and request.precisions == ["FP32", "INT8"]
+    assert forms.count_results(request) == 4
+    assert request.dataset.bundled and request.name
+
+
+def test_invalid_form_reports_every_field_at_once(tmp_path):
+    _, errors = forms.validate_new_run(good_form(
+        dataset="path", annotations=str(tmp_path / "missing.json"), use_custom=True, custom_h=100,
+        custom_w=64, thresholds="", stages=9, precisions=[], base="existing"))
+    assert set(errors) == {"dataset", "resolution", "thresholds", "stages", "precisions", "base"}
+    assert "does not exist" in errors["dataset"] and "H = 100" in errors["resolution"]
+
+
+def test_calibration_is_only_checked_for_int8():
+    _, errors = forms.validate_new_run(good_form(precisions=["FP32"], cal_images=1))
+    assert errors == {}
+    _, errors = forms.validate_new_run(good_form(cal_images=1))
+    assert "calibration" in errors
+
+
+# ---------------------------------------------------------------- charts
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(10, 0.5), (5, 0.4), (20, 0.6), (12, 0.45), (5, 0.3), (30, 0.6)]
+    assert charts.pareto_front(points) == [1, 0, 2]
+    assert charts.pareto_front([]) == []
+    assert charts.pareto_front([(1, 0.1), (1, 0.1)]) == [0]
+
+
+def result_row(label, latency, ap, precision="FP32", **extra):
+    row = {"label": label, "pth": 0.1, "input_h": 288, "input_w": 384, "stages": 2, "precision": precision,
+           "latency_ms": latency, "AP": ap, "APm": ap and ap * 0.8, "APl": ap and ap * 1.1, "params": 1e6,
+           "model_size_mb": 4.0}
+    row.update(extra)
+    return row
+
+
+def test_ap_vs_latency_figure_highlights_the_front_and_skips_missing_values():
+    rows = [result_row("a", 10, 0.5), result_row("b", 5, 0.4, "INT8"), result_row("c", 12, 0.45),
+            result_row("pending", None, None)]
+    fig = charts.ap_vs_latency_figure(rows)
+    names = [t.name for t in fig.data]
+    assert names == ["FP32", "INT8", "Pareto front"]
+    front = fig.data[-1]
+    assert list(front.x) == [5, 10] and list(front.y) == [0.4, 0.5]
+    assert "pth" in front.hovertemplate and front.customdata[0][3] == 2
+
+
+def test_other_figures_build_from_rows():
+    rows = [result_row("a", 10, 0.5), result_row("b", 5, 0.4, "INT8", params=2e5)]
+    area = charts.ap_by_area_figure(rows)
+    assert [t.name for t in area.data] == ["AP medium", "AP large"]
+    size = charts.size_vs_ap_figure(rows)
+    assert sorted(size.data[0].x) == [1.0]   # millions of parameters
+    latency = charts.latency_by_precision_figure(rows)
+    assert [t.name for t in latency.data] == ["FP32", "INT8"]
+    loss = charts.loss_curve_figure([{"step": 2, "loss": 1.0}, {"step": 1, "loss": 2.0},
+                                     {"step": 1, "loss": 3.0, "stage": "retrain"}])
+    assert list(loss.data[1].y) == [2.0, 1.0]
+
+
+def test_dag_dot_has_every_stage_and_edge():
+    dot = charts.dag_dot([{"id": "t", "label": "train", "status": "done", "parents": []},
+                          {"id": "p", "label": "prune 0.1", "status": "failed", "parents": ["t"]}])
+    assert '"t" -> "p"' in dot and "failed" in dot and charts.STATUS_COLORS["failed"] in dot
+
+
+# ---------------------------------------------------------------- overlays
+
+def test_draw_people_marks_joints_and_limbs():
+    image = np.zeros((100, 100, 3), np.uint8)
+    person = np.zeros((17, 3), np.float32)
+    person[5] = (30, 40, 2)   # left shoulder
+    person[7] = (30, 80, 2)   # left elbow
+    drawn = overlay.draw_people(image, [person])
+    assert drawn.shape == (100, 100, 3)
+    assert drawn[60, 30].any()          # on the upper arm, between the two joints
+    assert not drawn[10, 90].any()      # nothing far away
+    assert not overlay.draw_people(image, []).any()
+
+
+def test_read_results_groups_by_image_and_rejects_garbage(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([{"image_id": 3, "keypoints": [1.0] * 51, "score": 0.9},
+                                {"image_id": 3, "keypoints": [2.0] * 51, "score": 0.5},
+                                {"image_id": 4, "keypoints": "broken"}]))
+    people = overlay.read_results(path)
+    assert list(people) == [3] and len(people[3]) == 2
+    path.write_text("{")
+    with pytest.raises(BpnetError, match="not valid JSON"):
+        overlay.read_results(path)
