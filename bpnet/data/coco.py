@@ -1,0 +1,194 @@
+"""COCO person-keypoint reader: any COCO-format annotations file + its image folder -> samples.
+
+Each image becomes a `Sample` holding the network parts (skeleton order, original pixels) of the
+people that are trained on, and the segmentations of the regions the loss must ignore: crowd
+regions and people with fewer than `min_keypoints` labelled keypoints (they are people, but the
+targets cannot show them, so training them as background would teach the network to miss people).
+
+Errors are checked where they can be cheaply: the JSON structure and every image file's existence
+up front (a typo in a folder fails in a second, not after an hour); whether a JPEG decodes is
+checked when the sample is read (`bpnet.preprocess.read_image` names the file).
+"""
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from bpnet.errors import BpnetError
+from bpnet.fileio import read_json
+
+MAX_LISTED = 5  # missing files / bad annotations named in one error message
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_id: int
+    image_path: Path
+    height: int
+    width: int
+    parts: np.ndarray        # (num_people, P, 3) float32, (x, y, v) in original image pixels
+    boxes: np.ndarray        # (num_people, 4) float32 COCO boxes (x, y, w, h) of the same people
+    ignore_regions: tuple    # COCO segmentations (polygons or RLE) or boxes masked out of the loss
+
+    @property
+    def num_people(self):
+        return int(self.parts.shape[0])
+
+
+def load_coco_samples(annotations, images_dir, skeleton, min_keypoints=1, include_images_without_people=True):
+    """All images of a COCO person-keypoints file as `Sample`s, in image-id order.
+
+    Raises BpnetError when the file is missing/empty/not COCO, has no person category with the
+    skeleton's keypoints, has a malformed keypoint list, has no trainable person at all, or when
+    an image file is missing."""
+    annotations, images_dir = Path(annotations), Path(images_dir)
+    coco = read_coco(annotations)
+    category_id = person_category(coco, annotations, skeleton)
+    num_keypoints = len(skeleton.coco_keypoints)
+    check_keypoint_lengths(coco, annotations, category_id, num_keypoints)
+    samples = []
+    for image_id in sorted(coco.getImgIds()):
+        sample = image_sample(coco, image_id, images_dir, category_id, skeleton, min_keypoints)
+        if sample.num_people or include_images_without_people:
+            samples.append(sample)
+    if not any(s.num_people for s in samples):
+        raise BpnetError(f"COCO annotations file {annotations}: no person with at least {min_keypoints} "
+                         f"labelled keypoints in {len(coco.getImgIds())} images; nothing to train on "
+                         "(check the file, or lower dataset.min_keypoints)")
+    check_images_exist(samples, images_dir)
+    return samples
+
+
+def read_coco(path):
+    """A pycocotools COCO index of the file, with clear errors instead of tracebacks."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise BpnetError(f"COCO annotations file {path} is empty; expected a COCO JSON object "
+                         "with 'images', 'annotations' and 'categories'")
+    data = read_json(path, "COCO annotations file")
+    if not isinstance(data, dict):
+        raise BpnetError(f"COCO annotations file {path}: expected a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise BpnetError(f"COCO annotations file {path}: field {key!r} must be a list, "
+                             f"got {_describe(data.get(key))}")
+    for field, items in (("images", data["images"]), ("annotations", data["annotations"])):
+        for item in items:
+            needed = ("id", "file_name", "height", "width") if field == "images" else ("id", "image_id", "category_id")
+            missing = [k for k in needed if not isinstance(item, dict) or k not in item]
+            if missing:
+                raise BpnetError(f"COCO annotations file {path}: an entry of {field!r} "
+                                 f"(id {item.get('id') if isinstance(item, dict) else item!r}) lacks {missing}")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    return coco
+
+
+def person_category(coco, path, skeleton):
+    """Id of the category named 'person' whose keypoint names are the skeleton's COCO keypoints."""
+    people = [c for c in coco.dataset["categories"] if isinstance(c, dict) and c.get("name") == "person"]
+    if not people or not people[0].get("keypoints"):
+        names = [c.get("name") for c in coco.dataset["categories"] if isinstance(c, dict)]
+        raise BpnetError(f"COCO annotations file {path}: no 'person' category with 'keypoints' "
+                         f"(categories present: {names or 'none'}); a COCO person-keypoints file is needed")
+    category = people[0]
+    if tuple(category["keypoints"]) != tuple(skeleton.coco_keypoints):
+        raise BpnetError(f"COCO annotations file {path}: the person category's keypoints "
+                         f"{category['keypoints']} differ from skeleton {skeleton.name!r}'s "
+                         f"coco_keypoints {list(skeleton.coco_keypoints)}; use a matching skeleton file")
+    return category["id"]
+
+
+def check_keypoint_lengths(coco, path, category_id, num_keypoints):
+    """Every non-crowd person annotation has 3 * K numbers (x, y, v per keypoint)."""
+    bad = []
+    for ann in coco.loadAnns(coco.getAnnIds(catIds=[category_id])):
+        if ann.get("iscrowd"):
+            continue
+        keypoints = ann.get("keypoints", [])
+        if not isinstance(keypoints, list) or len(keypoints) != 3 * num_keypoints \
+                or not all(isinstance(k, (int, float)) for k in keypoints):
+            bad.append(f"id {ann['id']} ({_describe(keypoints)})")
+    if bad:
+        raise BpnetError(f"COCO annotations file {path}: {len(bad)} person annotation(s) with malformed "
+                         f"'keypoints' (need a list of {3 * num_keypoints} numbers x, y, v): "
+                         f"{', '.join(bad[:MAX_LISTED])}{' ...' if len(bad) > MAX_LISTED else ''}")
+
+
+def image_sample(coco, image_id, images_dir, category_id, skeleton, min_keypoints):
+    """The kept people and the ignore regions of one image."""
+    info = coco.imgs[image_id]
+    kept_keypoints, kept_boxes, ignore = [], [], []
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id], catIds=[category_id], iscrowd=None)):
+        keypoints = np.asarray(ann.get("keypoints") or [], np.float32).reshape(-1, 3)
+        num_labelled = int((keypoints[:, 2] > 0).sum()) if keypoints.size else 0
+        if ann.get("iscrowd") or num_labelled < max(min_keypoints, 1):
+            ignore.append(ignore_region(ann))
+        else:
+            kept_keypoints.append(keypoints)
+            kept_boxes.append(ann.get("bbox") or keypoint_box(keypoints))
+    num_parts = skeleton.num_parts
+    parts = skeleton.coco_to_parts(np.stack(kept_keypoints)) if kept_keypoints \
+        else np.zeros((0, num_parts, 3), np.float32)
+    return Sample(image_id=int(image_id), image_path=images_dir / info["file_name"],
+                  height=int(info["height"]), width=int(info["width"]), parts=parts,
+                  boxes=np.asarray(kept_boxes, np.float32).reshape(-1, 4), ignore_regions=tuple(ignore))
+
+
+def ignore_region(ann):
+    """A masked annotation's segmentation, or its box when it has none."""
+    segmentation = ann.get("segmentation")
+    if segmentation:
+        return segmentation
+    return {"box": list(ann.get("bbox") or [0, 0, 0, 0])}
+
+
+def keypoint_box(keypoints):
+    """(x, y, w, h) around the labelled keypoints (for annotations that lack a bbox)."""
+    xy = keypoints[keypoints[:, 2] > 0, :2]
+    (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def check_images_exist(samples, images_dir):
+    missing = [s.image_path.name for s in samples if not s.image_path.is_file()]
+    if missing:
+        raise BpnetError(f"{len(missing)} of {len(samples)} image files named in the annotations are missing "
+                         f"from {images_dir}: {', '.join(missing[:MAX_LISTED])}"
+                         f"{' ...' if len(missing) > MAX_LISTED else ''}")
+
+
+def load_mask(sample):
+    """(height, width) float32 loss mask: 1 = train on it, 0 = crowd or under-labelled person."""
+    mask = np.ones((sample.height, sample.width), np.float32)
+    for region in sample.ignore_regions:
+        mask[region_mask(region, sample.height, sample.width) > 0] = 0.0
+    return mask
+
+
+def region_mask(region, height, width):
+    """(height, width) uint8 of one segmentation: polygons, (un)compressed RLE, or {'box': xywh}."""
+    if isinstance(region, dict) and "box" in region:
+        x, y, w, h = region["box"]
+        out = np.zeros((height, width), np.uint8)
+        out[max(0, int(y)):max(0, int(np.ceil(y + h))), max(0, int(x)):max(0, int(np.ceil(x + w)))] = 1
+        return out
+    if isinstance(region, list):  # polygons: one RLE per polygon, merged (as COCO.annToRLE does)
+        rle = mask_utils.merge(mask_utils.frPyObjects(region, height, width))
+    elif isinstance(region.get("counts"), list):  # uncompressed RLE (crowd regions)
+        rle = mask_utils.frPyObjects(region, height, width)
+    else:
+        rle = region
+    return mask_utils.decode(rle)
+
+
+def _describe(value):
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return f"{type(value).__name__} {value!r}"[:60]
