@@ -27,8 +27,8 @@ def normalize_stats(norms, normalizer="max"):
     """Per-layer normalisation of filter norms.
 
     "max": divide by the largest norm (the strongest filter scores 1).
-    "L2": divide by the L2 norm of all the layer's norms and multiply by their count, as TLT does,
-    so a layer of equal filters scores 1 per filter whatever its width.
+    "L2": divide by the L2 norm of all the layer's norms and multiply by their count, exactly as
+    TLT does (so `-pth` values carry over from TAO); n equal filters then score sqrt(n) each.
     A layer whose filters are all zero scores 0 everywhere (rather than NaN).
     """
     norms = np.asarray(norms, dtype=np.float64)
