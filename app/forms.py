@@ -23,6 +23,7 @@ MIN_STAGES, MAX_STAGES = 2, 7
 MAX_SIDE_PX = 2048
 MAX_THRESHOLD = 10.0
 IMAGE_CHECK_SAMPLE = 20   # listed images checked on disk; enough to catch a wrong folder quickly
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class RunRequest:
     stages: int
     thresholds: list                  # prune thresholds, sorted; a sweep when several
     precisions: list
-    calibration_images: int
+    calibration_images: Path | None   # folder; None when no INT8 result is asked for
     calibration_batches: int
     calibration_batch_size: int
     retrain_epochs: int
@@ -103,11 +104,12 @@ def parse_thresholds(text):
         try:
             value = float(token)
         except ValueError:
-            raise BpnetError(f"prune thresholds: {token!r} is not a number; "
-                             f"give numbers between 0 and {MAX_THRESHOLD}, separated by commas") from None
-        if not math.isfinite(value) or value < 0 or value > MAX_THRESHOLD:
-            raise BpnetError(f"prune thresholds: {token} is out of range; allowed 0 to {MAX_THRESHOLD} "
-                             "(0 keeps every filter; 0.05-3.0 is the useful range)")
+            raise BpnetError(f"prune thresholds: {token!r} is not a number; give numbers above 0 "
+                             f"up to {MAX_THRESHOLD}, separated by commas") from None
+        if not math.isfinite(value) or value <= 0 or value > MAX_THRESHOLD:
+            raise BpnetError(f"prune thresholds: {token} is out of range; allowed above 0 up to "
+                             f"{MAX_THRESHOLD} (0.05-3.0 is the useful range; the unpruned model is "
+                             "always evaluated too)")
         values.append(value)
     return sorted(set(values))
 
@@ -194,17 +196,23 @@ def _check_coco_layout(data, path):
         raise BpnetError(f"dataset: {path} has no person with labelled keypoints; nothing to train or evaluate on")
 
 
-def check_calibration(images, batches, batch_size, available=None):
-    """The seed's rule: calibration needs at least batch_size × batches images."""
-    images = parse_int(images, "calibration images", 1, 100_000)
+def count_images(folder):
+    return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def check_calibration(images_dir, batches, batch_size):
+    """The seed's rule: calibration needs at least batch_size × batches images in its folder."""
     batches = parse_int(batches, "calibration batches", 1, 10_000)
     batch_size = parse_int(batch_size, "calibration batch size", 1, 256)
-    if images < batches * batch_size:
-        raise BpnetError(f"calibration: {images} images is fewer than batch size × batches = "
+    folder = Path(str(images_dir or "").strip()).expanduser()
+    if not str(images_dir or "").strip() or not folder.is_dir():
+        raise BpnetError(f"calibration images: folder {str(images_dir or '')!r} does not exist; "
+                         "give a folder of images like the deployment's (default: the training images)")
+    have = count_images(folder)
+    if have < batches * batch_size:
+        raise BpnetError(f"calibration: {folder} has {have} images, fewer than batch size × batches = "
                          f"{batch_size} × {batches} = {batch_size * batches}; lower the batches or add images")
-    if available is not None and images > available:
-        raise BpnetError(f"calibration images: {images} asked but the dataset has only {available} images")
-    return images, batches, batch_size
+    return folder.resolve(), batches, batch_size
 
 
 def validate_new_run(form, dataset_info=None):
@@ -239,18 +247,18 @@ def validate_new_run(form, dataset_info=None):
         base_model = form.get("existing_model") or None
         if base_model is None:
             errors["base"] = "base model: 'existing trained model' chosen but none picked; pick one or train a new model"
-    calibration = (None, None, None)
+    calibration = (None, 0, 0)
     if precisions and "INT8" in precisions:
-        available = dataset_info.num_images if dataset_info else None
-        calibration = attempt("calibration", check_calibration, form.get("cal_images"),
-                              form.get("cal_batches"), form.get("cal_batch_size"), available) or calibration
+        cal_dir = form.get("cal_images") or (dataset_info.images if dataset_info else "")
+        calibration = attempt("calibration", check_calibration, cal_dir, form.get("cal_batches"),
+                              form.get("cal_batch_size")) or calibration
     if errors:
         return None, errors
     name = str(form.get("name") or "").strip() or default_run_name(thresholds, resolutions, precisions)
     return RunRequest(name=name, dataset=dataset_info, base_model=base_model, train_epochs=train_epochs,
                       resolutions=resolutions, stages=stages, thresholds=thresholds, precisions=precisions,
-                      calibration_images=calibration[0] or 0, calibration_batches=calibration[1] or 0,
-                      calibration_batch_size=calibration[2] or 0, retrain_epochs=retrain_epochs), {}
+                      calibration_images=calibration[0], calibration_batches=calibration[1],
+                      calibration_batch_size=calibration[2], retrain_epochs=retrain_epochs), {}
 
 
 def default_run_name(thresholds, resolutions, precisions):
@@ -259,5 +267,33 @@ def default_run_name(thresholds, resolutions, precisions):
 
 
 def count_results(request):
-    """How many evaluated models the sweep produces: one per resolution × threshold × precision."""
-    return len(request.resolutions) * len(request.thresholds) * len(request.precisions)
+    """How many evaluated models the sweep produces: the unpruned model and one per threshold,
+    each at every resolution and precision."""
+    return len(request.resolutions) * (1 + len(request.thresholds)) * len(request.precisions)
+
+
+def run_spec_dict(request, train_template):
+    """The job system's run spec (see worker/runs.py `RunSpec`) for a validated request.
+
+    `train_template` is the training spec (a dict) used for a new base model; its epochs come
+    from the form and its dataset from the run.
+    """
+    spec = {"name": request.name,
+            "dataset": {"annotations": str(request.dataset.annotations), "images": str(request.dataset.images)},
+            "resolutions": [list(hw) for hw in request.resolutions],
+            "prune_thresholds": list(request.thresholds),
+            "retrain_epochs": request.retrain_epochs,
+            "precisions": [p.lower() for p in request.precisions]}
+    if request.base_model:
+        spec["model"] = str(request.base_model)
+    else:
+        train = json.loads(json.dumps(train_template))
+        train["num_epoch"] = request.train_epochs
+        train["checkpoint_n_epoch"] = min(train.get("checkpoint_n_epoch") or 1, request.train_epochs)
+        spec["train"] = train
+        spec["stages"] = [request.stages]
+    if request.calibration_images is not None:
+        spec["calibration"] = {"images": str(request.calibration_images),
+                               "batch_size": request.calibration_batch_size,
+                               "batches": request.calibration_batches}
+    return spec

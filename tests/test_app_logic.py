@@ -41,17 +41,20 @@ def test_collect_resolutions_merges_presets_and_custom_without_repeats():
 def test_thresholds_parse_sorted_unique_and_reject_bad_lists():
     assert forms.parse_thresholds("0.2, 0.05;0.1 0.1") == [0.05, 0.1, 0.2]
     for text, fragment in (("", "empty"), ("  ,  ", "empty"), ("0.1, x", "'x' is not a number"),
-                           ("-0.1", "out of range"), ("11", "out of range"), ("nan", "out of range")):
+                           ("-0.1", "out of range"), ("0", "out of range"), ("11", "out of range"),
+                           ("nan", "out of range")):
         with pytest.raises(BpnetError, match=fragment):
             forms.parse_thresholds(text)
 
 
-def test_calibration_follows_the_seed_rule():
-    assert forms.check_calibration(16, 2, 8) == (16, 2, 8)
-    with pytest.raises(BpnetError, match="8 × 3 = 24"):
-        forms.check_calibration(16, 3, 8)
-    with pytest.raises(BpnetError, match="only 80 images"):
-        forms.check_calibration(100, 1, 1, available=80)
+def test_calibration_follows_the_seed_rule(coco_mini, tmp_path):
+    assert forms.check_calibration(coco_mini[1], 10, 8) == (coco_mini[1].resolve(), 10, 8)
+    with pytest.raises(BpnetError, match="80 images, fewer than .* 9 × 9 = 81"):
+        forms.check_calibration(coco_mini[1], 9, 9)
+    with pytest.raises(BpnetError, match="does not exist"):
+        forms.check_calibration(tmp_path / "none", 1, 1)
+    with pytest.raises(BpnetError, match="batches: 0 is not allowed"):
+        forms.check_calibration(coco_mini[1], 0, 1)
 
 
 def test_bundled_dataset_inspection_counts_people(coco_mini):
@@ -83,7 +86,7 @@ def test_dataset_errors_name_the_path(tmp_path, coco_mini):
 def good_form(**changes):
     form = {"dataset": "bundled", "base": "train", "train_epochs": 2, "presets": ["288×384"],
             "use_custom": False, "stages": 2, "thresholds": "0.1, 0.5", "precisions": ["FP32", "INT8"],
-            "cal_images": 16, "cal_batches": 2, "cal_batch_size": 8, "retrain_epochs": 1}
+            "cal_images": "", "cal_batches": 2, "cal_batch_size": 8, "retrain_epochs": 1}
     form.update(changes)
     return form
 
@@ -92,8 +95,21 @@ def test_valid_form_gives_a_request_and_result_count():
     request, errors = forms.validate_new_run(good_form())
     assert errors == {}
     assert request.thresholds == [0.1, 0.5] and request.precisions == ["FP32", "INT8"]
-    assert forms.count_results(request) == 4
+    assert forms.count_results(request) == 6   # (unpruned + 2 thresholds) x 2 precisions
     assert request.dataset.bundled and request.name
+    assert request.calibration_images == forms.BUNDLED_IMAGES.resolve()   # defaults to the training images
+
+
+def test_request_becomes_a_valid_run_spec():
+    from worker.runs import expand_run, parse_run_spec
+    import yaml
+
+    request, _ = forms.validate_new_run(good_form())
+    template = yaml.safe_load((forms.ROOT / "specs" / "train_small.yaml").read_text())
+    spec = parse_run_spec(forms.run_spec_dict(request, template), "form")
+    assert spec.precisions == ("fp32", "int8") and spec.stages == (2,)
+    evaluations = [n for n in expand_run(spec) if n["kind"] == "evaluate"]
+    assert len(evaluations) == forms.count_results(request)
 
 
 def test_invalid_form_reports_every_field_at_once(tmp_path):
@@ -105,10 +121,10 @@ def test_invalid_form_reports_every_field_at_once(tmp_path):
 
 
 def test_calibration_is_only_checked_for_int8():
-    _, errors = forms.validate_new_run(good_form(precisions=["FP32"], cal_images=1))
+    _, errors = forms.validate_new_run(good_form(precisions=["FP32"], cal_batches=100))
     assert errors == {}
-    _, errors = forms.validate_new_run(good_form(cal_images=1))
-    assert "calibration" in errors
+    _, errors = forms.validate_new_run(good_form(cal_batches=100))
+    assert "800" in errors["calibration"]
 
 
 # ---------------------------------------------------------------- charts
