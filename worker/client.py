@@ -1,0 +1,340 @@
+"""The small API the dashboard (and the `bpnet-studio` CLI) uses. No TensorFlow anywhere.
+
+Every function reads the configuration from the environment (`worker.config.load_config`) unless a
+`config` is passed, and returns plain dicts/lists/paths. Bad input raises `bpnet.errors.BpnetError`
+with a message fit to show as is. Names here are stable; the dashboard depends on them.
+
+Runs
+- `validate_run_spec(spec, base_dir=None) -> RunSpec`
+- `preview_run(spec, base_dir=None) -> dict`   stages, results count, cached stages, time estimate,
+  capable workers, warnings
+- `submit_run(spec, base_dir=None, name=None) -> run_id`
+- `cancel_run(run_id) -> bool`, `rerun(run_id) -> new run_id`
+- `list_runs(status=None, dataset=None, search=None, limit=200, offset=0) -> [dict]`
+- `get_run(run_id) -> dict` (run + spec, stages, edges, events, metrics, artifacts, results)
+- `run_events(run_id, stage_id=None, since_id=0, limit=500)`, `loss_curve(run_id)`
+Results and artifacts
+- `list_results(run_ids=None) -> [flat row]` for Compare
+- `artifact_path(artifact_id) -> Path` (cannot leave the artifact root)
+- `run_bundle(run_id) -> Path` zip of a run's artifacts with a manifest
+Workers
+- `list_workers() -> [dict]` with `alive`
+"""
+
+import json
+import statistics
+import time
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from bpnet.errors import BpnetError
+from worker import artifacts, scheduler
+from worker.config import load_config
+from worker.runs import dataset_label, expand_run, parse_run_spec
+from worker.store import open_store
+
+RESULT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+def _cfg(config):
+    return config or load_config()
+
+
+def get_store(config=None):
+    return open_store(_cfg(config).database_url)
+
+
+def _enqueue_with(config):
+    from worker.celery_app import enqueue_stage, get_app   # celery import only when sending
+    app = get_app(config)
+    return lambda stage: enqueue_stage(app, stage)
+
+
+def _as_dict(spec, source):
+    if isinstance(spec, (str, bytes)):
+        try:
+            spec = yaml.safe_load(spec)
+        except yaml.YAMLError as err:
+            raise BpnetError(f"{source} is not valid YAML: {err}") from None
+    if not isinstance(spec, dict):
+        raise BpnetError(f"{source} must be a mapping of fields, got {type(spec).__name__}")
+    return spec
+
+
+# ------------------------------------------------------------------ runs
+
+def validate_run_spec(spec, base_dir=None, source="run spec"):
+    """Parse and check a run spec (dict or YAML text): the RunSpec, or a BpnetError listing every
+    problem (field, value, what is allowed; missing files; too few calibration images)."""
+    return parse_run_spec(_as_dict(spec, source), source, base_dir)
+
+
+def preview_run(spec, base_dir=None, config=None):
+    """What submitting `spec` would do, without queueing anything:
+    {num_stages, num_results, stages: [{label, kind, cached}], cached: [labels], to_compute,
+     estimate_s (None when no past stage of a kind exists), estimate_basis, workers, warnings}."""
+    config = _cfg(config)
+    run_spec = validate_run_spec(spec, base_dir)
+    nodes = expand_run(run_spec)
+    store = get_store(config)
+    computed = store.keys_computed(n["key"] for n in nodes)
+    rows = [{"label": n["label"], "kind": n["kind"], "cached": n["key"] in computed} for n in nodes]
+    estimate, basis = estimate_seconds([n for n in nodes if n["key"] not in computed], store)
+    workers = list_workers(config)
+    alive = [w for w in workers if w["alive"]]
+    warnings = []
+    if not alive:
+        warnings.append("no worker is online: the run will wait in the queue until one starts "
+                        "(`bpnet-studio worker` or `bpnet-studio up`)")
+    if alive and not any(w["capabilities"].get("tensorrt") for w in alive):
+        warnings.append("no TensorRT worker: results run on ONNX Runtime; TensorRT engines will "
+                        "not be built")
+    return {"num_stages": len(nodes), "num_results": sum(n["kind"] == "evaluate" for n in nodes),
+            "stages": rows, "cached": [r["label"] for r in rows if r["cached"]],
+            "to_compute": sum(not r["cached"] for r in rows), "estimate_s": estimate,
+            "estimate_basis": basis, "workers": alive, "warnings": warnings}
+
+
+def estimate_seconds(nodes, store):
+    """Sum of expected durations of `nodes` from past stages of the same kind (training scaled by
+    its number of steps); (seconds or None, a sentence saying what it is based on)."""
+    history = store.stage_durations()
+    total, unknown = 0.0, []
+    for node in nodes:
+        guess = _guess_duration(node, history)
+        if guess is None:
+            unknown.append(node["kind"])
+        else:
+            total += guess
+    if unknown and len(unknown) == len(nodes) and nodes:
+        return None, "no finished stages of these kinds yet"
+    basis = f"median of {len(history)} past stages"
+    if unknown:
+        basis += f"; no history for {len(unknown)} stage(s) ({', '.join(sorted(set(unknown)))})"
+    return total, basis
+
+
+def _train_steps(params):
+    train = params.get("train_spec") or {}
+    steps = train.get("steps_per_epoch")
+    return (steps * train.get("num_epoch", 1)) if steps else None
+
+
+def _guess_duration(node, history):
+    same_kind = [(p, d) for k, p, d in history if k == node["kind"]]
+    if not same_kind:
+        return None
+    if node["kind"] in scheduler.TRAINING_KINDS:
+        steps = _train_steps(node["params"])
+        per_step = [d / s for p, d in same_kind if (s := _train_steps(p))]
+        if steps and per_step:
+            return statistics.median(per_step) * steps
+    similar = [d for p, d in same_kind
+               if p.get("input_hw") == node["params"].get("input_hw")
+               and p.get("precision") == node["params"].get("precision")]
+    return statistics.median(similar or [d for _, d in same_kind])
+
+
+def submit_run(spec, base_dir=None, name=None, config=None, rerun_of=None):
+    """Validate, create the run and its stage rows, queue the stages that can start; the run id.
+    An invalid spec raises BpnetError and nothing is stored or queued."""
+    config = _cfg(config)
+    run_spec = validate_run_spec(spec, base_dir)
+    if name:
+        run_spec = run_spec.model_copy(update={"name": name})
+    nodes = expand_run(run_spec)
+    store = get_store(config)
+    run_id = store.create_run(run_spec.name or f"run {time.strftime('%Y-%m-%d %H:%M')}",
+                              dataset_label(run_spec), run_spec.model_dump(mode="json"), nodes,
+                              rerun_of=rerun_of)
+    scheduler.advance(store, run_id, _enqueue_with(config), config.artifact_root)
+    return run_id
+
+
+def cancel_run(run_id, config=None):
+    """Cancel a queued or running run; False if it had already finished."""
+    store = get_store(config)
+    _require_run(store, run_id)
+    return scheduler.cancel(store, run_id)
+
+
+def rerun(run_id, config=None):
+    """Submit a run's spec again as a new run (finished stages are reused from the cache)."""
+    store = get_store(config)
+    run = _require_run(store, run_id)
+    return submit_run(run["spec"], name=run["name"], config=config, rerun_of=run_id)
+
+
+def _require_run(store, run_id):
+    run = store.get_run(run_id)
+    if run is None:
+        raise BpnetError(f"run {run_id!r} not found; `bpnet-studio status` lists the runs")
+    return run
+
+
+def list_runs(status=None, dataset=None, search=None, limit=200, offset=0, config=None):
+    """Runs newest first: id, name, status, dataset, created/started/finished_at, error,
+    num_stages, stage_counts {status: n}, progress (0..1), current_stage (label or None),
+    elapsed_s, eta_s (of the running stage, when known)."""
+    store = get_store(config)
+    runs = store.list_runs(status=status, dataset=dataset, search=search, limit=limit, offset=offset)
+    now = time.time()
+    for r in runs:
+        if r["started_at"]:
+            r["elapsed_s"] = (r["finished_at"] or now) - r["started_at"]
+        else:
+            r["elapsed_s"] = None
+    return runs
+
+
+def list_datasets(config=None):
+    return get_store(config).datasets()
+
+
+def get_run(run_id, events_limit=300, config=None):
+    """One run with everything the detail page shows:
+    run fields + spec; stages (kind, label, status, key, parent_id, params, outputs, result,
+    fraction, message, eta_s, error, traceback, attempts, worker_id, source_stage_id, times);
+    edges [(parent_id, stage_id)]; events (last `events_limit`); metrics; artifacts (with
+    stage_id of the *run's* stage, even when reused from another run); results (flat rows)."""
+    config = _cfg(config)
+    store = get_store(config)
+    run = _require_run(store, run_id)
+    stages = store.stages(run_id)
+    producer = {st["id"]: st["source_stage_id"] or st["id"] for st in stages}
+    arts = store.artifacts_of_stages(set(producer.values()))
+    by_producer = {}
+    for a in arts:
+        by_producer.setdefault(a["stage_id"], []).append(a)
+    run_artifacts = []
+    for st in stages:
+        for a in by_producer.get(producer[st["id"]], []):
+            run_artifacts.append({**a, "producer_stage_id": a["stage_id"], "stage_id": st["id"],
+                                  "stage_label": st["label"]})
+    run["stages"] = stages
+    run["edges"] = [(st["parent_id"], st["id"]) for st in stages if st["parent_id"]]
+    run["events"] = store.last_events(run_id, events_limit)
+    run["metrics"] = store.metrics(run_id)
+    run["artifacts"] = run_artifacts
+    run["results"] = list_results([run_id], config)
+    return run
+
+
+def run_events(run_id, stage_id=None, since_id=0, limit=500, config=None):
+    """Events after `since_id` (for live panels that poll)."""
+    return get_store(config).events(run_id=run_id, stage_id=stage_id, since_id=since_id, limit=limit)
+
+
+def loss_curve(run_id, config=None):
+    """Training loss points of a run: [{stage_id, stage_label, epoch, step, loss, time}]."""
+    store = get_store(config)
+    labels = {st["id"]: st["label"] for st in store.stages(run_id)}
+    points = []
+    since = 0
+    while True:
+        batch = store.events(run_id=run_id, since_id=since, limit=5000)
+        if not batch:
+            break
+        since = batch[-1]["id"]
+        points += [{"stage_id": e["stage_id"], "stage_label": labels.get(e["stage_id"]),
+                    "epoch": e["epoch"], "step": e["step"], "loss": e["loss"], "time": e["time"]}
+                   for e in batch if e["loss"] is not None]
+    return points
+
+
+# ------------------------------------------------------------------ results and artifacts
+
+def list_results(run_ids=None, config=None):
+    """One flat row per evaluated model (Compare page): run_id, run_name, dataset, stage_id,
+    label, status (completed | cached), precision, input_hw, resolution ("HxW"), pth (None =
+    unpruned), stages (model stage count), AP..ARl, latency_ms (median), latency_p95_ms,
+    throughput (images/s), cnn_ms_per_image, decode_ms_per_image, params, gflops, size_bytes,
+    backend, device, model_artifact_id, artifact_ids (all of the result's chain)."""
+    store = get_store(config)
+    rows = []
+    for st, run_name, dataset in store.result_rows(run_ids):
+        r = st["result"] or {}
+        rows.append({"run_id": st["run_id"], "run_name": run_name, "dataset": dataset,
+                     "stage_id": st["id"], "label": st["label"], "status": st["status"],
+                     **{k: r.get(k) for k in RESULT_METRICS},
+                     **{k: r.get(k) for k in ("precision", "input_hw", "resolution", "pth", "stages",
+                                              "latency_ms", "latency_p95_ms", "throughput",
+                                              "cnn_ms_per_image", "decode_ms_per_image", "params",
+                                              "gflops", "size_bytes", "backend", "device",
+                                              "model_artifact_id", "artifact_ids")}})
+    return rows
+
+
+def artifact_path(artifact_id, config=None):
+    """The file of an artifact, resolved inside the artifact root (BpnetError otherwise)."""
+    config = _cfg(config)
+    art = get_store(config).artifact(artifact_id)
+    if art is None:
+        raise BpnetError(f"artifact {artifact_id!r} not found")
+    path = artifacts.resolve_inside(config.artifact_root, art["relpath"])
+    if not path.is_file():
+        raise BpnetError(f"artifact {artifact_id!r} ({art['name']}) is missing on disk: {path}")
+    return path
+
+
+def run_bundle(run_id, config=None):
+    """A zip of all of a run's artifacts plus `manifest.json` (run spec and its hash, every file's
+    stage, kind, size and sha256, package versions, devices); returns its path."""
+    config = _cfg(config)
+    run = get_run(run_id, events_limit=0, config=config)
+    seen, files = set(), []
+    for a in run["artifacts"]:
+        if a["id"] in seen:
+            continue
+        seen.add(a["id"])
+        files.append(a)
+    manifest = {"run_id": run_id, "name": run["name"], "spec": run["spec"],
+                "spec_sha256": _spec_hash(run["spec"]), "versions": _versions(),
+                "devices": sorted({r["device"] for r in run["results"] if r.get("device")}),
+                "files": [{"path": f"{a['stage_label']}/{a['name']}", "stage": a["stage_label"],
+                           "kind": a["kind"], "size": a["size"], "sha256": a["sha256"]} for a in files]}
+    out = config.home / "bundles" / f"run-{run_id}.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from bpnet.fileio import atomic_path
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest, indent=2))
+        for a, entry in zip(files, manifest["files"]):
+            zf.write(artifacts.resolve_inside(config.artifact_root, a["relpath"]), entry["path"])
+    return out
+
+
+def _spec_hash(spec):
+    import hashlib
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _versions():
+    from importlib import metadata
+    out = {}
+    for pkg in ("bpnet-studio", "tensorflow", "onnxruntime", "onnx", "tf2onnx", "celery"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# ------------------------------------------------------------------ workers
+
+def list_workers(config=None):
+    """Registered workers: id, hostname, pid, queues (list), capabilities (dict: cpu_count,
+    gpus, tensorflow_gpu, tensorrt, onnxruntime_providers, ...), started_at, heartbeat_at,
+    status, current_stage_id, alive (heartbeat within the last minute)."""
+    now = time.time()
+    rows = get_store(config).workers()
+    for w in rows:
+        w["queues"] = [q for q in w["queues"].split(",") if q]
+        w["alive"] = w["status"] == "online" and now - w["heartbeat_at"] < scheduler.HEARTBEAT_FRESH_S
+    return rows
+
+
+__all__ = ["validate_run_spec", "preview_run", "submit_run", "cancel_run", "rerun", "list_runs",
+           "list_datasets", "get_run", "run_events", "loss_curve", "list_results", "artifact_path",
+           "run_bundle", "list_workers", "estimate_seconds", "get_store"]

@@ -1,0 +1,488 @@
+"""The job store: runs, their stages, progress events, metrics, artifacts and workers (SQLAlchemy 2).
+
+SQLite by default (WAL journal and a busy timeout, so a worker and the dashboard can write at the
+same time), Postgres through `DATABASE_URL`. The schema is created on open and missing columns are
+added, so an older store keeps working after an upgrade.
+
+Status vocabulary
+- run: queued -> running -> completed | failed | cancelled
+- stage: pending (waits for its parent or for the same computation in another run) -> queued ->
+  running -> completed; or cached (an identical stage already completed; its outputs are reused),
+  failed, cancelled, skipped (an ancestor failed).
+Times are UNIX seconds (floats), identical on SQLite and Postgres.
+"""
+
+import json
+import threading
+import time
+import uuid
+
+from sqlalchemy import (Float, ForeignKey, Integer, String, Text, create_engine, event, func,
+                        inspect, select, text, update)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+RUN_ACTIVE = ("queued", "running")
+RUN_FINAL = ("completed", "failed", "cancelled")
+STAGE_DONE = ("completed", "cached")
+STAGE_FINAL = ("completed", "cached", "failed", "cancelled", "skipped")
+STAGE_WAITING = ("pending", "queued")
+
+
+def new_id():
+    return uuid.uuid4().hex[:12]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    dataset: Mapped[str] = mapped_column(String(500), default="", index=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    rerun_of: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Stage(Base):
+    __tablename__ = "stages"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)            # position in the run's topological order
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    key: Mapped[str] = mapped_column(String(64), index=True)   # content-addressed cache key
+    kind: Mapped[str] = mapped_column(String(16))        # train | prune | retrain | export | evaluate
+    label: Mapped[str] = mapped_column(String(200))
+    params_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
+    queue: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    source_stage_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # cache hit
+    artifact_dir: Mapped[str | None] = mapped_column(String(500), nullable=True)  # rel. to root
+    outputs_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    eta_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    queued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    stage_id: Mapped[str] = mapped_column(String(32), index=True)
+    time: Mapped[float] = mapped_column(Float)
+    verb: Mapped[str] = mapped_column(String(32), default="")
+    event: Mapped[str] = mapped_column(String(32), default="")
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    stage_id: Mapped[str] = mapped_column(String(32), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    stage_id: Mapped[str] = mapped_column(String(32), index=True)   # the stage that produced it
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    relpath: Mapped[str] = mapped_column(String(500))   # relative to the artifact root
+    kind: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)   # celery hostname
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(String(200))               # comma-separated
+    capabilities_json: Mapped[str] = mapped_column(Text, default="{}")
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="online")   # online | offline
+    current_stage_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+def row_dict(obj):
+    """A mapped row as a plain dict; `*_json` columns are decoded (key without the suffix)."""
+    out = {}
+    for col in obj.__table__.columns:
+        value = getattr(obj, col.key)
+        if col.key.endswith("_json"):
+            out[col.key[:-5]] = json.loads(value) if value else None
+        else:
+            out[col.key] = value
+    return out
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    # WAL lets the dashboard read while a worker writes; the busy timeout makes concurrent
+    # writers wait instead of failing with "database is locked".
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(database_url):
+    if database_url.startswith("sqlite"):
+        path = database_url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            from pathlib import Path
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(database_url, pool_pre_ping=True)
+
+
+def migrate(engine):
+    """Create missing tables and add missing (nullable or defaulted) columns of existing ones."""
+    Base.metadata.create_all(engine)
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in present:
+                    continue
+                ddl_type = col.type.compile(engine.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {col.name} {ddl_type}'))
+
+
+class Store:
+    """All reads and writes of the job store. Methods return plain dicts, never ORM objects."""
+
+    def __init__(self, database_url):
+        self.database_url = database_url
+        self.engine = make_engine(database_url)
+        migrate(self.engine)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self):
+        self.engine.dispose()
+
+    # ------------------------------------------------------------ runs
+    def create_run(self, name, dataset, spec, stages, rerun_of=None):
+        """Insert a run and its stages (dicts with kind, label, params, key, parent index)."""
+        now = time.time()
+        run_id = new_id()
+        stage_ids = [new_id() for _ in stages]
+        with self.Session.begin() as s:
+            s.add(Run(id=run_id, name=name, status="queued", dataset=dataset,
+                      spec_json=json.dumps(spec), created_at=now, rerun_of=rerun_of))
+            s.flush()
+            for seq, (sid, st) in enumerate(zip(stage_ids, stages)):
+                parent = st.get("parent")
+                s.add(Stage(id=sid, run_id=run_id, seq=seq, key=st["key"], kind=st["kind"],
+                            label=st["label"], params_json=json.dumps(st["params"]),
+                            parent_id=stage_ids[parent] if parent is not None else None,
+                            status="pending", created_at=now))
+        return run_id
+
+    def get_run(self, run_id):
+        with self.Session() as s:
+            run = s.get(Run, run_id)
+            return row_dict(run) if run else None
+
+    def list_runs(self, status=None, dataset=None, search=None, limit=200, offset=0):
+        """Runs, newest first, with stage counts and overall progress."""
+        with self.Session() as s:
+            q = select(Run).order_by(Run.created_at.desc())
+            if status:
+                q = q.where(Run.status.in_([status] if isinstance(status, str) else list(status)))
+            if dataset:
+                q = q.where(Run.dataset == dataset)
+            if search:
+                q = q.where(Run.name.contains(search))
+            runs = [row_dict(r) for r in s.scalars(q.limit(limit).offset(offset))]
+            ids = [r["id"] for r in runs]
+            counts = {}
+            if ids:
+                rows = s.execute(select(Stage.run_id, Stage.status, func.count(), func.sum(Stage.fraction))
+                                 .where(Stage.run_id.in_(ids)).group_by(Stage.run_id, Stage.status))
+                for run_id, status_, n, frac in rows:
+                    counts.setdefault(run_id, {})[status_] = (n, frac or 0.0)
+                current = dict(s.execute(select(Stage.run_id, Stage.label)
+                                         .where(Stage.run_id.in_(ids), Stage.status == "running")).all())
+        for r in runs:
+            by_status = counts.get(r["id"], {})
+            total = sum(n for n, _ in by_status.values())
+            done = sum(n for st, (n, _) in by_status.items() if st in STAGE_FINAL)
+            running_frac = by_status.get("running", (0, 0.0))[1]
+            r["stage_counts"] = {k: n for k, (n, _) in by_status.items()}
+            r["num_stages"] = total
+            r["progress"] = (done + running_frac) / total if total else 0.0
+            r["current_stage"] = current.get(r["id"])
+            del r["spec"]
+        return runs
+
+    def count_runs(self, status=None):
+        with self.Session() as s:
+            q = select(func.count()).select_from(Run)
+            if status:
+                q = q.where(Run.status == status)
+            return s.scalar(q)
+
+    def datasets(self):
+        with self.Session() as s:
+            return sorted(d for d in s.scalars(select(Run.dataset).distinct()) if d)
+
+    def set_run_status(self, run_id, status, error=None, only_from=None):
+        """Set a run's status (and start/finish time); with `only_from`, only from those states."""
+        now = time.time()
+        values = {"status": status}
+        if status == "running":
+            values["started_at"] = func.coalesce(Run.started_at, now)
+        if status in RUN_FINAL:
+            values["finished_at"] = now
+        if error is not None:
+            values["error"] = error
+        with self.Session.begin() as s:
+            q = update(Run).where(Run.id == run_id).values(**values)
+            if only_from:
+                q = q.where(Run.status.in_(only_from))
+            return s.execute(q).rowcount == 1
+
+    def run_status(self, run_id):
+        with self.Session() as s:
+            return s.scalar(select(Run.status).where(Run.id == run_id))
+
+    # ------------------------------------------------------------ stages
+    def stages(self, run_id):
+        with self.Session() as s:
+            q = select(Stage).where(Stage.run_id == run_id).order_by(Stage.seq)
+            return [row_dict(st) for st in s.scalars(q)]
+
+    def stage(self, stage_id):
+        with self.Session() as s:
+            st = s.get(Stage, stage_id)
+            return row_dict(st) if st else None
+
+    def update_stage(self, stage_id, only_from=None, **values):
+        """Update a stage's columns; with `only_from`, only if its status is one of those.
+        Returns True when the row changed (a compare-and-set for status transitions)."""
+        for key in ("params", "outputs", "result"):
+            if key in values:
+                values[f"{key}_json"] = json.dumps(values.pop(key))
+        with self.Session.begin() as s:
+            q = update(Stage).where(Stage.id == stage_id).values(**values)
+            if only_from:
+                q = q.where(Stage.status.in_(only_from))
+            return s.execute(q).rowcount == 1
+
+    def claim_stage(self, stage_id, attempt, worker_id):
+        """Atomically move a queued stage to running for this delivery; False for a stale or
+        duplicate message (another attempt, or the stage already ran), which must be dropped."""
+        now = time.time()
+        with self.Session.begin() as s:
+            q = (update(Stage)
+                 .where(Stage.id == stage_id, Stage.status == "queued", Stage.attempts == attempt)
+                 .values(status="running", worker_id=worker_id, started_at=now, fraction=0.0,
+                         error=None, traceback=None))
+            return s.execute(q).rowcount == 1
+
+    def completed_stage_with_key(self, key, exclude_id=None):
+        """The earliest stage that computed `key` itself (not a cache hit), or None."""
+        with self.Session() as s:
+            q = (select(Stage).where(Stage.key == key, Stage.status == "completed")
+                 .order_by(Stage.finished_at))
+            if exclude_id:
+                q = q.where(Stage.id != exclude_id)
+            st = s.scalars(q.limit(1)).first()
+            return row_dict(st) if st else None
+
+    def active_stage_with_key(self, key, exclude_id):
+        """A queued or running stage computing `key` (in any run), or None."""
+        with self.Session() as s:
+            q = select(Stage).where(Stage.key == key, Stage.status.in_(("queued", "running")),
+                                    Stage.id != exclude_id)
+            st = s.scalars(q.limit(1)).first()
+            return row_dict(st) if st else None
+
+    def runs_waiting_on_key(self, key):
+        """Active runs with a pending stage of this key (they were waiting for it elsewhere)."""
+        with self.Session() as s:
+            q = (select(Stage.run_id).join(Run, Run.id == Stage.run_id)
+                 .where(Stage.key == key, Stage.status == "pending", Run.status.in_(RUN_ACTIVE))
+                 .distinct())
+            return list(s.scalars(q))
+
+    def stages_by_status(self, statuses, older_than=None):
+        with self.Session() as s:
+            q = select(Stage).where(Stage.status.in_(statuses))
+            if older_than is not None:
+                q = q.where(func.coalesce(Stage.queued_at, Stage.created_at) < older_than)
+            return [row_dict(st) for st in s.scalars(q)]
+
+    def stage_durations(self, kinds=None):
+        """(kind, params, duration_s) of stages computed here: the data for time estimates."""
+        with self.Session() as s:
+            q = select(Stage.kind, Stage.params_json, Stage.duration_s).where(
+                Stage.status == "completed", Stage.duration_s.is_not(None))
+            if kinds:
+                q = q.where(Stage.kind.in_(kinds))
+            q = q.order_by(Stage.finished_at.desc()).limit(2000)
+            return [(k, json.loads(p), d) for k, p, d in s.execute(q)]
+
+    def keys_computed(self, keys):
+        """The subset of cache keys that some stage has completed."""
+        keys = list(keys)
+        if not keys:
+            return set()
+        with self.Session() as s:
+            q = select(Stage.key).where(Stage.key.in_(keys), Stage.status == "completed").distinct()
+            return set(s.scalars(q))
+
+    # ------------------------------------------------------------ events, metrics, artifacts
+    def add_event(self, run_id, stage_id, ev):
+        fields = {k: v for k, v in ev.items() if k not in ("stage", "event", "time")}
+        row = Event(run_id=run_id, stage_id=stage_id, time=ev.get("time") or time.time(),
+                    verb=str(ev.get("stage", "")), event=str(ev.get("event", "")),
+                    epoch=_opt_int(ev.get("epoch")), step=_opt_int(ev.get("step")),
+                    loss=_opt_float(ev.get("loss")), fraction=_opt_float(ev.get("fraction")),
+                    message=ev.get("message"), data_json=json.dumps(fields, default=str))
+        with self.Session.begin() as s:
+            s.add(row)
+
+    def events(self, run_id=None, stage_id=None, since_id=0, limit=500, kinds=None):
+        with self.Session() as s:
+            q = select(Event).where(Event.id > since_id).order_by(Event.id)
+            if run_id:
+                q = q.where(Event.run_id == run_id)
+            if stage_id:
+                q = q.where(Event.stage_id == stage_id)
+            if kinds:
+                q = q.where(Event.event.in_(kinds))
+            return [row_dict(e) for e in s.scalars(q.limit(limit))]
+
+    def last_events(self, run_id, limit=200):
+        with self.Session() as s:
+            q = select(Event).where(Event.run_id == run_id).order_by(Event.id.desc()).limit(limit)
+            return [row_dict(e) for e in reversed(list(s.scalars(q)))]
+
+    def add_metrics(self, run_id, stage_id, metrics):
+        with self.Session.begin() as s:
+            for name, value in metrics.items():
+                s.add(Metric(run_id=run_id, stage_id=stage_id, name=name, value=float(value)))
+
+    def metrics(self, run_id):
+        with self.Session() as s:
+            q = select(Metric).where(Metric.run_id == run_id).order_by(Metric.id)
+            return [row_dict(m) for m in s.scalars(q)]
+
+    def add_artifacts(self, stage_id, key, entries):
+        """Record manifest entries (name, relpath, kind, size, sha256); returns their ids."""
+        now = time.time()
+        ids = []
+        with self.Session.begin() as s:
+            for e in entries:
+                aid = new_id()
+                ids.append(aid)
+                s.add(Artifact(id=aid, stage_id=stage_id, key=key, name=e["name"], relpath=e["relpath"],
+                               kind=e["kind"], size=int(e["size"]), sha256=e["sha256"], created_at=now))
+        return ids
+
+    def artifacts_of_stages(self, stage_ids):
+        stage_ids = list(stage_ids)
+        if not stage_ids:
+            return []
+        with self.Session() as s:
+            q = select(Artifact).where(Artifact.stage_id.in_(stage_ids)).order_by(Artifact.created_at)
+            return [row_dict(a) for a in s.scalars(q)]
+
+    def artifact(self, artifact_id):
+        with self.Session() as s:
+            a = s.get(Artifact, artifact_id)
+            return row_dict(a) if a else None
+
+    # ------------------------------------------------------------ results (Compare)
+    def result_rows(self, run_ids=None):
+        """(run, stage) of every evaluate stage that has a result, oldest first."""
+        with self.Session() as s:
+            q = (select(Stage, Run.name, Run.dataset).join(Run, Run.id == Stage.run_id)
+                 .where(Stage.kind == "evaluate", Stage.status.in_(STAGE_DONE),
+                        Stage.result_json.is_not(None))
+                 .order_by(Run.created_at, Stage.seq))
+            if run_ids:
+                q = q.where(Stage.run_id.in_(list(run_ids)))
+            return [(row_dict(st), name, ds) for st, name, ds in s.execute(q)]
+
+    # ------------------------------------------------------------ workers
+    def register_worker(self, worker_id, hostname, pid, queues, capabilities):
+        now = time.time()
+        with self.Session.begin() as s:
+            w = s.get(Worker, worker_id)
+            if w is None:
+                w = Worker(id=worker_id)
+                s.add(w)
+            w.hostname, w.pid, w.queues = hostname, pid, ",".join(queues)
+            w.capabilities_json = json.dumps(capabilities)
+            w.started_at = w.heartbeat_at = now
+            w.status, w.current_stage_id = "online", None
+
+    def heartbeat(self, worker_id, current_stage_id=None, status="online"):
+        with self.Session.begin() as s:
+            s.execute(update(Worker).where(Worker.id == worker_id).values(
+                heartbeat_at=time.time(), current_stage_id=current_stage_id, status=status))
+
+    def workers(self):
+        with self.Session() as s:
+            return [row_dict(w) for w in s.scalars(select(Worker).order_by(Worker.id))]
+
+
+def _opt_int(v):
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _opt_float(v):
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+_STORES = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_store(database_url):
+    """One `Store` per URL and process (engines are pooled; creating one per call is slow)."""
+    with _STORES_LOCK:
+        store = _STORES.get(database_url)
+        if store is None:
+            store = _STORES[database_url] = Store(database_url)
+        return store
