@@ -12,6 +12,7 @@ checked when the sample is read (`bpnet.preprocess.read_image` names the file).
 
 import contextlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,18 +158,29 @@ def keypoint_box(keypoints):
 
 
 def check_images_exist(samples, images_dir):
+    """Every image file is present and not empty (whether it decodes is checked when read)."""
     missing = [s.image_path.name for s in samples if not s.image_path.is_file()]
     if missing:
         raise BpnetError(f"{len(missing)} of {len(samples)} image files named in the annotations are missing "
                          f"from {images_dir}: {', '.join(missing[:MAX_LISTED])}"
                          f"{' ...' if len(missing) > MAX_LISTED else ''}")
+    empty = [s.image_path.name for s in samples if s.image_path.stat().st_size == 0]
+    if empty:
+        raise BpnetError(f"{len(empty)} image files in {images_dir} are empty (0 bytes): "
+                         f"{', '.join(empty[:MAX_LISTED])}{' ...' if len(empty) > MAX_LISTED else ''}")
 
 
 def load_mask(sample):
     """(height, width) float32 loss mask: 1 = train on it, 0 = crowd or under-labelled person."""
     mask = np.ones((sample.height, sample.width), np.float32)
     for region in sample.ignore_regions:
-        mask[region_mask(region, sample.height, sample.width) > 0] = 0.0
+        try:
+            region_pixels = region_mask(region, sample.height, sample.width)
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            raise BpnetError(f"image {sample.image_path.name} (id {sample.image_id}): a crowd or unlabelled "
+                             f"person's 'segmentation' is malformed ({err}); expected polygons "
+                             "[[x1, y1, x2, y2, ...], ...] or an RLE {'size', 'counts'}") from None
+        mask[region_pixels > 0] = 0.0
     return mask
 
 
@@ -185,7 +197,10 @@ def region_mask(region, height, width):
         rle = mask_utils.frPyObjects(region, height, width)
     else:
         rle = region
-    return mask_utils.decode(rle)
+    with warnings.catch_warnings():
+        # pycocotools' decode trips a numpy 2 DeprecationWarning on every call; harmless.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle)
 
 
 def _describe(value):
