@@ -121,6 +121,7 @@ class InferSpec(Strict):
     paf_min_positive_fraction: float = Field(0.8, ge=0, le=1)
     min_parts: int = Field(3, ge=1)           # people with fewer parts are dropped
     min_person_score: float = Field(0.2, ge=0)  # mean score per part below this -> dropped
+    fragment_merge_reach: float = Field(0.0, ge=0, le=5)  # join neck-less pieces of one person; 0 = off
     multi_scale_inference: bool = False
     scales: tuple[float, ...] = (1.0,)
     skeleton: str = "bpnet_18joints"
