@@ -95,7 +95,7 @@ def test_flip_swaps_left_and_right_parts():
 
 
 def test_random_flip_mirrors_image_and_keypoints_of_a_real_sample(samples):
-    sample = next(s for s in samples if s.num_people and s.parts[0, PART["left_wrist"], 2] > 0)
+    sample = next(s for s in samples if s.ignore_regions and s.num_people and s.parts[0, PART["left_wrist"], 2] > 0)
     image, mask = read_image(sample.image_path), load_mask(sample)
     still = AugmentationSpec(flip_lr_prob=0.0, rotate_deg_max=15, translate_ratio_max=0.1)
     always = still.model_copy(update={"flip_lr_prob": 1.0})
@@ -105,6 +105,7 @@ def test_random_flip_mirrors_image_and_keypoints_of_a_real_sample(samples):
     mirrored = place_sample(image, mask, sample.parts, sample.boxes, (96, 128), always,
                             SKELETON.flip_permutation, np.random.default_rng(3))
     assert np.abs(cv2.flip(plain[0], 1).astype(int) - mirrored[0].astype(int)).mean() < 1.0
+    assert plain[1].min() == 0 and np.abs(cv2.flip(plain[1], 1) - mirrored[1]).mean() < 0.01  # the mask follows
     left, right = plain[2][0, PART["left_wrist"]], mirrored[2][0, PART["right_wrist"]]
     assert right[0] == pytest.approx(128 - 1 - left[0], abs=1e-3) and right[1] == pytest.approx(left[1], abs=1e-3)
 
@@ -172,6 +173,20 @@ def test_without_augmentation_the_sample_is_letterboxed_like_inference(samples):
 
 
 # ---------------------------------------------------------------- pipeline
+
+def test_example_carries_the_crowd_mask_at_the_output_stride(samples):
+    from bpnet.data.pipeline import downsample_mask, make_example
+
+    spec = spec_for(**{"dataloader.image_shape": [64, 96]})
+    crowd = max((s for s in samples if s.ignore_regions), key=lambda s: (load_mask(s) == 0).mean())
+    image, heatmaps, pafs, mask = make_example(crowd, spec, SKELETON)
+    assert image.shape == (64, 96, 3) and heatmaps.shape == (8, 12, 19) and pafs.shape == (8, 12, 38)
+    _, placed_mask, _ = place_sample(read_image(crowd.image_path), load_mask(crowd), crowd.parts, crowd.boxes, (64, 96))
+    assert mask.shape == (8, 12, 1) and mask.min() < 0.5
+    assert np.allclose(mask[..., 0], downsample_mask(placed_mask, (8, 12)))
+    clean = next(s for s in samples if not s.ignore_regions)
+    assert np.all(make_example(clean, spec, SKELETON)[3] == 1)
+
 
 def as_numpy(batches):
     return [(x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in batches]

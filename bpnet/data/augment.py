@@ -121,6 +121,7 @@ def warp(image, matrix, input_hw, border_value, interpolation=cv2.INTER_LINEAR):
 def place_sample(image, mask, parts, boxes, input_hw, aug=None, flip_permutation=None, rng=None):
     """(image uint8 (H, W, 3), mask float32 (H, W), parts (N, P, 3) in input pixels).
 
+    `mask` None (nothing to ignore) stays None: an all-ones mask would only cost a warp.
     With `aug` (an AugmentationSpec with enabled=True) and `rng`, a random person-centric
     placement; otherwise the inference letterbox. The mask's border is 1: padding holds no person,
     so it is honest background."""
@@ -131,6 +132,6 @@ def place_sample(image, mask, parts, boxes, input_hw, aug=None, flip_permutation
     else:
         matrix, flipped = letterbox_matrix(image_hw, input_hw), False
         placed, _ = letterbox_image(image, input_hw, "pad_image_input")
-    placed_mask = warp(mask, matrix, input_hw, 1.0)
+    placed_mask = None if mask is None else warp(mask, matrix, input_hw, 1.0)
     placed_parts = transform_parts(parts, matrix, flip_permutation if flipped else None)
     return placed, placed_mask, placed_parts

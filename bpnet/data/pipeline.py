@@ -18,6 +18,7 @@ loop that consumes the dataset in `with data_errors():` to get the BpnetError ba
 """
 
 import contextlib
+import os
 from functools import lru_cache
 
 import cv2
@@ -32,14 +33,23 @@ from bpnet.targets import make_targets
 
 
 def load_samples(spec):
-    """The dataset's samples for a TrainSpec (cached: the COCO index is built once per file)."""
+    """The dataset's samples for a TrainSpec (cached: the COCO index is built once per file
+    version; a long-lived worker still sees an edited annotations file)."""
     ds = spec.dataloader.dataset
-    return _cached_samples(str(ds.annotations), str(ds.images), spec.dataloader.skeleton,
-                           ds.min_keypoints, ds.include_images_without_people)
+    return _cached_samples(str(ds.annotations), _file_version(ds.annotations), str(ds.images),
+                           spec.dataloader.skeleton, ds.min_keypoints, ds.include_images_without_people)
+
+
+def _file_version(path):
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None  # the reader raises the clear error
+    return stat.st_mtime_ns, stat.st_size
 
 
 @lru_cache(maxsize=4)
-def _cached_samples(annotations, images, skeleton, min_keypoints, include_images_without_people):
+def _cached_samples(annotations, version, images, skeleton, min_keypoints, include_images_without_people):
     return tuple(load_coco_samples(annotations, images, load_skeleton(skeleton), min_keypoints,
                                    include_images_without_people))
 
@@ -69,10 +79,11 @@ def make_example(sample, spec, skeleton, rng=None):
     if image.shape[:2] != (sample.height, sample.width):
         raise BpnetError(f"image {sample.image_path} is {image.shape[1]}x{image.shape[0]} pixels but the "
                          f"annotations say {sample.width}x{sample.height}; the file does not match its annotation")
-    placed, mask, parts = place_sample(image, load_mask(sample), sample.parts, sample.boxes, input_hw,
+    mask = load_mask(sample) if sample.ignore_regions else None
+    placed, mask, parts = place_sample(image, mask, sample.parts, sample.boxes, input_hw,
                                        loader.augmentation, skeleton.flip_permutation, rng)
     heatmaps, pafs = make_targets(parts, skeleton, input_hw, loader.targets, STRIDE)
-    grid_mask = downsample_mask(mask, heatmaps.shape[:2])
+    grid_mask = np.ones(heatmaps.shape[:2], np.float32) if mask is None else downsample_mask(mask, heatmaps.shape[:2])
     norm = loader.normalization
     return (normalize(placed, norm.image_scale, norm.image_offset), heatmaps, pafs, grid_mask[..., None])
 
