@@ -1,0 +1,220 @@
+"""Decoder maths on synthetic maps made by the training-target encoder (no TensorFlow)."""
+
+import cv2
+import numpy as np
+import pytest
+
+from bpnet.decode import (CubicUpsampler, cubic_weights, decode, find_peaks, match_limb,
+                          merge_hubless_fragments, person_to_coco, score_limbs)
+from bpnet.preprocess import Letterbox
+from bpnet.skeleton import load_skeleton
+from bpnet.specs import InferSpec, TargetSpec
+from bpnet.targets import make_targets
+
+SKELETON = load_skeleton()
+INPUT_HW = (288, 384)
+STRIDE = 8
+
+
+def standing_person(cx, top, height):
+    """(18, 3) parts of an upright person centred at x=cx, head at `top`, in input pixels."""
+    s = height / 8.0
+    named = {
+        "nose": (0, 0.5), "neck": (0, 1.5), "right_shoulder": (-1, 1.5), "left_shoulder": (1, 1.5),
+        "right_elbow": (-1.3, 3), "left_elbow": (1.3, 3), "right_wrist": (-1.5, 4.3), "left_wrist": (1.5, 4.3),
+        "right_hip": (-0.6, 4.2), "left_hip": (0.6, 4.2), "right_knee": (-0.6, 6), "left_knee": (0.6, 6),
+        "right_ankle": (-0.6, 7.8), "left_ankle": (0.6, 7.8), "right_eye": (-0.25, 0.3),
+        "left_eye": (0.25, 0.3), "right_ear": (-0.5, 0.45), "left_ear": (0.5, 0.45),
+    }
+    parts = np.zeros((SKELETON.num_parts, 3), np.float32)
+    for i, name in enumerate(SKELETON.parts):
+        dx, dy = named[name]
+        parts[i] = (cx + dx * s, top + dy * s, 2)
+    return parts
+
+
+def maps_of(people, input_hw=INPUT_HW):
+    parts = np.stack(people) if people else np.zeros((0, SKELETON.num_parts, 3), np.float32)
+    return make_targets(parts, SKELETON, input_hw, TargetSpec())
+
+
+def assert_same_person(person, truth, tol_px=STRIDE):
+    labelled = truth[:, 2] > 0
+    assert np.array_equal(person.found, labelled)
+    err = np.linalg.norm(person.keypoints[labelled, :2] - truth[labelled, :2], axis=1)
+    assert err.max() <= tol_px, f"max part error {err.max():.2f} px"
+
+
+def match_people(people, truths):
+    """Pair each true person with the decoded person whose neck (or first part) is closest."""
+    pairs = []
+    for truth in truths:
+        ref = int(np.argmax(truth[:, 2] > 0))
+        dist = [np.linalg.norm(p.keypoints[ref, :2] - truth[ref, :2]) if p.found[ref] else np.inf
+                for p in people]
+        pairs.append((people[int(np.argmin(dist))], truth))
+    return pairs
+
+
+# ---------------------------------------------------------------- upsampling and peaks
+
+@pytest.mark.parametrize("h, w, factor", [(36, 48, 8), (5, 7, 3), (28, 40, 4), (6, 6, 1)])
+def test_cubic_weights_reproduce_cv2_resize(h, w, factor):
+    plane = np.random.default_rng(0).random((h, w)).astype(np.float32)
+    expected = cv2.resize(plane, (w * factor, h * factor), interpolation=cv2.INTER_CUBIC)
+    ours = cubic_weights(h, factor) @ plane @ cubic_weights(w, factor).T
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_window_equals_the_same_cells_of_the_fully_upsampled_map():
+    plane = np.random.default_rng(1).random((36, 48)).astype(np.float32)
+    full = cv2.resize(plane, (48 * 8, 36 * 8), interpolation=cv2.INTER_CUBIC)
+    values, rows, cols = CubicUpsampler((36, 48), (8, 8)).window(plane, 0, 20)
+    np.testing.assert_allclose(values, full[np.ix_(rows, cols)], atol=1e-5)
+    assert rows[0] == 0 and cols[0] > 0   # clipped at the top border only
+
+
+@pytest.mark.parametrize("factor", [1, 4, 8])
+def test_peak_position_within_half_a_pixel_of_the_keypoint(factor):
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        truth = np.zeros((1, SKELETON.num_parts, 3), np.float32)
+        truth[0, 0] = (rng.uniform(20, 360), rng.uniform(20, 260), 2)
+        heatmaps, _ = make_targets(truth, SKELETON, INPUT_HW, TargetSpec())
+        peaks = find_peaks(heatmaps, SKELETON.num_parts, 0.1, (factor, factor))
+        assert len(peaks[0]) == 1 and all(len(p) == 0 for p in peaks[1:])
+        assert np.abs(peaks[0][0, :2] - truth[0, 0, :2]).max() < (0.6 if factor > 1 else 4.5)
+
+
+def test_peaks_below_threshold_are_ignored():
+    heatmaps, _ = maps_of([standing_person(190, 40, 200)])
+    assert all(len(p) == 0 for p in find_peaks(heatmaps * 0.09, SKELETON.num_parts, 0.1))
+
+
+# ---------------------------------------------------------------- limbs
+
+def test_limb_score_is_high_along_the_field_and_invalid_against_it():
+    person = standing_person(190, 40, 200)
+    _, pafs = maps_of([person])
+    limb = SKELETON.limbs.index((SKELETON.parts.index("right_hip"), SKELETON.parts.index("right_knee")))
+    a, b = SKELETON.limbs[limb]
+    peaks_a = np.array([[*person[a, :2], 1]], np.float32)
+    peaks_b = np.array([[*person[b, :2], 1]], np.float32)
+    field = pafs[..., 2 * limb:2 * limb + 2]
+    forward = score_limbs(peaks_a, peaks_b, field, INPUT_HW[0], 10, 0.05, 0.8)
+    backward = score_limbs(peaks_b, peaks_a, field, INPUT_HW[0], 10, 0.05, 0.8)
+    assert forward[0, 0] > 0.9
+    assert backward[0, 0] == -np.inf
+
+
+def test_greedy_matching_uses_each_candidate_once_best_first():
+    scores = np.array([[0.9, 0.8], [0.85, -np.inf]], np.float32)
+    assert match_limb(scores) == [(0, 0, pytest.approx(0.9))]
+    assert match_limb(np.array([[0.5, 0.9], [0.8, 0.1]], np.float32)) == \
+        [(0, 1, pytest.approx(0.9)), (1, 0, pytest.approx(0.8))]
+
+
+# ---------------------------------------------------------------- whole decoder
+
+def test_empty_maps_give_no_people():
+    heatmaps, pafs = maps_of([])
+    assert decode(heatmaps, pafs, InferSpec(), SKELETON) == []
+    assert decode(np.zeros_like(heatmaps), np.zeros_like(pafs), InferSpec(min_parts=1), SKELETON) == []
+
+
+def test_single_isolated_part_is_a_person_only_when_min_parts_allows():
+    truth = np.zeros((SKELETON.num_parts, 3), np.float32)
+    wrist = SKELETON.parts.index("left_wrist")
+    truth[wrist] = (100, 120, 2)
+    heatmaps, pafs = maps_of([truth])
+    assert decode(heatmaps, pafs, InferSpec(min_parts=3), SKELETON) == []
+    [person] = decode(heatmaps, pafs, InferSpec(min_parts=1, min_person_score=0.0), SKELETON)
+    assert person.num_parts == 1 and person.found[wrist]
+    assert np.abs(person.keypoints[wrist, :2] - (100, 120)).max() < 1
+
+
+def test_two_people_crossing_are_kept_apart():
+    # Two people side by side whose arms cross: each right wrist reaches past the other's body.
+    left, right = standing_person(150, 40, 200), standing_person(230, 40, 200)
+    rw, lw = SKELETON.parts.index("right_wrist"), SKELETON.parts.index("left_wrist")
+    left[lw, :2] = (205, 150)    # left person's left wrist reaches right, past the other's arm
+    right[rw, :2] = (175, 165)   # right person's right wrist reaches left
+    heatmaps, pafs = maps_of([left, right])
+    people = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    assert len(people) == 2
+    for person, truth in match_people(people, [left, right]):
+        assert_same_person(person, truth)
+
+
+def test_person_cut_by_the_border_keeps_the_parts_inside():
+    truth = standing_person(190, 150, 240)          # legs below the 288-pixel input
+    inside = truth[:, 1] < INPUT_HW[0]
+    heatmaps, pafs = maps_of([truth])
+    [person] = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    assert person.found[inside].all()
+    err = np.linalg.norm(person.keypoints[inside, :2] - truth[inside, :2], axis=1)
+    assert err.max() <= STRIDE
+    assert person.keypoints[person.found, 1].max() < INPUT_HW[0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_round_trip_synthetic_people_within_a_stride(seed):
+    rng = np.random.default_rng(seed)
+    truths = [standing_person(cx, rng.uniform(10, 40), rng.uniform(150, 230))
+              for cx in (60 + 95 * k + rng.uniform(-8, 8) for k in range(4))]
+    heatmaps, pafs = maps_of(truths)
+    people = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    assert len(people) == 4
+    for person, truth in match_people(people, truths):
+        assert_same_person(person, truth)
+
+
+def test_neckless_pieces_merge_only_when_enabled():
+    # Without the neck, the legs share no limb with the upper body (which stays joined through
+    # the shoulder-ear limbs): assembly returns three pieces.
+    truth = standing_person(190, 40, 200)
+    truth[SKELETON.parts.index("neck"), 2] = 0
+    heatmaps, pafs = maps_of([truth])
+    split = decode(heatmaps, pafs, InferSpec(min_parts=1), SKELETON)
+    [merged] = decode(heatmaps, pafs, InferSpec(min_parts=1, fragment_merge_reach=2.0), SKELETON)
+    assert len(split) == 3
+    assert_same_person(merged, truth)
+
+
+def test_fragments_sharing_a_part_are_not_merged():
+    peaks = [np.array([[10.0 * i, 10.0 * i, 1.0]], np.float32) for i in range(SKELETON.num_parts)]
+    hip = SKELETON.parts.index("right_hip")
+    members = np.full((2, SKELETON.num_parts), -1)
+    members[:, hip] = 0
+    members[0, SKELETON.parts.index("right_knee")] = 0
+    merged, _ = merge_hubless_fragments(members, [1.0, 1.0], peaks, SKELETON.limbs, reach=5.0)
+    assert len(merged) == 2
+
+
+def test_coco_entry_in_original_image_coordinates():
+    truth = standing_person(190, 40, 200)
+    heatmaps, pafs = maps_of([truth])
+    [person] = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    box = Letterbox(scale=0.5, image_hw=(576, 768), input_hw=INPUT_HW)
+    entry = person_to_coco(person, box, SKELETON, image_id=7)
+    keypoints = np.array(entry["keypoints"]).reshape(17, 3)
+    assert entry["image_id"] == 7 and entry["category_id"] == 1 and 0 < entry["score"] <= 1
+    expected = SKELETON.parts_to_coco(np.concatenate([box.to_image(truth[:, :2]), truth[:, 2:]], 1))
+    assert np.abs(keypoints[:, :2] - expected[:, :2]).max() <= 2 * STRIDE
+    assert set(keypoints[:, 2]) == {1.0}
+
+
+def test_missing_parts_are_zero_in_the_coco_entry():
+    truth = standing_person(190, 40, 200)
+    truth[SKELETON.parts.index("left_ankle"), 2] = 0
+    heatmaps, pafs = maps_of([truth])
+    [person] = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    entry = person_to_coco(person, Letterbox(1.0, INPUT_HW, INPUT_HW), SKELETON, 1)
+    ankle = SKELETON.coco_keypoints.index("left_ankle")
+    assert entry["keypoints"][3 * ankle:3 * ankle + 3] == [0.0, 0.0, 0.0]
+
+
+def test_maps_with_wrong_channels_are_refused():
+    heatmaps, pafs = maps_of([])
+    with pytest.raises(ValueError, match="PAF channels"):
+        decode(heatmaps, pafs[..., :10], InferSpec(), SKELETON)
