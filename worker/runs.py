@@ -81,6 +81,7 @@ class RunSpec(Strict):
     infer_spec: Optional[Path] = None      # inference spec YAML (input_shape is set per resolution)
     infer: Optional[dict] = None           # ... or inline fields
     benchmark: BenchmarkOptions = BenchmarkOptions()
+    eval_max_images: Optional[int] = Field(None, ge=1)   # None = every annotated image
 
     @field_validator("stages")
     @classmethod
@@ -370,6 +371,7 @@ def _add_export_and_evaluate(spec, add, model, pth, stages_label):
             add("evaluate", f"evaluate {name}",
                 {"infer_spec": infer, "annotations": str(eval_ann), "images": str(eval_images),
                  "benchmark": spec.benchmark.model_dump(mode="json"), "precision": precision,
+                 "max_images": spec.eval_max_images,
                  "input_hw": list(hw), "prune_threshold": pth, "stages_label": stages_label},
                 export, eval_fp)
 
