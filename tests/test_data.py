@@ -293,6 +293,12 @@ def test_missing_image_is_named_up_front(copy_of_coco_mini, samples):
         load_copy(copy_of_coco_mini)
 
 
+def test_missing_images_folder_is_named(coco_mini, tmp_path):
+    annotations, _ = coco_mini
+    with pytest.raises(BpnetError, match=r"images folder not found: .*no_such_dir"):
+        load_coco_samples(annotations, tmp_path / "no_such_dir", SKELETON)
+
+
 @pytest.mark.slow
 def test_corrupt_jpeg_is_named_when_the_pipeline_reads_it(copy_of_coco_mini, samples):
     from bpnet.data.pipeline import data_errors, make_dataset

@@ -127,9 +127,12 @@ def image_sample(coco, image_id, images_dir, category_id, skeleton, min_keypoint
     info = coco.imgs[image_id]
     kept_keypoints, kept_boxes, ignore = [], [], []
     for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id], catIds=[category_id], iscrowd=None)):
+        if ann.get("iscrowd"):  # crowd keypoints, if any, are not checked: crowds are only masked
+            ignore.append(ignore_region(ann))
+            continue
         keypoints = np.asarray(ann.get("keypoints") or [], np.float32).reshape(-1, 3)
         num_labelled = int((keypoints[:, 2] > 0).sum()) if keypoints.size else 0
-        if ann.get("iscrowd") or num_labelled < max(min_keypoints, 1):
+        if num_labelled < max(min_keypoints, 1):
             ignore.append(ignore_region(ann))
         else:
             kept_keypoints.append(keypoints)
@@ -159,6 +162,9 @@ def keypoint_box(keypoints):
 
 def check_images_exist(samples, images_dir):
     """Every image file is present and not empty (whether it decodes is checked when read)."""
+    if not images_dir.is_dir():
+        raise BpnetError(f"images folder not found: {images_dir} (dataset.images must be the folder "
+                         "holding the files named by the annotations' 'file_name')")
     missing = [s.image_path.name for s in samples if not s.image_path.is_file()]
     if missing:
         raise BpnetError(f"{len(missing)} of {len(samples)} image files named in the annotations are missing "
