@@ -1,0 +1,30 @@
+"""BPNet Studio dashboard: `streamlit run app/main.py` (or `bpnet-studio up`).
+
+The entry script only sets up the page and the navigation; each page lives in `app/pages/` and its
+logic in the helper modules (`forms`, `charts`, `state`, `overlay`). Nothing here imports
+TensorFlow, so the dashboard starts in about a second and stays responsive while workers train.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:   # `streamlit run app/main.py` puts only app/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+
+st.set_page_config(page_title="BPNet Studio", page_icon="🧍", layout="wide")
+
+pages = [
+    st.Page(PAGES_DIR / "new_run.py", title="New run", icon=":material/add_circle:", url_path="new"),
+    st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/list:", url_path="runs", default=True),
+    st.Page(PAGES_DIR / "run_detail.py", title="Run detail", icon=":material/account_tree:", url_path="run"),
+    st.Page(PAGES_DIR / "compare.py", title="Compare", icon=":material/scatter_plot:", url_path="compare"),
+    st.Page(PAGES_DIR / "workers.py", title="Workers", icon=":material/dns:", url_path="workers"),
+]
+st.sidebar.caption("BPNet Studio · guided optimization of BodyPoseNet: train → prune → retrain → "
+                   "INT8 → export → evaluate")
+st.navigation(pages).run()

@@ -1,0 +1,124 @@
+"""Compare: results picked from any runs side by side: AP vs latency with the Pareto front, AP by
+person size, parameters and model size vs AP, latency by precision, a table with CSV export and
+two results' skeletons on the same images."""
+
+import csv
+import io
+
+import streamlit as st
+
+from app import charts, overlay, state
+from bpnet.errors import BpnetError
+
+DEFAULT_RUNS = 5
+OVERLAY_IMAGES = 3
+
+st.title("Compare")
+
+try:
+    runs = [r for r in state.list_runs(limit=200) if r["status"] in ("completed", "running", "failed", "cancelled")]
+except BpnetError as err:
+    st.error(str(err), icon="🚫")
+    st.stop()
+if not runs:
+    st.info("No finished runs to compare yet. Start one on the **New run** page.", icon="ℹ️")
+    st.stop()
+
+names = {r["id"]: f"{r['name']} · {r['status']} · {r['id']}" for r in runs}
+run_ids = st.multiselect("Runs", list(names), default=list(names)[:DEFAULT_RUNS], format_func=names.get,
+                         key="compare_runs")
+if not run_ids:
+    st.info("Pick at least one run.", icon="ℹ️")
+    st.stop()
+try:
+    rows = state.chart_rows(state.list_results(run_ids))
+except BpnetError as err:
+    st.error(str(err), icon="🚫")
+    st.stop()
+if not rows:
+    st.info("The chosen runs have no evaluated results yet.", icon="ℹ️")
+    st.stop()
+
+c1, c2 = st.columns(2)
+precisions = sorted({r["precision"] for r in rows})
+resolutions = sorted({r.get("resolution") or "?" for r in rows})
+chosen_precisions = c1.pills("Precisions", precisions, selection_mode="multi", default=precisions,
+                             key="compare_precisions")
+chosen_resolutions = c2.pills("Resolutions", resolutions, selection_mode="multi", default=resolutions,
+                              key="compare_resolutions")
+rows = [r for r in rows if r["precision"] in (chosen_precisions or []) and
+        (r.get("resolution") or "?") in (chosen_resolutions or [])]
+labels = {r["stage_id"]: r["label"] for r in rows}
+picked = st.multiselect("Results", list(labels), default=list(labels), format_func=labels.get,
+                        key="compare_results")
+rows = [r for r in rows if r["stage_id"] in picked]
+if not rows:
+    st.info("No result left after the filters.", icon="ℹ️")
+    st.stop()
+
+# Which images the numbers come from, said plainly (one note per evaluation set).
+notes = {}
+for run_id in dict.fromkeys(r["run_id"] for r in rows):
+    first = next(r for r in rows if r["run_id"] == run_id)
+    note = state.evaluation_note(state.stage_params(first["stage_id"]).get("annotations"), first.get("dataset"))
+    notes.setdefault(note, []).append(first["run_name"])
+for note, run_names in notes.items():
+    st.info(f"{note} (runs: {', '.join(run_names)})", icon="🖼️")
+
+tab_pareto, tab_area, tab_size, tab_latency = st.tabs(
+    ["AP vs latency", "AP by person size", "size vs AP", "latency by precision"])
+with tab_pareto:
+    st.plotly_chart(charts.ap_vs_latency_figure(rows), key="pareto_chart")
+    missing = [r["label"] for r in rows if r.get("latency_ms") is None or r.get("AP") is None]
+    if missing:
+        st.caption(f"{len(missing)} result(s) without AP or latency are not plotted.")
+with tab_area:
+    st.plotly_chart(charts.ap_by_area_figure(rows), key="area_chart")
+with tab_size:
+    st.plotly_chart(charts.size_vs_ap_figure(rows), key="size_chart")
+with tab_latency:
+    st.plotly_chart(charts.latency_by_precision_figure(rows), key="latency_chart")
+
+st.subheader("Table")
+table = state.result_table(rows)
+st.dataframe(table, hide_index=True, key="compare_table")
+buffer = io.StringIO()
+writer = csv.DictWriter(buffer, fieldnames=list(state.RESULT_TABLE_COLUMNS))
+writer.writeheader()
+writer.writerows(table)
+st.download_button("Export CSV", buffer.getvalue(), file_name="bpnet-results.csv", mime="text/csv",
+                   key="csv", on_click="ignore", icon=":material/download:")
+
+st.subheader("Side by side")
+ids = list(labels)
+ids = [i for i in ids if i in picked]
+c1, c2 = st.columns(2)
+left = c1.selectbox("Left", ids, index=0, format_func=labels.get, key="left_result")
+right = c2.selectbox("Right", ids, index=min(1, len(ids) - 1), format_func=labels.get, key="right_result")
+
+
+def detections(stage_id):
+    """(people by image id, stage params) of one result, from its results.json artifact."""
+    run_id = next(r["run_id"] for r in rows if r["stage_id"] == stage_id)
+    run = state.get_run(run_id, events_limit=0)
+    art = next((a for a in run["artifacts"] if a["stage_id"] == stage_id and a["name"] == "results.json"), None)
+    if art is None:
+        raise BpnetError(f"result {labels[stage_id]} has no results.json artifact to draw")
+    return overlay.read_results(state.artifact_path(art["id"])), state.stage_params(stage_id)
+
+
+try:
+    (left_people, left_params), (right_people, right_params) = detections(left), detections(right)
+    names_by_id = overlay.image_paths_by_id(left_params["annotations"])
+    merged = {i: left_people.get(i, []) + right_people.get(i, []) for i in set(left_people) | set(right_people)}
+    for image_id in overlay.images_with_people(merged, OVERLAY_IMAGES):
+        c1, c2 = st.columns(2)
+        name = names_by_id.get(image_id)
+        if name is None:
+            continue
+        c1.image(overlay.overlay_image(left_params["images"], name, left_people.get(image_id, [])),
+                 caption=f"{name} · {len(left_people.get(image_id, []))} people")
+        c2.image(overlay.overlay_image(right_params["images"], name, right_people.get(image_id, [])),
+                 caption=f"{name} · {len(right_people.get(image_id, []))} people")
+except (BpnetError, KeyError) as err:
+    st.caption(f"No overlays: {err}")

@@ -1,0 +1,196 @@
+"""New run: pick data, base model, resolutions, stages, prune thresholds and precisions; see what
+the sweep will cost before submitting. Every field is validated as it changes (no form submit)."""
+
+import json
+
+import streamlit as st
+import yaml
+
+from app import forms, state
+from bpnet.errors import BpnetError
+
+TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
+PREVIEW_TTL_S = 10
+
+
+@st.cache_data(show_spinner="checking the dataset…", max_entries=32)
+def inspect_dataset(annotations, images, bundled, _mtime):
+    """(DatasetInfo, None) or (None, message); cached per path and modification time because a
+    real COCO annotations file takes seconds to parse."""
+    try:
+        return forms.inspect_coco_dataset(annotations, images, bundled), None
+    except BpnetError as err:
+        return None, str(err)
+
+
+def modification_time(path):
+    try:
+        from pathlib import Path
+        return Path(str(path)).expanduser().stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
+
+
+@st.cache_data(ttl=PREVIEW_TTL_S, show_spinner="previewing the sweep…", max_entries=16)
+def preview(spec_json):
+    try:
+        return state.preview_run(json.loads(spec_json)), None
+    except BpnetError as err:
+        return None, str(err)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def trained_models():
+    try:
+        return state.trained_models()
+    except BpnetError:
+        return []
+
+
+def show_error(slot, errors, key):
+    if key in errors:
+        slot.error(errors[key], icon="🚫")
+
+
+st.title("New run")
+st.caption("A run trains (or reuses) a base model, prunes it at every threshold, retrains, exports at "
+           "every resolution and precision and evaluates each result. Stages already computed by any "
+           "run are reused.")
+
+# ---------------------------------------------------------------- dataset
+st.subheader("1 · Dataset")
+source = st.radio("Dataset", ["bundled", "path"], horizontal=True, key="dataset",
+                  format_func={"bundled": "bundled sample (coco-mini, 80 images)",
+                               "path": "a COCO person-keypoints dataset on this machine"}.get)
+if source == "bundled":
+    info, dataset_error = inspect_dataset(str(forms.BUNDLED_ANNOTATIONS), str(forms.BUNDLED_IMAGES), True,
+                                          modification_time(forms.BUNDLED_ANNOTATIONS))
+    st.warning("The bundled sample is used for training **and** evaluation: its AP is measured on the "
+               "training images, so it is optimistic (overfit). It shows the workflow and relative "
+               "trade-offs, not real-world accuracy.", icon="⚠️")
+else:
+    annotations = st.text_input("Annotations file (COCO person_keypoints_*.json)", key="annotations",
+                                placeholder="/data/coco/annotations/person_keypoints_train2017.json")
+    images = st.text_input("Images folder (empty: the COCO layout's folder next to annotations/)",
+                           key="images", placeholder="/data/coco/train2017")
+    info, dataset_error = inspect_dataset(annotations, images, False, modification_time(annotations))
+dataset_slot = st.empty()
+if info is not None:
+    dataset_slot.success(f"{info.num_images} images · {info.num_people_with_keypoints} people with keypoints "
+                         f"in {info.num_images_with_keypoints} images · images from `{info.images}`", icon="✅")
+
+# ---------------------------------------------------------------- base model
+st.subheader("2 · Base model")
+base = st.radio("Base model", ["train", "existing"], horizontal=True, key="base",
+                format_func={"train": "train a new model", "existing": "an existing trained model"}.get)
+existing_model = None
+if base == "train":
+    c1, c2 = st.columns(2)
+    train_epochs = c1.number_input("Training epochs", min_value=1, max_value=1000, value=4, key="train_epochs",
+                                   help="epochs of the base model on the chosen data (small CPU spec: "
+                                        "narrow backbone, 128×128 training input)")
+    stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES, value=2, key="stages",
+                       help="refinement stages: 3 balances speed and accuracy, 2 is faster")
+else:
+    train_epochs, stages = 1, 2
+    models = trained_models()
+    choice = st.selectbox("Trained model", [m["path"] for m in models] + ["(a path)"], key="existing_choice",
+                          format_func=lambda p: next((m["label"] for m in models if m["path"] == p), p))
+    if choice == "(a path)":
+        existing_model = st.text_input("Path of a Keras model (.hdf5)", key="existing_path").strip() or None
+    else:
+        existing_model = choice
+    st.caption("The model keeps its own stages; it is retrained with the small CPU training spec.")
+base_slot = st.empty()
+
+# ---------------------------------------------------------------- sweep
+st.subheader("3 · Sweep")
+presets = st.pills("Input resolutions (H×W)", list(forms.RESOLUTION_PRESETS), selection_mode="multi",
+                   default=["288×384"], key="presets",
+                   help="224×320 → 288×384 gains about 7-10% AP on medium people; 320×448 another 7-10%")
+use_custom = st.checkbox("add a custom resolution", key="use_custom")
+custom_h = custom_w = None
+if use_custom:
+    c1, c2 = st.columns(2)
+    custom_h = c1.number_input("H (multiple of 8)", min_value=1, max_value=4096, value=256, step=8, key="custom_h")
+    custom_w = c2.number_input("W (multiple of 8)", min_value=1, max_value=4096, value=320, step=8, key="custom_w")
+resolution_slot = st.empty()
+stages_slot = st.empty()
+thresholds = st.text_input("Prune thresholds (several → a sweep)", value="0.1", key="thresholds",
+                           help="filters whose normalised L2 norm is below the threshold are removed; "
+                                "start at 0.05 and raise while the retrained AP holds (0.05-3.0)")
+thresholds_slot = st.empty()
+precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi", default=["FP32"],
+                      key="precisions", help="FP16/FP32: no or minimal AP change; INT8: within 2-3% (seed)")
+precisions_slot = st.empty()
+retrain_epochs = st.number_input("Retrain epochs (after pruning; 0 = evaluate pruned models as they are)",
+                                 min_value=0, max_value=1000, value=2, key="retrain_epochs")
+retrain_slot = st.empty()
+cal_images = cal_batches = cal_batch_size = None
+if precisions and "INT8" in precisions:
+    st.markdown("**INT8 calibration** — needs at least batch size × batches images (seed: about 10-20% "
+                "of the training data, like the deployment's images)")
+    default_cal = str(info.images) if info is not None else ""
+    cal_images = st.text_input("Calibration images folder", value=default_cal, key="cal_images")
+    c1, c2 = st.columns(2)
+    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=256, value=8, key="cal_batch_size")
+    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=10000, value=2, key="cal_batches")
+calibration_slot = st.empty()
+name = st.text_input("Run name (optional)", key="name")
+
+# ---------------------------------------------------------------- validation, preview, submit
+form = {"dataset": source, "base": base, "existing_model": existing_model, "train_epochs": train_epochs,
+        "presets": presets or [], "use_custom": use_custom, "custom_h": custom_h, "custom_w": custom_w,
+        "stages": stages, "thresholds": thresholds, "precisions": precisions or [],
+        "cal_images": cal_images, "cal_batches": cal_batches, "cal_batch_size": cal_batch_size,
+        "retrain_epochs": retrain_epochs, "name": name}
+request, errors = forms.validate_new_run(form, info)
+if dataset_error:
+    errors["dataset"] = dataset_error
+for slot, key in ((dataset_slot, "dataset"), (base_slot, "base"), (resolution_slot, "resolution"),
+                  (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
+                  (retrain_slot, "retrain_epochs"), (calibration_slot, "calibration")):
+    show_error(slot, errors, key)
+
+st.subheader("4 · Preview")
+spec = None
+if errors:
+    st.info(f"Fix the {len(errors)} problem(s) above to see the preview and submit.", icon="✋")
+else:
+    spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
+    result, preview_error = preview(json.dumps(spec, sort_keys=True))
+    if preview_error:
+        st.error(preview_error, icon="🚫")
+        spec = None
+    else:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("results", result["num_results"], help="evaluated models: unpruned + one per threshold, "
+                                                         "each at every resolution and precision")
+        c2.metric("stages to compute", result["to_compute"])
+        c3.metric("stages cached", len(result["cached"]))
+        c4.metric("time estimate", state.format_duration(result["estimate_s"]) if result["estimate_s"] is not None
+                  else "unknown")
+        st.caption(f"Estimate: {result['estimate_basis']}.")
+        if result["cached"]:
+            with st.expander(f"{len(result['cached'])} stage(s) already computed, reused"):
+                st.write("\n".join(f"- {label}" for label in result["cached"]))
+        names = [f"{w['id']} ({', '.join(w['queues'])})" for w in result["workers"]]
+        if names:
+            st.success("Workers that can run it: " + "; ".join(names), icon="🖥️")
+        for warning in result["warnings"]:
+            st.warning(warning, icon="⚠️")
+
+if st.button("Submit run", type="primary", disabled=spec is None, key="submit"):
+    try:
+        run_id = state.submit_run(spec)
+    except BpnetError as err:
+        st.error(f"Not submitted: {err}", icon="🚫")
+    else:
+        st.session_state["last_submitted"] = run_id
+        preview.clear()
+if st.session_state.get("last_submitted"):
+    run_id = st.session_state["last_submitted"]
+    st.success(f"Run `{run_id}` submitted.", icon="🚀")
+    st.page_link("pages/run_detail.py", label="Open its details", icon=":material/arrow_forward:",
+                 query_params={"run": run_id})
+    st.page_link("pages/runs.py", label="See all runs", icon=":material/list:")

@@ -1,0 +1,79 @@
+"""Runs: every run with its status, current stage, progress, elapsed time and ETA, refreshed live;
+filter by status and dataset; cancel, re-run, open."""
+
+import streamlit as st
+
+from app import state
+from bpnet.errors import BpnetError
+
+REFRESH_S = 2
+PAGE_SIZE = 100
+
+st.title("Runs")
+
+try:
+    datasets = state.list_datasets()
+except BpnetError as err:
+    st.error(str(err), icon="🚫")
+    st.stop()
+
+c1, c2, c3 = st.columns([2, 2, 2])
+statuses = c1.multiselect("Status", state.RUN_STATUSES, key="status_filter")
+dataset = c2.selectbox("Dataset", [""] + datasets, key="dataset_filter",
+                       format_func=lambda d: "all datasets" if not d else state.dataset_name(d))
+search = c3.text_input("Name contains", key="search_filter")
+page = st.number_input("Page", min_value=1, value=1, key="page", help=f"{PAGE_SIZE} runs per page, newest first")
+
+COLUMNS = {
+    "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%.0f%%"),
+    "id": st.column_config.TextColumn("id", width="small"),
+    "error": st.column_config.TextColumn("error", width="large"),
+}
+
+
+@st.fragment(run_every=REFRESH_S)
+def runs_table():
+    """Re-drawn every few seconds on its own, so the filters above keep their state."""
+    try:
+        runs = state.list_runs(status=statuses or None, dataset=dataset or None, search=search or None,
+                               limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    except BpnetError as err:
+        st.error(str(err), icon="🚫")
+        return
+    if not runs:
+        st.info("No runs match. Start one on the **New run** page.", icon="ℹ️")
+        st.page_link("pages/new_run.py", label="New run", icon=":material/add_circle:")
+        return
+    active = sum(r["status"] in ("queued", "running") for r in runs)
+    st.caption(f"{len(runs)} run(s) shown · {active} active · refreshed every {REFRESH_S} s")
+    st.dataframe(state.run_table_rows(runs), hide_index=True, column_config=COLUMNS, key="runs_df",
+                 column_order=("name", "status", "stage", "progress", "stages done", "elapsed", "ETA",
+                               "dataset", "created", "error", "id"))
+    st.session_state["runs_on_page"] = {r["id"]: (r["name"], r["status"]) for r in runs}
+
+
+runs_table()
+
+st.divider()
+choices = st.session_state.get("runs_on_page", {})
+if choices:
+    c1, c2, c3, c4 = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
+    run_id = c1.selectbox("Run", list(choices), key="selected_run",
+                          format_func=lambda i: f"{choices[i][0]} · {choices[i][1]} · {i}")
+    name, status = choices.get(run_id, ("", ""))
+    with c2:
+        st.page_link("pages/run_detail.py", label="Open", icon=":material/open_in_new:",
+                     query_params={"run": run_id})
+    if c3.button("Cancel", key="cancel", disabled=status not in ("queued", "running"),
+                 help="running stages stop at their next step"):
+        try:
+            stopped = state.cancel_run(run_id)
+            st.toast(f"run {name} cancelled" if stopped else f"run {name} had already finished")
+        except BpnetError as err:
+            st.error(str(err), icon="🚫")
+    if c4.button("Re-run", key="rerun", help="submit the same spec again; finished stages are reused"):
+        try:
+            new_id = state.rerun(run_id)
+            st.success(f"Re-run submitted as `{new_id}`.", icon="🚀")
+        except BpnetError as err:
+            st.error(f"Re-run refused: {err}", icon="🚫")

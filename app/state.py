@@ -1,0 +1,297 @@
+"""The dashboard's only door to the job system: thin wrappers around `worker.client`, plus the
+pure shaping of what it returns into what the pages show (durations, chart rows, notes).
+
+Every call into the client goes through `call`, which turns a `BpnetError` (or a store that cannot
+be reached) into a message the page shows instead of a traceback.
+"""
+
+import statistics
+import time
+from pathlib import Path
+
+from bpnet.errors import BpnetError
+from worker import client
+
+from app.forms import BUNDLED_ANNOTATIONS
+
+RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+STATUS_ICONS = {"queued": "⏳", "running": "🔄", "completed": "✅", "failed": "❌", "cancelled": "⛔",
+                "pending": "⏳", "cached": "♻️", "skipped": "⏭️"}
+TRAINING_KINDS = ("train", "retrain")
+
+
+class StoreUnavailable(BpnetError):
+    """The job store cannot be opened (wrong DATABASE_URL, server down)."""
+
+
+def call(fn, *args, **kwargs):
+    """Run a client function; BpnetError passes through, a database failure becomes one with a
+    plain message (SQLAlchemy errors would otherwise reach the page as tracebacks)."""
+    try:
+        return fn(*args, **kwargs)
+    except BpnetError:
+        raise
+    except Exception as err:   # noqa: BLE001 - any store/driver failure is shown, not raised
+        from worker.config import load_config
+        url = load_config().database_url
+        raise StoreUnavailable(f"the job store at {url} cannot be read ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else 'no detail'}). Is "
+                               "BPNET_STUDIO_HOME / DATABASE_URL right, and the database running?") from None
+
+
+# ------------------------------------------------------------------ client calls
+
+def list_runs(status=None, dataset=None, search=None, limit=200, offset=0):
+    return call(client.list_runs, status=status or None, dataset=dataset or None, search=search or None,
+                limit=limit, offset=offset)
+
+
+def count_runs():
+    return call(lambda: client.get_store().count_runs())
+
+
+def list_datasets():
+    return call(client.list_datasets)
+
+
+def get_run(run_id, events_limit=300):
+    return call(client.get_run, run_id, events_limit=events_limit)
+
+
+def loss_curve(run_id):
+    return call(client.loss_curve, run_id)
+
+
+def list_results(run_ids=None):
+    return call(client.list_results, run_ids)
+
+
+def list_workers():
+    return call(client.list_workers)
+
+
+def preview_run(spec):
+    return call(client.preview_run, spec)
+
+
+def submit_run(spec):
+    return call(client.submit_run, spec)
+
+
+def cancel_run(run_id):
+    return call(client.cancel_run, run_id)
+
+
+def rerun(run_id):
+    return call(client.rerun, run_id)
+
+
+def artifact_path(artifact_id):
+    return call(client.artifact_path, artifact_id)
+
+
+def run_bundle(run_id):
+    return call(client.run_bundle, run_id)
+
+
+def stage_params(stage_id):
+    """A stage's parameters (the evaluation data of a result). Adapter: the client's result rows
+    do not carry the evaluation annotations yet."""
+    stage = call(lambda: client.get_store().stage(stage_id))
+    return (stage or {}).get("params") or {}
+
+
+def trained_models(limit_runs=30):
+    """Keras models produced by completed train/retrain stages of recent runs, newest first:
+    [{label, path, run_name}]. Adapter until the client lists models itself."""
+    models, seen = [], set()
+    for run in list_runs(status=("completed", "failed", "cancelled", "running"), limit=limit_runs):
+        for art in get_run(run["id"], events_limit=0)["artifacts"]:
+            stage_kind = art["stage_label"].split(" ")[0]
+            if art["kind"] != "keras model" or stage_kind not in TRAINING_KINDS or art["id"] in seen:
+                continue
+            if art["name"] != "bpnet_model.hdf5":
+                continue
+            seen.add(art["id"])
+            try:
+                path = artifact_path(art["id"])
+            except BpnetError:
+                continue   # deleted from disk: not offered
+            models.append({"label": f"{run['name']} · {art['stage_label']}", "path": str(path),
+                           "run_name": run["name"]})
+    return models
+
+
+# ------------------------------------------------------------------ shaping (pure)
+
+def format_duration(seconds):
+    """12 s, 3 min 05 s, 2 h 04 min; '–' when unknown."""
+    if seconds is None:
+        return "–"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+
+
+def eta_seconds(progress, elapsed_s):
+    """Linear extrapolation of the remaining time from the progress so far (None until known)."""
+    if not elapsed_s or not progress or progress <= 0 or progress >= 1:
+        return None
+    return elapsed_s * (1 - progress) / progress
+
+
+def run_table_rows(runs, now=None):
+    """Runs -> rows of the Runs table (status with an icon, progress 0..100, elapsed, ETA)."""
+    now = time.time() if now is None else now
+    rows = []
+    for r in runs:
+        elapsed = r.get("elapsed_s")
+        if elapsed is None and r.get("started_at"):
+            elapsed = (r.get("finished_at") or now) - r["started_at"]
+        active = r["status"] in ("queued", "running")
+        counts = r.get("stage_counts") or {}
+        done = sum(counts.get(s, 0) for s in ("completed", "cached"))
+        rows.append({
+            "id": r["id"], "name": r["name"], "status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
+            "stage": r.get("current_stage") or ("waiting for a worker" if r["status"] == "queued" else "–"),
+            "progress": round(100 * (r.get("progress") or 0.0), 1),
+            "stages done": f"{done}/{r.get('num_stages', 0)}",
+            "elapsed": format_duration(elapsed),
+            "ETA": format_duration(eta_seconds(r.get("progress"), elapsed)) if active else "–",
+            "dataset": dataset_name(r.get("dataset")),
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
+            "error": first_line(r.get("error")),
+        })
+    return rows
+
+
+def first_line(text, limit=160):
+    if not text:
+        return ""
+    line = str(text).strip().splitlines()[0]
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def dataset_name(path):
+    """A short name for a dataset annotations path ('coco-mini (bundled)' for the sample)."""
+    if not path:
+        return "–"
+    if is_bundled(path):
+        return "coco-mini (bundled)"
+    p = Path(path)
+    return f"{p.parent.parent.name}/{p.name}" if p.parent.name == "annotations" else p.name
+
+
+def is_bundled(annotations):
+    try:
+        return Path(annotations).resolve() == BUNDLED_ANNOTATIONS.resolve()
+    except (TypeError, OSError):
+        return False
+
+
+def evaluation_note(annotations, train_annotations=None):
+    """One plain sentence on which images a result was evaluated, warning when they are the
+    bundled sample or the training images themselves (optimistic, overfit numbers)."""
+    if not annotations:
+        return "evaluation images unknown"
+    if is_bundled(annotations):
+        return ("evaluated on the bundled 80 coco-mini images, which are also the training images: "
+                "AP here is optimistic (overfit) and only shows relative trade-offs")
+    if train_annotations and Path(annotations).resolve() == Path(train_annotations).resolve():
+        return f"evaluated on the training images ({dataset_name(annotations)}): AP is optimistic"
+    return f"evaluated on {annotations}"
+
+
+def short_result_label(row):
+    pth = row.get("pth")
+    prune = "unpruned" if pth is None else f"pth {pth:g}"
+    return (f"{row.get('run_name', '')[:24]} · {prune} · {row.get('resolution') or '?'} · "
+            f"s{row.get('stages') or '?'} · {str(row.get('precision') or '?').upper()}")
+
+
+def chart_rows(results):
+    """Client result rows -> rows for `app.charts` (input_h/w, MB, upper-case precision, label)."""
+    rows = []
+    for r in results:
+        hw = r.get("input_hw") or [None, None]
+        size = r.get("size_bytes")
+        rows.append({**r, "label": short_result_label(r), "precision": str(r.get("precision") or "?").upper(),
+                     "input_h": hw[0], "input_w": hw[1],
+                     "model_size_mb": size / 1e6 if size else None,
+                     "pth": "unpruned" if r.get("pth") is None else f"{r['pth']:g}"})
+    return rows
+
+
+RESULT_TABLE_COLUMNS = ("run_name", "pth", "resolution", "stages", "precision", "AP", "AP50", "AP75",
+                        "APm", "APl", "AR", "latency_ms", "latency_p95_ms", "throughput", "params",
+                        "gflops", "model_size_mb", "backend", "device", "status")
+
+
+def result_table(rows):
+    """Rows for the metrics table / CSV export, in a fixed column order."""
+    return [{c: r.get(c) for c in RESULT_TABLE_COLUMNS} for r in rows]
+
+
+def stage_dag(stages):
+    """Client stages -> the dicts `charts.dag_dot` draws (id, label, status, parents)."""
+    return [{"id": s["id"], "label": s["label"], "status": s["status"],
+             "parents": [s["parent_id"]] if s.get("parent_id") else []} for s in stages]
+
+
+def stage_rows(stages, now=None):
+    now = time.time() if now is None else now
+    rows = []
+    for s in stages:
+        if s.get("duration_s") is not None:
+            took = s["duration_s"]
+        elif s.get("started_at"):
+            took = (s.get("finished_at") or now) - s["started_at"]
+        else:
+            took = None
+        rows.append({"stage": s["label"], "status": f"{STATUS_ICONS.get(s['status'], '')} {s['status']}",
+                     "progress": round(100 * (s.get("fraction") or (1.0 if s["status"] in ("completed", "cached") else 0.0)), 1),
+                     "time": format_duration(took), "ETA": format_duration(s.get("eta_s")) if s["status"] == "running" else "–",
+                     "worker": s.get("worker_id") or "–", "message": first_line(s.get("error") or s.get("message"))})
+    return rows
+
+
+def loss_points(points):
+    """Client loss points -> `charts.loss_curve_figure` input: one line per training stage, with
+    the step counted across epochs when the engine restarts it every epoch."""
+    out, offsets = [], {}
+    for p in sorted(points, key=lambda p: p.get("time") or 0):
+        label = p.get("stage_label") or "train"
+        step = p.get("step")
+        if step is None:
+            step = p.get("epoch")
+        if step is None:
+            continue
+        last = offsets.setdefault(label, {"base": 0, "prev": -1})
+        if step < last["prev"]:
+            last["base"] += last["prev"] + 1
+        last["prev"] = step
+        out.append({"stage": label, "step": last["base"] + step, "loss": p["loss"]})
+    return out
+
+
+def plain_event(event):
+    """One event as a sentence for the events list."""
+    when = time.strftime("%H:%M:%S", time.localtime(event.get("time") or 0))
+    parts = [f"{event.get('verb') or ''} {event.get('event') or ''}".strip()]
+    if event.get("epoch") is not None:
+        parts.append(f"epoch {event['epoch']}")
+    if event.get("step") is not None:
+        parts.append(f"step {event['step']}")
+    if event.get("loss") is not None:
+        parts.append(f"loss {event['loss']:.4g}")
+    if event.get("message"):
+        parts.append(str(event["message"]))
+    return f"{when} · " + " · ".join(parts)
+
+
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None

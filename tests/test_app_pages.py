@@ -1,0 +1,220 @@
+"""Every dashboard page driven by Streamlit's AppTest against a temporary job store seeded through
+the job system's own API (bench/seed_store.py): form validation, submitting, live tables, the
+run detail, charts built from stored results, workers, and a store that cannot be reached."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import seed_store  # noqa: E402
+from worker.config import load_config  # noqa: E402
+from worker.store import open_store  # noqa: E402
+
+MAIN = str(ROOT / "app" / "main.py")
+TIMEOUT_S = 60
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    """A fresh data dir (SQLite store, embedded broker, artifacts) for one test."""
+    monkeypatch.setenv("BPNET_STUDIO_HOME", str(tmp_path / "studio"))
+    for var in ("DATABASE_URL", "REDIS_URL", "BPNET_STUDIO_ARTIFACTS"):
+        monkeypatch.delenv(var, raising=False)
+    return load_config()
+
+
+def open_page(page, query=None):
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT_S)
+    if query:
+        at.query_params.update(query)
+    at.run()
+    if page != "pages/runs.py":
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements):
+    return " | ".join(str(e.value) for e in elements)
+
+
+def figures(at):
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+# ---------------------------------------------------------------- New run
+
+def test_new_run_shows_every_bad_input_and_blocks_submit(config, tmp_path):
+    at = open_page("pages/new_run.py")
+    assert not at.button(key="submit").disabled   # the defaults are a valid tiny run
+    at.radio(key="dataset").set_value("path").run()
+    at.text_input(key="annotations").set_value(str(tmp_path / "nowhere.json")).run()
+    at.checkbox(key="use_custom").check().run()
+    at.number_input(key="custom_h").set_value(290).run()
+    at.text_input(key="thresholds").set_value(" , ").run()
+    assert not at.exception
+    shown = texts(at.error)
+    assert "nowhere.json does not exist" in shown
+    assert "H = 290" in shown and "multiples of 8" in shown
+    assert "the list is empty" in shown
+    assert at.button(key="submit").disabled
+    assert "Fix the 3 problem(s)" in texts(at.info)
+
+
+def test_new_run_rejects_a_file_that_is_not_coco(config, tmp_path):
+    bad = tmp_path / "person_keypoints_x.json"
+    bad.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"name": "cat"}]}))
+    at = open_page("pages/new_run.py")
+    at.radio(key="dataset").set_value("path").run()
+    at.text_input(key="annotations").set_value(str(bad)).run()
+    assert "no category with keypoints" in texts(at.error)
+
+
+def test_new_run_previews_and_submits_a_sweep(config):
+    seed_store.register_worker(config)
+    at = open_page("pages/new_run.py")
+    at.text_input(key="thresholds").set_value("0.1, 0.3").run()
+    at.number_input(key="train_epochs").set_value(1).run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["results"] == "3"          # unpruned + 2 thresholds, 1 resolution, FP32
+    assert metrics["stages cached"] == "0"
+    assert "no TensorRT worker" in texts(at.warning)
+    assert "cpu-worker@test" in texts(at.success)
+    at.button(key="submit").click().run()
+    assert not at.exception
+    runs = open_store(config.database_url).list_runs()
+    assert len(runs) == 1 and runs[0]["status"] == "queued"
+    assert runs[0]["id"] in texts(at.success)
+
+
+def test_new_run_preview_counts_cached_stages_and_past_time(config):
+    seed_store.seed_finished_run(config, thresholds=(0.1,), precisions=("fp32",), resolutions=((64, 64),))
+    at = open_page("pages/new_run.py")
+    # the same base training as the seeded run: train_small template differs, so nothing is
+    # reused; but the time estimate now has history
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["time estimate"] != "unknown"
+
+
+# ---------------------------------------------------------------- Runs
+
+def test_runs_table_filters_cancels_and_reruns(config):
+    done = seed_store.seed_finished_run(config, name="synthetic done", with_files=False)
+    failed = seed_store.seed_finished_run(config, name="synthetic broken", fail_kind="export", with_files=False)
+    queued = seed_store.create_run(config, seed_store.tiny_run_spec("synthetic waiting"))
+    at = open_page("pages/runs.py")
+    table = at.dataframe[0].value
+    assert set(table["id"]) == {done, failed, queued}
+    assert "calibration needs more images" in table.set_index("id").loc[failed, "error"]
+    at.multiselect(key="status_filter").set_value(["failed"]).run()
+    assert list(at.dataframe[0].value["id"]) == [failed]
+    at.multiselect(key="status_filter").set_value([]).run()
+    at.selectbox(key="selected_run").set_value(queued).run()
+    at.button(key="cancel").click().run()
+    assert open_store(config.database_url).run_status(queued) == "cancelled"
+    at.selectbox(key="selected_run").set_value(done).run()
+    at.button(key="rerun").click().run()
+    assert not at.exception
+    assert open_store(config.database_url).count_runs() == 4
+    assert "Re-run submitted" in texts(at.success)
+
+
+def test_runs_page_when_empty_points_to_new_run(config):
+    at = open_page("pages/runs.py")
+    assert "No runs match" in texts(at.info)
+
+
+# ---------------------------------------------------------------- Run detail
+
+def test_run_detail_of_a_finished_run(config):
+    run_id = seed_store.seed_finished_run(config, thresholds=(0.1,), precisions=("fp32",))
+    at = open_page("pages/run_detail.py", {"run": run_id})
+    metrics = {m.label: m.value for m in at.metric}
+    assert "completed" in metrics["status"] and metrics["stages done"] == "7/7"   # train, prune, retrain, 2 x (export, evaluate)
+    dag = at.get("graphviz_chart")[0].proto.spec
+    assert "prune s2 pth=0.1" in dag and "->" in dag
+    loss = [f for f in figures(at) if f["layout"]["title"]["text"] == "training loss"]
+    assert loss and loss[0]["data"][0]["y"] == [2.0, 1.0, 2.0 / 3]
+    results = at.dataframe[1].value
+    assert len(results) == 2 and set(results["precision"]) == {"FP32"}
+    assert "bundled 80 coco-mini images" in texts(at.info)
+    assert len(at.get("image")) >= 1   # skeleton overlays drawn
+    downloads = [b for b in at.get("download_button")]
+    assert len(downloads) >= 8        # every artifact of 7 stages one by one
+    at.button(key="bundle").click().run()
+    assert not at.exception
+    bundle = Path(at.session_state[f"bundle-{run_id}"])
+    import zipfile
+    with zipfile.ZipFile(bundle) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["spec_sha256"] and manifest["files"]
+
+
+def test_run_detail_explains_a_failure_with_the_traceback_folded(config):
+    run_id = seed_store.seed_finished_run(config, fail_kind="export", with_files=False)
+    at = open_page("pages/run_detail.py", {"run": run_id})
+    shown = texts(at.error)
+    assert "This run failed" in shown and "fewer than batch_size x batches" in shown
+    expanders = [e.label for e in at.expander]
+    assert any(label.startswith("technical details (traceback)") for label in expanders)
+    assert "RuntimeError" in texts(at.code)
+
+
+def test_run_detail_of_an_unknown_run_says_so(config):
+    at = open_page("pages/run_detail.py", {"run": "doesnotexist"})
+    assert "not found" in texts(at.error)
+
+
+# ---------------------------------------------------------------- Compare
+
+def test_compare_builds_every_chart_from_stored_results(config):
+    seed_store.seed_finished_run(config, name="synthetic a", thresholds=(0.1, 0.5), precisions=("fp32", "int8"))
+    at = open_page("pages/compare.py")
+    figs = {f["layout"]["title"]["text"] if "title" in f["layout"] else "size": f for f in figures(at)}
+    pareto = next(f for t, f in figs.items() if t.startswith("AP vs latency"))
+    traces = {t["name"]: t for t in pareto["data"]}
+    assert set(traces) == {"FP32", "INT8", "Pareto front"}
+    assert len(traces["FP32"]["x"]) + len(traces["INT8"]["x"]) == 6
+    front = traces["Pareto front"]
+    assert front["x"] == sorted(front["x"]) and front["y"] == sorted(front["y"])
+    assert "pth" in front["hovertemplate"]
+    assert any(t.startswith("AP by person size") for t in figs)
+    assert any(t.startswith("latency by precision") for t in figs)
+    assert len(figs) == 4
+    table = at.dataframe[0].value
+    assert len(table) == 6 and "latency_ms" in table.columns
+    assert "optimistic" in texts(at.info)
+    assert len(at.get("image")) >= 2   # side-by-side overlays
+
+
+def test_compare_without_results_says_so(config):
+    seed_store.seed_finished_run(config, fail_kind="train", with_files=False)
+    at = open_page("pages/compare.py")
+    assert "no evaluated results yet" in texts(at.info)
+
+
+# ---------------------------------------------------------------- Workers
+
+def test_workers_page_shows_capabilities_and_heartbeat(config):
+    seed_store.register_worker(config, "cpu-1@host")
+    seed_store.register_worker(config, "gone@host", heartbeat_age_s=600)
+    at = open_page("pages/workers.py")
+    table = at.dataframe[0].value.set_index("worker")
+    assert table.loc["cpu-1@host", "alive"].endswith("online")
+    assert table.loc["gone@host", "alive"].endswith("offline")
+    assert "TensorRT ✘" in table.loc["cpu-1@host", "capabilities"]
+    assert "No online worker has TensorRT" in texts(at.info)
+
+
+def test_unreachable_store_is_a_message_not_a_crash(config, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nothing")
+    for page in ("pages/runs.py", "pages/workers.py", "pages/compare.py"):
+        at = open_page(page)
+        assert "cannot be read" in texts(at.error), page
