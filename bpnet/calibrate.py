@@ -456,7 +456,39 @@ def write_qdq_onnx(onnx_path, output_path, calibration, target="ort"):
     quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, activation_type, tensors,
                              [], [], ["Conv", "MaxPool", "Concat", "Relu", "Add", "Mul", "Resize"], extra)
     quantizer.quantize_model()
+    quantized = quantizer.model.model
+    # The quantizer appends Q/DQ nodes after their consumers; ONNX (shape inference, TensorRT's
+    # parser) expects nodes in topological order.
+    sort_nodes_topologically(quantized.graph)
     with atomic_path(output_path) as tmp:
-        onnx.save(quantizer.model.model, str(tmp))
+        onnx.save(quantized, str(tmp))
     return Path(output_path)
+
+
+def sort_nodes_topologically(graph):
+    """Reorder `graph.node` in place so every node comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {init.name for init in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise BpnetError("the quantised ONNX graph has a cycle or an input nobody produces: "
+                             f"{sorted({i for n in pending for i in n.input} - available)[:5]}")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+    nodes = [_copy_node(n) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _copy_node(node):
+    import onnx
+
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
 

@@ -107,6 +107,9 @@ def export_onnx(model_path, output_path, input_hw, stage=None, batch_size=None, 
                          f"(allowed {PARITY_TOLERANCE:.0e}); the conversion is wrong for this model")
     if sdk_compatible:
         proto = make_sdk_model(proto, upsample_ratio)
+    # The ONNX Runtime backend reads which stage the file holds from here.
+    onnx.helper.set_model_props(proto, {"bpnet_stage": str(stage or stages), "bpnet_input_hw": f"{input_hw[0]},{input_hw[1]}",
+                                        "bpnet_sdk_compatible": str(bool(sdk_compatible)).lower()})
     with atomic_path(output_path) as tmp:
         onnx.save(proto, str(tmp))
     return {"onnx": str(output_path), "input_hw": list(input_hw), "stage": stage or stages,
@@ -269,7 +272,7 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
             precision=data_type, input_hw=input_hw, max_batch_size=max_batch_size or max(1, int(batch_size)),
             max_workspace_size=max_workspace_size, cal_cache_file=cal_cache_file,
             cal_data_file=cal_data_file, batch_size=batch_size, batches=batches,
-            nchw_input=sdk_compatible)
+            nchw_input=sdk_compatible, stage=report["export"]["stage"])
     write_json_atomic(paths["report"], report)
     report["report"] = str(paths["report"])
     return report
