@@ -122,8 +122,13 @@ def _train_steps(params):
     return (steps * train.get("num_epoch", 1)) if steps else None
 
 
+def _family(kind):
+    # training and retraining cost the same per step
+    return "train" if kind in scheduler.TRAINING_KINDS else kind
+
+
 def _guess_duration(node, history):
-    same_kind = [(p, d) for k, p, d in history if k == node["kind"]]
+    same_kind = [(p, d) for k, p, d in history if _family(k) == _family(node["kind"])]
     if not same_kind:
         return None
     if node["kind"] in scheduler.TRAINING_KINDS:
