@@ -107,3 +107,14 @@ def test_keypoints_that_got_worse_are_named_in_the_report():
     assert changes[0]["keypoint"] == "nose"
     report = gate_report(PARENT, PARENT, "int8", parent_keypoint_errors=parent, child_keypoint_errors=child)
     assert report["passed"] and any("nose" in w for w in report["warnings"])
+
+
+def test_outputs_that_no_longer_follow_the_image_fail_even_without_an_ap_drop():
+    weak = {"AP": 0.0, "APm": 0.0, "APl": 0.0}
+    broken = gate_report(weak, weak, "int8", output_error=0.9, max_output_error=0.3)
+    assert not broken["passed"] and "output error 0.900" in broken["reasons"][1]
+    assert any("below the threshold" in w for w in broken["warnings"])
+    good = gate_report(weak, weak, "int8", output_error=0.1, max_output_error=0.3)
+    assert good["passed"]
+    with pytest.raises(BpnetError, match="max_output_error"):
+        gate_report(weak, weak, "int8", output_error=0.1, max_output_error=0)

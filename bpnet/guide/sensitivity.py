@@ -229,11 +229,18 @@ def run_model(model, data):
 
 
 def output_error(outputs, reference):
-    """Mean over outputs of ||y - y_ref|| / ||y_ref||: 0 = identical, 1 = as large as the signal."""
+    """Mean over outputs of ||y - y_ref|| / ||y_ref - channel mean of y_ref||.
+
+    Normalised by how much the reference varies (per channel, over images and positions) rather
+    than by its size: heatmaps are mostly a constant background, and an error as large as the
+    variation means the output no longer depends on the image. 0 = identical.
+    """
     errors = []
     for y, ref in zip(outputs, reference):
-        norm = float(np.linalg.norm(ref))
-        errors.append(float(np.linalg.norm(y - ref)) / (norm if norm > 0 else 1.0))
+        ref = np.asarray(ref, dtype=np.float64)
+        variation = ref - ref.mean(axis=tuple(range(ref.ndim - 1)), keepdims=True)
+        norm = float(np.linalg.norm(variation))
+        errors.append(float(np.linalg.norm(np.asarray(y, dtype=np.float64) - ref)) / (norm if norm > 0 else 1.0))
     return float(np.mean(errors))
 
 

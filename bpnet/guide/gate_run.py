@@ -1,0 +1,169 @@
+"""Running the INT8/FP16 gate and its remedies: the engine functions the CLI and worker call.
+
+`run_gate` evaluates the float parent and the reduced-precision child the same strict way (the
+parent's evaluation is reused when it exists), measures per-keypoint localisation errors,
+decides pass/fail with `bpnet.guide.gate`, and - for a failed INT8 Q/DQ model when images are
+given - ranks layer sensitivity so the "keep layers in FP32" remedy names its layers.
+`out_dir/gate.json` holds the report.
+
+Remedies (`run_remedy`): recalibrate with more/different images or another calibrator (through
+`bpnet.calibrate`), keep layers in float (`bpnet.guide.sensitivity`), quantization-aware training
+(`bpnet.guide.qat`). Each returns the path of a new INT8 model that goes through the gate again.
+"""
+
+from pathlib import Path
+
+from bpnet.errors import BpnetError
+from bpnet.events import emit
+from bpnet.fileio import read_json, write_json_atomic
+from bpnet.guide.gate import DEFAULT_MAX_OUTPUT_ERROR, DEFAULT_THRESHOLD_AP, gate_report, keypoint_errors
+
+STAGE = "gate"
+SENSITIVE_LAYERS_TO_NAME = 3
+AGREEMENT_IMAGES = 8          # images (of the evaluation set) on which outputs are compared
+
+
+def agreement_batch(annotations, images_dir, infer_spec, image_ids, count=AGREEMENT_IMAGES):
+    """The first `count` evaluation images, prepared exactly as the evaluation prepares them."""
+    from bpnet.preprocess import prepare_batch, read_image
+
+    coco = read_json(annotations, "annotations")
+    names = {img["id"]: img["file_name"] for img in coco["images"]}
+    chosen = [i for i in (image_ids or sorted(names)) if i in names][:count]
+    if not chosen:
+        raise BpnetError(f"no evaluation images of {annotations} to compare the outputs on")
+    norm = {"image_scale": infer_spec.normalization.image_scale,
+            "image_offset": infer_spec.normalization.image_offset}
+    images = [read_image(Path(images_dir) / names[i]) for i in chosen]
+    # One image at a time: in adjust mode widths differ, and backends may have a fixed batch.
+    return [prepare_batch([img], infer_spec.input_shape, "pad_image_input", **norm)[0] for img in images]
+
+
+def outputs_agreement(parent_model, child_model, batches, stage=None):
+    """`output_error` of the child's (heatmaps, pafs) against the parent's over `batches`."""
+    import numpy as np
+
+    from bpnet.backends import load_backend
+    from bpnet.guide.sensitivity import output_error
+
+    def predict_all(model_path):
+        with load_backend(model_path, stage=stage) as backend:
+            outputs = [backend.predict(batch) for batch in batches]
+        return [np.concatenate([o[k] for o in outputs]) for k in range(2)]
+
+    return output_error(predict_all(child_model), predict_all(parent_model))
+
+
+def evaluate_cached(model_path, annotations, images_dir, infer_spec, out_dir, max_images, progress):
+    """(metrics, results) of `model_path`; an evaluation already in `out_dir` of the same model is
+    reused (the parent is shared by all its INT8/FP16 children)."""
+    from bpnet.evaluate import evaluate_model
+
+    out_dir = Path(out_dir)
+    metrics_path, results_path = out_dir / "metrics.json", out_dir / "results.json"
+    metrics = None
+    if metrics_path.is_file() and results_path.is_file():
+        cached = read_json(metrics_path, "cached metrics")
+        if cached.get("model") == str(model_path):
+            metrics = cached
+    if metrics is None:
+        metrics = evaluate_model(model_path, annotations, images_dir, infer_spec, out_dir,
+                                 max_images=max_images, progress=progress)
+    return metrics, read_json(results_path, "evaluation results")
+
+
+def model_precision(model_path):
+    path = Path(model_path)
+    if path.suffix != ".onnx":
+        return "fp32"
+    from bpnet.export import onnx_precision
+    return onnx_precision(path)
+
+
+def run_gate(parent_model, child_model, annotations, images_dir, infer_spec, out_dir,
+             threshold_ap=DEFAULT_THRESHOLD_AP, precision=None, max_images=None, calibrator=None,
+             num_calibration_images=None, rank_layers=True, float_onnx=None,
+             max_output_error=DEFAULT_MAX_OUTPUT_ERROR, parent_eval_dir=None, progress=None):
+    """Gate `child_model` (INT8/FP16) against `parent_model` (float) on the same evaluation.
+
+    With `rank_layers`, a failed INT8 Q/DQ model gets a per-layer sensitivity ranking on the
+    comparison images, and the keep-in-FP32 remedy names the worst layers (`float_onnx`, the
+    parent exported to ONNX, makes the float path exact). Returns the report (`out_dir/gate.json`).
+    """
+    for what, path in (("float parent model", parent_model), ("quantized model", child_model)):
+        if not Path(path).is_file():
+            raise BpnetError(f"{what} not found: {path}")
+    out_dir = Path(out_dir)
+    precision = precision or model_precision(child_model)
+    emit(progress, STAGE, "start", message=f"evaluating the float parent {parent_model}", fraction=0.0)
+    parent_eval_dir = Path(parent_eval_dir) if parent_eval_dir is not None else out_dir / "parent"
+    parent_metrics, parent_results = evaluate_cached(parent_model, annotations, images_dir, infer_spec,
+                                                     parent_eval_dir, max_images, progress)
+    emit(progress, STAGE, "phase", message=f"evaluating the {precision} model {child_model}", fraction=0.4)
+    child_metrics, child_results = evaluate_cached(child_model, annotations, images_dir, infer_spec,
+                                                   out_dir / "child", max_images, progress)
+    coco = read_json(annotations, "annotations")
+    image_ids = parent_metrics.get("image_ids")
+    parent_errors = keypoint_errors(coco, parent_results, image_ids)
+    child_errors = keypoint_errors(coco, child_results, image_ids)
+    emit(progress, STAGE, "phase", message="comparing the outputs on the same images", fraction=0.7)
+    batches = agreement_batch(annotations, images_dir, infer_spec, image_ids)
+    agreement = outputs_agreement(parent_model, child_model, batches, infer_spec.output_stage_to_use)
+    common = dict(calibrator=calibrator, num_calibration_images=num_calibration_images,
+                  output_error=agreement, max_output_error=max_output_error)
+    report = gate_report(parent_metrics, child_metrics, precision, threshold_ap, parent_errors, child_errors,
+                         **common)
+    if not report["passed"] and precision == "int8" and rank_layers and Path(child_model).suffix == ".onnx":
+        import numpy as np
+
+        from bpnet.guide.sensitivity import layer_sensitivity, most_sensitive
+
+        emit(progress, STAGE, "phase", message="ranking layers by INT8 sensitivity", fraction=0.8)
+        sensitivity = layer_sensitivity(child_model, np.concatenate(batches), float_onnx, progress)
+        layers = most_sensitive(sensitivity, count=SENSITIVE_LAYERS_TO_NAME)
+        report["sensitivity"] = sensitivity
+        report["remedies"] = gate_report(parent_metrics, child_metrics, precision, threshold_ap,
+                                         sensitive_layers=layers, **common)["remedies"]
+    report.update(parent_model=str(parent_model), child_model=str(child_model),
+                  parent_metrics=str(parent_eval_dir / "metrics.json"),
+                  child_metrics=str(out_dir / "child" / "metrics.json"))
+    write_json_atomic(out_dir / "gate.json", report)
+    emit(progress, STAGE, "done", fraction=1.0, passed=report["passed"], message=report["reasons"][0])
+    return report
+
+
+def run_remedy(remedy, float_onnx, output_path, cal_data=None, qdq_model=None, qat_options=None,
+               progress=None):
+    """Run one remedy of a gate report; returns the new INT8 ONNX path to gate again.
+
+    - more_calibration_images / other_calibrator: `cal_data` (N, H, W, 3) float32 calibration batch
+      (new images for the first), calibrator from the remedy's params (default entropy);
+    - keep_layers_float: edits `qdq_model`, keeping the remedy's layers in float;
+    - qat: quantization-aware fine-tuning, `qat_options` = keyword arguments of
+      `bpnet.guide.qat.qat_finetune` (model_path, train_spec, out_dir, steps ...).
+    """
+    kind, params = remedy["kind"], remedy.get("params", {})
+    emit(progress, STAGE, "remedy", message=f"running remedy {kind}")
+    if kind in ("more_calibration_images", "other_calibrator"):
+        from bpnet import calibrate
+
+        if cal_data is None:
+            raise BpnetError(f"remedy {kind} needs calibration images (cal_data)")
+        method = params.get("calibrator", "entropy")
+        calibration = calibrate.calibrate_onnx(float_onnx, cal_data, (method,), progress=progress)[method]
+        return calibrate.write_qdq_onnx(float_onnx, output_path, calibration, target="ort")
+    if kind == "keep_layers_float":
+        from bpnet.guide.sensitivity import keep_layers_float
+
+        if qdq_model is None or not params.get("layers"):
+            raise BpnetError("remedy keep_layers_float needs the INT8 model and a non-empty 'layers' list "
+                             "(run the gate with sensitivity images to get one)")
+        return keep_layers_float(qdq_model, output_path, params["layers"], float_path=float_onnx)
+    if kind == "qat":
+        from bpnet.guide.qat import qat_finetune
+
+        if not qat_options:
+            raise BpnetError("remedy qat needs qat_options (model_path, train_spec, out_dir, steps)")
+        return qat_finetune(**qat_options, onnx_path=output_path, progress=progress)["onnx"]
+    raise BpnetError(f"unknown remedy kind {kind!r}; expected more_calibration_images, other_calibrator, "
+                     f"keep_layers_float or qat")
