@@ -27,6 +27,8 @@ def soft_start_annealing_lr(progress, base_lr, min_lr, soft_start, annealing):
         t = (1.0 - progress) / (1.0 - annealing)
     else:
         t = 1.0
+    if t >= 1.0:
+        return base_lr   # exactly the configured rate, not exp(log()) round-off
     if min_lr <= 0:
         return base_lr * t
     return math.exp(math.log(min_lr) + t * (math.log(base_lr) - math.log(min_lr)))

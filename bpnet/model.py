@@ -14,12 +14,14 @@ below 8); the output channel counts come from the skeleton (19 heatmaps, 38 PAFs
 """
 
 import re
+import warnings
 from pathlib import Path
 
 import bpnet  # noqa: F401  (selects tf-keras before TensorFlow is imported)
 import tensorflow as tf
 
 from bpnet.errors import BpnetError
+from bpnet.fileio import atomic_path
 from bpnet.preprocess import check_input_hw
 
 MIN_CHANNELS = 8
@@ -154,20 +156,39 @@ def count_params(model):
     return int(sum(int(tf.size(w)) for w in model.weights))
 
 
-def load_model(path):
-    """A BodyPoseNet Keras model from an HDF5 file, or a BpnetError saying what is wrong with it."""
+def save_model(model, path):
+    """Write `model` as Keras HDF5 at `path`, atomically (no optimizer state)."""
+    with atomic_path(path) as tmp:
+        write_hdf5(model, tmp)
+
+
+def write_hdf5(model, path):
+    with warnings.catch_warnings():
+        # HDF5 is the format this project exchanges (pruning, TLT-style tooling); Keras calls it
+        # legacy on every save.
+        warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`.*")
+        model.save(path, include_optimizer=False, save_format="h5")
+
+
+def load_keras_model(path, what="model file"):
+    """Any Keras model from an HDF5 file, or a BpnetError naming the file and the problem."""
     import h5py
 
     path = Path(path)
     if not path.is_file():
-        raise BpnetError(f"model file not found: {path}")
+        raise BpnetError(f"{what} not found: {path}")
     if not h5py.is_hdf5(path):
-        raise BpnetError(f"model file {path} is not a Keras HDF5 file (.hdf5/.h5 expected)")
+        raise BpnetError(f"{what} {path} is not a Keras HDF5 file (.hdf5/.h5 expected)")
     try:
-        model = tf.keras.models.load_model(path, compile=False)
+        return tf.keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for truncated or foreign HDF5 files
-        raise BpnetError(f"model file {path} could not be loaded as a Keras model: "
+        raise BpnetError(f"{what} {path} could not be loaded as a Keras model: "
                          f"{type(err).__name__}: {err}") from None
+
+
+def load_model(path):
+    """A BodyPoseNet Keras model from an HDF5 file, or a BpnetError saying what is wrong with it."""
+    model = load_keras_model(path)
     try:
         num_stages(model)
     except BpnetError as err:
