@@ -88,7 +88,8 @@ def main():
                 by_people[people_bucket(n)].append(t)
     print("\nat 288x384, by number of annotated people in the image")
     print(f"{'people':>6} | {'images':>6} | {'median ms':>9} | {'p95 ms':>7}")
-    for bucket in ("0", "1", "2-3", "4-6", "7+"):
+    by_people[">=1"] = [t for bucket, times in by_people.items() if bucket != "0" for t in times]
+    for bucket in ("0", "1", "2-3", "4-6", "7+", ">=1"):
         if by_people[bucket]:
             t = np.asarray(by_people[bucket])
             print(f"{bucket:>6} | {len(t):>6} | {np.median(t):>9.2f} | {np.percentile(t, 95):>7.2f}")

@@ -78,38 +78,50 @@ def _cubic_kernel(d):
 
 
 class CubicUpsampler:
-    """Bicubic upsampling of small windows of a (h, w) map, cached per map size and factor."""
+    """Bicubic upsampling of small windows of (h, w) maps, cached per map size and factor.
+
+    Every window covers the fine samples whose centres lie within one coarse cell of a candidate
+    cell's centre: at most 2 * factor + 1 per axis, samples past that span or past the map's
+    edge are masked with -inf.
+    """
 
     _cache = {}
+    PAD = 3  # a fine sample within one cell of the centre uses coarse taps at most 3 cells away
 
     def __init__(self, map_hw, factor_hw):
         key = (tuple(map_hw), tuple(factor_hw))
         if key not in self._cache:
-            self._cache[key] = (cubic_weights(map_hw[0], factor_hw[0]),
-                                cubic_weights(map_hw[1], factor_hw[1]))
+            # Zero columns on both sides let every window slice 7 columns without clipping; the
+            # edge-repeat taps are already folded into the real edge columns.
+            self._cache[key] = tuple(np.pad(cubic_weights(n, f), ((0, 0), (self.PAD, self.PAD)))
+                                     for n, f in zip(map_hw, factor_hw))
         self.rows, self.cols = self._cache[key]
-        self.factor_hw = factor_hw
+        self.factor_hw = tuple(factor_hw)
 
-    def window(self, plane, row, col):
-        """The upsampled map over coarse cells row-1..row+1, col-1..col+1.
+    def windows(self, planes, rows, cols, chans):
+        """Upsampled windows around cells (rows, cols) of channels `chans` of (h, w, C) `planes`.
 
-        Returns (values (ny, nx), fine row indices (ny,), fine col indices (nx,)).
+        Returns (values (n, K, K) with -inf outside the window, fine rows (n, K), fine cols (n, K)).
         """
-        fy, fx = self.factor_hw
-        fine_rows = _fine_span(row, fy, self.rows.shape[0])
-        fine_cols = _fine_span(col, fx, self.cols.shape[0])
-        # Each fine sample uses coarse taps within 2 cells, so rows/cols +-3 cover the window.
-        r0, r1 = max(row - 3, 0), min(row + 4, plane.shape[0])
-        c0, c1 = max(col - 3, 0), min(col + 4, plane.shape[1])
-        values = self.rows[fine_rows, r0:r1] @ plane[r0:r1, c0:c1] @ self.cols[fine_cols, c0:c1].T
+        pad = self.PAD
+        padded = np.pad(planes, ((pad, pad), (pad, pad), (0, 0)))
+        span = np.arange(2 * pad + 1)
+        patches = padded[rows[:, None, None] + span[:, None], cols[:, None, None] + span, chans[:, None, None]]
+        fine_rows, valid_rows = self._span(rows, self.factor_hw[0], self.rows.shape[0])
+        fine_cols, valid_cols = self._span(cols, self.factor_hw[1], self.cols.shape[0])
+        weights_y = self.rows[fine_rows[:, :, None], rows[:, None, None] + span]       # (n, K, 7)
+        weights_x = self.cols[fine_cols[:, :, None], cols[:, None, None] + span]       # (n, K, 7)
+        values = weights_y @ patches @ weights_x.transpose(0, 2, 1)                  # (n, K, K)
+        values[~(valid_rows[:, :, None] & valid_cols[:, None, :])] = -np.inf
         return values, fine_rows, fine_cols
 
-
-def _fine_span(cell, factor, fine_len):
-    """Fine indices whose centres lie within one coarse cell of `cell`'s centre."""
-    lo = int(np.ceil((cell - 1 + 0.5) * factor - 0.5))
-    hi = int(np.floor((cell + 1 + 0.5) * factor - 0.5))
-    return np.arange(max(lo, 0), min(hi, fine_len - 1) + 1)
+    @staticmethod
+    def _span(cells, factor, fine_len):
+        lo = np.ceil((cells - 0.5) * factor - 0.5).astype(np.int64)
+        hi = np.floor((cells + 1.5) * factor - 0.5).astype(np.int64)
+        fine = lo[:, None] + np.arange(2 * factor + 1)
+        valid = (fine >= 0) & (fine <= hi[:, None]) & (fine < fine_len)
+        return np.clip(fine, 0, fine_len - 1), valid
 
 
 def local_maxima(maps):
@@ -130,37 +142,47 @@ def find_peaks(heatmaps, num_parts, threshold, factor_hw=(STRIDE, STRIDE), strid
     heatmaps: (h, w, >= num_parts) at `stride`; channels past `num_parts` (background) ignored.
     """
     parts = np.ascontiguousarray(heatmaps[..., :num_parts], dtype=np.float32)
-    candidates = local_maxima(parts) & (parts > threshold)
-    upsampler = CubicUpsampler(parts.shape[:2], factor_hw)
-    cell_y, cell_x = stride / factor_hw[0], stride / factor_hw[1]
-    rows, cols, chans = np.nonzero(candidates)
-    peaks = []
-    for p in range(num_parts):
-        mine = chans == p
-        r, c = rows[mine], cols[mine]
-        order = np.argsort(-parts[r, c, p])[:max_peaks]
-        found = []
-        for row, col in zip(r[order], c[order]):
-            values, fine_rows, fine_cols = upsampler.window(parts[:, :, p], row, col)
-            iy, ix = np.unravel_index(np.argmax(values), values.shape)
-            dy, dx = parabola_offset(values[:, ix], iy), parabola_offset(values[iy], ix)
-            found.append((cells_to_pixels(fine_cols[ix] + dx, cell_x),
-                          cells_to_pixels(fine_rows[iy] + dy, cell_y),
-                          max(values[iy, ix], parts[row, col, p])))
-        peaks.append(_drop_duplicates(np.asarray(found, dtype=np.float32).reshape(-1, 3), stride))
-    return peaks
+    rows, cols, chans = np.nonzero(local_maxima(parts) & (parts > threshold))
+    coarse = parts[rows, cols, chans]
+    keep = strongest_per_channel(chans, coarse, max_peaks)
+    rows, cols, chans, coarse = rows[keep], cols[keep], chans[keep], coarse[keep]
+    empty = np.zeros((0, 3), np.float32)
+    if len(rows) == 0:
+        return [empty] * num_parts
+    values, fine_rows, fine_cols = CubicUpsampler(parts.shape[:2], factor_hw).windows(parts, rows, cols, chans)
+    n, k, _ = values.shape
+    iy, ix = np.unravel_index(values.reshape(n, -1).argmax(axis=1), (k, k))
+    at = np.arange(n)
+    dy = parabola_offsets(values[at, :, ix], iy)
+    dx = parabola_offsets(values[at, iy, :], ix)
+    found = np.stack([cells_to_pixels(fine_cols[at, ix] + dx, stride / factor_hw[1]),
+                      cells_to_pixels(fine_rows[at, iy] + dy, stride / factor_hw[0]),
+                      np.maximum(values[at, iy, ix], coarse)], axis=1).astype(np.float32)
+    return [_drop_duplicates(found[chans == p], stride) if np.any(chans == p) else empty
+            for p in range(num_parts)]
 
 
-def parabola_offset(line, i):
-    """Sub-cell offset in [-0.5, 0.5] of the maximum at `line[i]`, from a parabola through its
-    neighbours; 0 at the window's edge or on a flat top."""
-    if i == 0 or i == len(line) - 1:
-        return 0.0
-    left, centre, right = line[i - 1], line[i], line[i + 1]
+def strongest_per_channel(chans, values, limit):
+    """Indices of at most `limit` highest values per channel."""
+    order = np.lexsort((-values, chans))
+    first = np.searchsorted(chans[order], chans[order], side="left")
+    return order[np.arange(len(order)) - first < limit]
+
+
+def parabola_offsets(lines, index):
+    """Sub-cell offsets in [-0.5, 0.5] of the maxima lines[i, index[i]] from a parabola through
+    their neighbours; 0 at a window's edge, next to a masked sample or on a flat top."""
+    n, k = lines.shape
+    at = np.arange(n)
+    inner = (index > 0) & (index < k - 1)
+    left = lines[at, np.clip(index - 1, 0, k - 1)]
+    centre = lines[at, index]
+    right = lines[at, np.clip(index + 1, 0, k - 1)]
     curvature = left - 2 * centre + right
-    if curvature >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+    usable = inner & np.isfinite(curvature) & (curvature < 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        offset = np.where(usable, 0.5 * (left - right) / np.where(usable, curvature, -1.0), 0.0)
+    return np.clip(offset, -0.5, 0.5)
 
 
 def _drop_duplicates(peaks, min_dist_px):
@@ -178,39 +200,40 @@ def _drop_duplicates(peaks, min_dist_px):
 
 # ---------------------------------------------------------------- limbs
 
-def sample_bilinear(plane, x_cells, y_cells):
-    """Bilinear samples of (h, w, C) `plane` at fractional cell coordinates (any shape)."""
+def sample_bilinear(plane, x_cells, y_cells, channels):
+    """Bilinear samples of (h, w, C) `plane` at fractional cell coordinates.
+
+    x_cells, y_cells, channels: same shape (...); channels (...) index the last axis of `plane`.
+    """
     h, w = plane.shape[:2]
     x = np.clip(x_cells, 0, w - 1)
     y = np.clip(y_cells, 0, h - 1)
-    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2) if w > 1 else np.zeros_like(x, np.int64)
-    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2) if h > 1 else np.zeros_like(y, np.int64)
+    x0 = np.minimum(np.floor(x).astype(np.int64), max(w - 2, 0))
+    y0 = np.minimum(np.floor(y).astype(np.int64), max(h - 2, 0))
     x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    tx, ty = (x - x0)[..., None], (y - y0)[..., None]
-    top = plane[y0, x0] * (1 - tx) + plane[y0, x1] * tx
-    bottom = plane[y1, x0] * (1 - tx) + plane[y1, x1] * tx
+    tx, ty = x - x0, y - y0
+    top = plane[y0, x0, channels] * (1 - tx) + plane[y0, x1, channels] * tx
+    bottom = plane[y1, x0, channels] * (1 - tx) + plane[y1, x1, channels] * tx
     return top * (1 - ty) + bottom * ty
 
 
-def score_limbs(peaks_a, peaks_b, paf_xy, input_h, num_samples, paf_threshold,
-                min_positive_fraction, stride=STRIDE):
-    """PAF line-integral scores of every (a, b) candidate pair of one limb.
+def segment_scores(starts, ends, pafs, limb_index, input_h, num_samples, paf_threshold,
+                   min_positive_fraction, stride=STRIDE):
+    """PAF line-integral scores of M candidate segments (starts, ends (M, 2) input pixels) of
+    limbs `limb_index` (M,) whose fields are channels (2k, 2k+1) of `pafs` (h, w, 2L) at `stride`.
 
-    peaks_a (na, 3), peaks_b (nb, 3) in input pixels; paf_xy (h, w, 2) the limb's field at `stride`.
-    Returns (na, nb) float32 scores with -inf where the pair is not a plausible limb.
+    Returns (M,) float32 scores, -inf where the segment is not a plausible limb.
     """
-    na, nb = len(peaks_a), len(peaks_b)
-    if na == 0 or nb == 0:
-        return np.full((na, nb), -np.inf, dtype=np.float32)
-    start = peaks_a[:, None, :2]                                  # (na, 1, 2)
-    vec = peaks_b[None, :, :2] - start                            # (na, nb, 2)
-    length = np.linalg.norm(vec, axis=-1)                         # (na, nb)
-    unit = vec / np.maximum(length, 1e-6)[..., None]
+    vec = ends - starts                                           # (M, 2)
+    length = np.linalg.norm(vec, axis=-1)                         # (M,)
+    unit = vec / np.maximum(length, 1e-6)[:, None]
     t = np.linspace(0.0, 1.0, num_samples, dtype=np.float32)
-    points = start[:, :, None, :] + vec[:, :, None, :] * t[:, None]   # (na, nb, S, 2)
-    field = sample_bilinear(paf_xy, pixels_to_cells(points[..., 0], stride),
-                            pixels_to_cells(points[..., 1], stride))  # (na, nb, S, 2)
-    along = np.einsum("abse,abe->abs", field, unit)               # (na, nb, S)
+    points = starts[:, None, :] + vec[:, None, :] * t[:, None]    # (M, S, 2)
+    x_cells = pixels_to_cells(points[..., 0], stride)
+    y_cells = pixels_to_cells(points[..., 1], stride)
+    channel_x = np.broadcast_to(2 * limb_index[:, None], x_cells.shape)
+    along = (sample_bilinear(pafs, x_cells, y_cells, channel_x) * unit[:, None, 0]
+             + sample_bilinear(pafs, x_cells, y_cells, channel_x + 1) * unit[:, None, 1])  # (M, S)
     positive = (along > paf_threshold).mean(axis=-1)
     # Long limbs cross other people's fields more easily; OpenPose's prior penalises any limb
     # longer than half the input height.
@@ -218,6 +241,29 @@ def score_limbs(peaks_a, peaks_b, paf_xy, input_h, num_samples, paf_threshold,
     score = along.mean(axis=-1) + prior
     valid = (positive >= min_positive_fraction) & (score > 0) & (length > 0)
     return np.where(valid, score, -np.inf).astype(np.float32)
+
+
+def score_limbs(peaks, pafs, limbs, input_h, num_samples, paf_threshold, min_positive_fraction,
+                stride=STRIDE):
+    """Per limb, the (na, nb) scores of every candidate pair (-inf = not a limb), all limbs in
+    one vectorised pass. peaks: per part (n, 3) arrays in input pixels; pafs (h, w, 2L)."""
+    starts, ends, limb_index, shapes = [], [], [], []
+    for k, (a, b) in enumerate(limbs):
+        na, nb = len(peaks[a]), len(peaks[b])
+        shapes.append((na, nb))
+        if na and nb:
+            starts.append(np.repeat(peaks[a][:, :2], nb, axis=0))
+            ends.append(np.tile(peaks[b][:, :2], (na, 1)))
+            limb_index.append(np.full(na * nb, k))
+    flat = segment_scores(np.concatenate(starts), np.concatenate(ends), pafs,
+                          np.concatenate(limb_index), input_h, num_samples, paf_threshold,
+                          min_positive_fraction, stride) if starts else np.zeros(0, np.float32)
+    out, offset = [], 0
+    for na, nb in shapes:
+        size = na * nb if na and nb else 0
+        out.append(flat[offset:offset + size].reshape(na, nb) if size else np.full((na, nb), -np.inf, np.float32))
+        offset += size
+    return out
 
 
 def match_limb(scores):
@@ -378,13 +424,10 @@ def decode(heatmaps, pafs, infer_spec, skeleton, stride=STRIDE):
     input_h = heatmaps.shape[0] * stride
     peaks = find_peaks(heatmaps, skeleton.num_parts, infer_spec.heatmap_threshold,
                        tuple(infer_spec.output_upsampling_factor), stride)
-    pafs = np.asarray(pafs, dtype=np.float32)
-    connections = []
-    for k, (part_a, part_b) in enumerate(skeleton.limbs):
-        scores = score_limbs(peaks[part_a], peaks[part_b], pafs[..., 2 * k:2 * k + 2], input_h,
-                             infer_spec.paf_num_samples, infer_spec.paf_threshold,
-                             infer_spec.paf_min_positive_fraction, stride)
-        connections.append(match_limb(scores))
+    scores = score_limbs(peaks, np.asarray(pafs, dtype=np.float32), skeleton.limbs, input_h,
+                         infer_spec.paf_num_samples, infer_spec.paf_threshold,
+                         infer_spec.paf_min_positive_fraction, stride)
+    connections = [match_limb(limb_scores) for limb_scores in scores]
     members, totals = assemble_people(peaks, connections, skeleton.limbs, skeleton.num_parts)
     members, totals = merge_hubless_fragments(members, totals, peaks, skeleton.limbs,
                                               infer_spec.fragment_merge_reach)

@@ -66,12 +66,20 @@ def test_cubic_weights_reproduce_cv2_resize(h, w, factor):
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
-def test_window_equals_the_same_cells_of_the_fully_upsampled_map():
-    plane = np.random.default_rng(1).random((36, 48)).astype(np.float32)
-    full = cv2.resize(plane, (48 * 8, 36 * 8), interpolation=cv2.INTER_CUBIC)
-    values, rows, cols = CubicUpsampler((36, 48), (8, 8)).window(plane, 0, 20)
-    np.testing.assert_allclose(values, full[np.ix_(rows, cols)], atol=1e-5)
-    assert rows[0] == 0 and cols[0] > 0   # clipped at the top border only
+@pytest.mark.parametrize("factor", [8, 3])
+def test_windows_equal_the_same_cells_of_the_fully_upsampled_map(factor):
+    planes = np.random.default_rng(1).random((36, 48, 2)).astype(np.float32)
+    rows, cols, chans = np.array([0, 17, 35]), np.array([20, 0, 47]), np.array([1, 0, 1])
+    values, fine_rows, fine_cols = CubicUpsampler((36, 48), (factor, factor)).windows(planes, rows, cols, chans)
+    for n in range(3):
+        full = cv2.resize(planes[..., chans[n]], (48 * factor, 36 * factor), interpolation=cv2.INTER_CUBIC)
+        inside = np.isfinite(values[n])
+        expected = full[np.ix_(fine_rows[n], fine_cols[n])]
+        np.testing.assert_allclose(values[n][inside], expected[inside], atol=1e-5)
+        centre_y, centre_x = (rows[n] + 0.5) * factor - 0.5, (cols[n] + 0.5) * factor - 0.5
+        used_rows, used_cols = fine_rows[n][inside.any(1)], fine_cols[n][inside.any(0)]
+        assert np.abs(used_rows - centre_y).max() <= factor and np.abs(used_cols - centre_x).max() <= factor
+        assert used_rows.min() >= 0 and used_cols.max() < 48 * factor
 
 
 @pytest.mark.parametrize("factor", [1, 4, 8])
@@ -98,13 +106,15 @@ def test_limb_score_is_high_along_the_field_and_invalid_against_it():
     _, pafs = maps_of([person])
     limb = SKELETON.limbs.index((SKELETON.parts.index("right_hip"), SKELETON.parts.index("right_knee")))
     a, b = SKELETON.limbs[limb]
-    peaks_a = np.array([[*person[a, :2], 1]], np.float32)
-    peaks_b = np.array([[*person[b, :2], 1]], np.float32)
-    field = pafs[..., 2 * limb:2 * limb + 2]
-    forward = score_limbs(peaks_a, peaks_b, field, INPUT_HW[0], 10, 0.05, 0.8)
-    backward = score_limbs(peaks_b, peaks_a, field, INPUT_HW[0], 10, 0.05, 0.8)
-    assert forward[0, 0] > 0.9
-    assert backward[0, 0] == -np.inf
+    forward = [np.zeros((0, 3), np.float32) for _ in SKELETON.parts]
+    forward[a] = np.array([[*person[a, :2], 1]], np.float32)
+    forward[b] = np.array([[*person[b, :2], 1]], np.float32)
+    backward = list(forward)
+    backward[a], backward[b] = forward[b], forward[a]
+    limb_scores = score_limbs(forward, pafs, SKELETON.limbs, INPUT_HW[0], 10, 0.05, 0.8)
+    assert limb_scores[limb][0, 0] > 0.9
+    assert all(s.size == 0 for k, s in enumerate(limb_scores) if k != limb)
+    assert score_limbs(backward, pafs, SKELETON.limbs, INPUT_HW[0], 10, 0.05, 0.8)[limb][0, 0] == -np.inf
 
 
 def test_greedy_matching_uses_each_candidate_once_best_first():
