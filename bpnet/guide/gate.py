@@ -185,10 +185,11 @@ def remedies(precision, calibrator=None, num_calibration_images=None, sensitive_
                         "why": "quantizing one layer at a time shows which layers lose the most; "
                                "leaving them in float recovers most of the accuracy at a small speed cost",
                         "params": {"layers": list(sensitive_layers)}})
+        # Advice only for now: the engine has no QAT run yet (runnable False tells the UI).
         options.append({"kind": "qat", "title": "Quantization-aware training",
                         "why": "fine-tunes the model with simulated INT8 (TensorFlow Model "
                                "Optimization) so the weights adapt to the quantization",
-                        "params": {}})
+                        "params": {}, "runnable": False})
     else:
         options.append({"kind": "keep_layers_float", "title": "Keep the most sensitive layers in FP32",
                         "why": "an FP16 drop usually comes from a few layers whose values overflow "

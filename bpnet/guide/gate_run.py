@@ -7,8 +7,9 @@ given - ranks layer sensitivity so the "keep layers in FP32" remedy names its la
 `out_dir/gate.json` holds the report.
 
 Remedies (`run_remedy`): recalibrate with more/different images or another calibrator (through
-`bpnet.calibrate`), keep layers in float (`bpnet.guide.sensitivity`), quantization-aware training
-(`bpnet.guide.qat`). Each returns the path of a new INT8 model that goes through the gate again.
+`bpnet.calibrate`), keep layers in float (`bpnet.guide.sensitivity`). Each returns the path of a
+new INT8 model that goes through the gate again. Quantization-aware training is offered as
+advice only (not runnable yet).
 """
 
 from pathlib import Path
@@ -20,6 +21,7 @@ from bpnet.guide.gate import DEFAULT_MAX_OUTPUT_ERROR, DEFAULT_THRESHOLD_AP, gat
 
 STAGE = "gate"
 SENSITIVE_LAYERS_TO_NAME = 3
+RUNNABLE_REMEDIES = ("more_calibration_images", "other_calibrator", "keep_layers_float")
 AGREEMENT_IMAGES = 8          # images (of the evaluation set) on which outputs are compared
 
 
@@ -132,15 +134,12 @@ def run_gate(parent_model, child_model, annotations, images_dir, infer_spec, out
     return report
 
 
-def run_remedy(remedy, float_onnx, output_path, cal_data=None, qdq_model=None, qat_options=None,
-               progress=None):
+def run_remedy(remedy, float_onnx, output_path, cal_data=None, qdq_model=None, progress=None):
     """Run one remedy of a gate report; returns the new INT8 ONNX path to gate again.
 
     - more_calibration_images / other_calibrator: `cal_data` (N, H, W, 3) float32 calibration batch
       (new images for the first), calibrator from the remedy's params (default entropy);
-    - keep_layers_float: edits `qdq_model`, keeping the remedy's layers in float;
-    - qat: quantization-aware fine-tuning, `qat_options` = keyword arguments of
-      `bpnet.guide.qat.qat_finetune` (model_path, train_spec, out_dir, steps ...).
+    - keep_layers_float: edits `qdq_model`, keeping the remedy's layers in float.
     """
     kind, params = remedy["kind"], remedy.get("params", {})
     emit(progress, STAGE, "remedy", message=f"running remedy {kind}")
@@ -159,11 +158,5 @@ def run_remedy(remedy, float_onnx, output_path, cal_data=None, qdq_model=None, q
             raise BpnetError("remedy keep_layers_float needs the INT8 model and a non-empty 'layers' list "
                              "(run the gate with sensitivity images to get one)")
         return keep_layers_float(qdq_model, output_path, params["layers"], float_path=float_onnx)
-    if kind == "qat":
-        from bpnet.guide.qat import qat_finetune
-
-        if not qat_options:
-            raise BpnetError("remedy qat needs qat_options (model_path, train_spec, out_dir, steps)")
-        return qat_finetune(**qat_options, onnx_path=output_path, progress=progress)["onnx"]
-    raise BpnetError(f"unknown remedy kind {kind!r}; expected more_calibration_images, other_calibrator, "
-                     f"keep_layers_float or qat")
+    raise BpnetError(f"remedy kind {kind!r} cannot be run here; runnable kinds: "
+                     f"{', '.join(RUNNABLE_REMEDIES)}")
