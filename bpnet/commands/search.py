@@ -1,0 +1,39 @@
+"""`bpnet search -m BASE.hdf5 -e RETRAIN_SPEC.yaml -a ANN.json -i IMAGES --infer_spec INFER.yaml -r OUT
+[--budget 2] [--objective params|latency] [--max_iters 6]`: the smallest model within an AP budget."""
+
+
+def add_arguments(parser):
+    parser.add_argument("-m", "--model", required=True, help="the unpruned trained model (.hdf5)")
+    parser.add_argument("-e", "--retrain_spec", required=True, help="training spec used to retrain each pruned model")
+    parser.add_argument("-a", "--annotations", required=True, help="evaluation annotations (COCO JSON)")
+    parser.add_argument("-i", "--images", required=True, help="evaluation images folder")
+    parser.add_argument("--infer_spec", required=True, help="inference spec used for evaluation")
+    parser.add_argument("-r", "--results_dir", required=True, help="folder for trials and search.json")
+    parser.add_argument("--budget", type=float, default=2.0, help="largest AP drop in points (default 2)")
+    parser.add_argument("--objective", default="params", help="params or latency (default params)")
+    parser.add_argument("--latency_hw", default=None, help="H,W for the latency objective")
+    parser.add_argument("--max_iters", type=int, default=6, help="iteration limit (default 6)")
+    parser.add_argument("--max_images", type=int, default=None, help="evaluate on the first N images only")
+
+
+def run(args):
+    from bpnet.events import EventLog
+    from bpnet.guide.search_run import search_prune_threshold
+    from bpnet.preprocess import check_input_hw
+    from bpnet.specs import load_infer_spec, load_train_spec
+
+    latency = None
+    if args.latency_hw:
+        latency = {"input_hw": check_input_hw(args.latency_hw.split(","), "--latency_hw")}
+
+    def show(event):
+        if event["stage"] == "search" and event["event"] in ("iteration", "done"):
+            print(event["message"], flush=True)
+
+    report = search_prune_threshold(
+        args.model, load_train_spec(args.retrain_spec), args.annotations, args.images,
+        load_infer_spec(args.infer_spec), args.results_dir, budget_ap=args.budget,
+        objective=args.objective, max_iters=args.max_iters, latency_options=latency,
+        max_images=args.max_images, progress=EventLog(f"{args.results_dir}/events.jsonl", forward=show))
+    print(f"chosen model: {report['chosen_model']} ({report['reason']})")
+    return 0
