@@ -13,8 +13,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 PRECISION_COLORS = {"FP32": "#1f77b4", "FP16": "#2ca02c", "INT8": "#d62728"}
-STATUS_COLORS = {"done": "#2ca02c", "running": "#1f77b4", "queued": "#9e9e9e", "pending": "#9e9e9e",
-                 "failed": "#d62728", "cancelled": "#ff7f0e", "cached": "#17becf", "skipped": "#bdbdbd"}
+STATUS_COLORS = {"completed": "#2ca02c", "cached": "#17becf", "running": "#1f77b4", "queued": "#9e9e9e",
+                 "pending": "#9e9e9e", "failed": "#d62728", "cancelled": "#ff7f0e", "skipped": "#bdbdbd"}
 HOVER_TEMPLATE = ("<b>%{customdata[0]}</b><br>pth %{customdata[1]} · %{customdata[2]} · "
                   "%{customdata[3]} stages · %{customdata[4]}<br>AP %{y:.3f} · %{x:.2f} ms<extra></extra>")
 

@@ -1,6 +1,6 @@
 """BPNet Studio dashboard: `streamlit run app/main.py` (or `bpnet-studio up`).
 
-The entry script only sets up the page and the navigation; each page lives in `app/pages/` and its
+The entry script only sets up the page and the navigation; each page lives in `app/views/` and its
 logic in the helper modules (`forms`, `charts`, `state`, `overlay`). Nothing here imports
 TensorFlow, so the dashboard starts in about a second and stays responsive while workers train.
 """
@@ -14,9 +14,11 @@ if str(ROOT) not in sys.path:   # `streamlit run app/main.py` puts only app/ on 
 
 import streamlit as st  # noqa: E402
 
-PAGES_DIR = Path(__file__).resolve().parent / "pages"
+# Not "pages/": Streamlit runs a folder of that name as a legacy multipage app on the first visit
+# after the server starts (before st.navigation has run once), bypassing this entry script.
+PAGES_DIR = Path(__file__).resolve().parent / "views"
 
-st.set_page_config(page_title="BPNet Studio", page_icon="🧍", layout="wide")
+st.set_page_config(page_title="BPNet Studio", page_icon=":material/accessibility_new:", layout="wide")
 
 pages = [
     st.Page(PAGES_DIR / "new_run.py", title="New run", icon=":material/add_circle:", url_path="new"),

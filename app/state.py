@@ -15,8 +15,6 @@ from worker import client
 from app.forms import BUNDLED_ANNOTATIONS
 
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-STATUS_ICONS = {"queued": "⏳", "running": "🔄", "completed": "✅", "failed": "❌", "cancelled": "⛔",
-                "pending": "⏳", "cached": "♻️", "skipped": "⏭️"}
 TRAINING_KINDS = ("train", "retrain")
 
 
@@ -155,7 +153,7 @@ def run_table_rows(runs, now=None):
         counts = r.get("stage_counts") or {}
         done = sum(counts.get(s, 0) for s in ("completed", "cached"))
         rows.append({
-            "id": r["id"], "name": r["name"], "status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
+            "id": r["id"], "name": r["name"], "status": r["status"],
             "stage": r.get("current_stage") or ("waiting for a worker" if r["status"] == "queued" else "–"),
             "progress": round(100 * (r.get("progress") or 0.0), 1),
             "stages done": f"{done}/{r.get('num_stages', 0)}",
@@ -251,7 +249,7 @@ def stage_rows(stages, now=None):
             took = (s.get("finished_at") or now) - s["started_at"]
         else:
             took = None
-        rows.append({"stage": s["label"], "status": f"{STATUS_ICONS.get(s['status'], '')} {s['status']}",
+        rows.append({"stage": s["label"], "status": s["status"],
                      "progress": round(100 * (s.get("fraction") or (1.0 if s["status"] in ("completed", "cached") else 0.0)), 1),
                      "time": format_duration(took), "ETA": format_duration(s.get("eta_s")) if s["status"] == "running" else "–",
                      "worker": s.get("worker_id") or "–", "message": first_line(s.get("error") or s.get("message"))})

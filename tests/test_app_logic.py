@@ -169,7 +169,7 @@ def test_other_figures_build_from_rows():
 
 
 def test_dag_dot_has_every_stage_and_edge():
-    dot = charts.dag_dot([{"id": "t", "label": "train", "status": "done", "parents": []},
+    dot = charts.dag_dot([{"id": "t", "label": "train", "status": "completed", "parents": []},
                           {"id": "p", "label": "prune 0.1", "status": "failed", "parents": ["t"]}])
     assert '"t" -> "p"' in dot and "failed" in dot and charts.STATUS_COLORS["failed"] in dot
 

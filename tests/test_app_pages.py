@@ -34,7 +34,7 @@ def open_page(page, query=None):
     if query:
         at.query_params.update(query)
     at.run()
-    if page != "pages/runs.py":
+    if page != "views/runs.py":
         at.switch_page(page)
         at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -52,7 +52,7 @@ def figures(at):
 # ---------------------------------------------------------------- New run
 
 def test_new_run_shows_every_bad_input_and_blocks_submit(config, tmp_path):
-    at = open_page("pages/new_run.py")
+    at = open_page("views/new_run.py")
     assert not at.button(key="submit").disabled   # the defaults are a valid tiny run
     at.radio(key="dataset").set_value("path").run()
     at.text_input(key="annotations").set_value(str(tmp_path / "nowhere.json")).run()
@@ -71,7 +71,7 @@ def test_new_run_shows_every_bad_input_and_blocks_submit(config, tmp_path):
 def test_new_run_rejects_a_file_that_is_not_coco(config, tmp_path):
     bad = tmp_path / "person_keypoints_x.json"
     bad.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"name": "cat"}]}))
-    at = open_page("pages/new_run.py")
+    at = open_page("views/new_run.py")
     at.radio(key="dataset").set_value("path").run()
     at.text_input(key="annotations").set_value(str(bad)).run()
     assert "no category with keypoints" in texts(at.error)
@@ -79,7 +79,7 @@ def test_new_run_rejects_a_file_that_is_not_coco(config, tmp_path):
 
 def test_new_run_previews_and_submits_a_sweep(config):
     seed_store.register_worker(config)
-    at = open_page("pages/new_run.py")
+    at = open_page("views/new_run.py")
     at.text_input(key="thresholds").set_value("0.1, 0.3").run()
     at.number_input(key="train_epochs").set_value(1).run()
     metrics = {m.label: m.value for m in at.metric}
@@ -96,7 +96,7 @@ def test_new_run_previews_and_submits_a_sweep(config):
 
 def test_new_run_preview_counts_cached_stages_and_past_time(config):
     seed_store.seed_finished_run(config, thresholds=(0.1,), precisions=("fp32",), resolutions=((64, 64),))
-    at = open_page("pages/new_run.py")
+    at = open_page("views/new_run.py")
     # the same base training as the seeded run: train_small template differs, so nothing is
     # reused; but the time estimate now has history
     metrics = {m.label: m.value for m in at.metric}
@@ -109,7 +109,7 @@ def test_runs_table_filters_cancels_and_reruns(config):
     done = seed_store.seed_finished_run(config, name="synthetic done", with_files=False)
     failed = seed_store.seed_finished_run(config, name="synthetic broken", fail_kind="export", with_files=False)
     queued = seed_store.create_run(config, seed_store.tiny_run_spec("synthetic waiting"))
-    at = open_page("pages/runs.py")
+    at = open_page("views/runs.py")
     table = at.dataframe[0].value
     assert set(table["id"]) == {done, failed, queued}
     assert "calibration needs more images" in table.set_index("id").loc[failed, "error"]
@@ -127,7 +127,7 @@ def test_runs_table_filters_cancels_and_reruns(config):
 
 
 def test_runs_page_when_empty_points_to_new_run(config):
-    at = open_page("pages/runs.py")
+    at = open_page("views/runs.py")
     assert "No runs match" in texts(at.info)
 
 
@@ -135,7 +135,7 @@ def test_runs_page_when_empty_points_to_new_run(config):
 
 def test_run_detail_of_a_finished_run(config):
     run_id = seed_store.seed_finished_run(config, thresholds=(0.1,), precisions=("fp32",))
-    at = open_page("pages/run_detail.py", {"run": run_id})
+    at = open_page("views/run_detail.py", {"run": run_id})
     metrics = {m.label: m.value for m in at.metric}
     assert "completed" in metrics["status"] and metrics["stages done"] == "7/7"   # train, prune, retrain, 2 x (export, evaluate)
     dag = at.get("graphviz_chart")[0].proto.spec
@@ -159,7 +159,7 @@ def test_run_detail_of_a_finished_run(config):
 
 def test_run_detail_explains_a_failure_with_the_traceback_folded(config):
     run_id = seed_store.seed_finished_run(config, fail_kind="export", with_files=False)
-    at = open_page("pages/run_detail.py", {"run": run_id})
+    at = open_page("views/run_detail.py", {"run": run_id})
     shown = texts(at.error)
     assert "This run failed" in shown and "fewer than batch_size x batches" in shown
     expanders = [e.label for e in at.expander]
@@ -168,7 +168,7 @@ def test_run_detail_explains_a_failure_with_the_traceback_folded(config):
 
 
 def test_run_detail_of_an_unknown_run_says_so(config):
-    at = open_page("pages/run_detail.py", {"run": "doesnotexist"})
+    at = open_page("views/run_detail.py", {"run": "doesnotexist"})
     assert "not found" in texts(at.error)
 
 
@@ -176,7 +176,7 @@ def test_run_detail_of_an_unknown_run_says_so(config):
 
 def test_compare_builds_every_chart_from_stored_results(config):
     seed_store.seed_finished_run(config, name="synthetic a", thresholds=(0.1, 0.5), precisions=("fp32", "int8"))
-    at = open_page("pages/compare.py")
+    at = open_page("views/compare.py")
     figs = {f["layout"]["title"]["text"] if "title" in f["layout"] else "size": f for f in figures(at)}
     pareto = next(f for t, f in figs.items() if t.startswith("AP vs latency"))
     traces = {t["name"]: t for t in pareto["data"]}
@@ -196,7 +196,7 @@ def test_compare_builds_every_chart_from_stored_results(config):
 
 def test_compare_without_results_says_so(config):
     seed_store.seed_finished_run(config, fail_kind="train", with_files=False)
-    at = open_page("pages/compare.py")
+    at = open_page("views/compare.py")
     assert "no evaluated results yet" in texts(at.info)
 
 
@@ -205,7 +205,7 @@ def test_compare_without_results_says_so(config):
 def test_workers_page_shows_capabilities_and_heartbeat(config):
     seed_store.register_worker(config, "cpu-1@host")
     seed_store.register_worker(config, "gone@host", heartbeat_age_s=600)
-    at = open_page("pages/workers.py")
+    at = open_page("views/workers.py")
     table = at.dataframe[0].value.set_index("worker")
     assert table.loc["cpu-1@host", "alive"].endswith("online")
     assert table.loc["gone@host", "alive"].endswith("offline")
@@ -215,6 +215,6 @@ def test_workers_page_shows_capabilities_and_heartbeat(config):
 
 def test_unreachable_store_is_a_message_not_a_crash(config, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nothing")
-    for page in ("pages/runs.py", "pages/workers.py", "pages/compare.py"):
+    for page in ("views/runs.py", "views/workers.py", "views/compare.py"):
         at = open_page(page)
         assert "cannot be read" in texts(at.error), page

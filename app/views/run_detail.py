@@ -20,8 +20,8 @@ def pick_run():
     run_id = st.query_params.get("run")
     recent = state.list_runs(limit=50)
     if not recent and not run_id:
-        st.info("No runs yet. Start one on the **New run** page.", icon="ℹ️")
-        st.page_link("pages/new_run.py", label="New run", icon=":material/add_circle:")
+        st.info("No runs yet. Start one on the **New run** page.", icon=":material/info:")
+        st.page_link("views/new_run.py", label="New run", icon=":material/add_circle:")
         st.stop()
     ids = [r["id"] for r in recent]
     names = {r["id"]: f"{r['name']} · {r['status']} · {r['id']}" for r in recent}
@@ -38,7 +38,7 @@ try:
     run_id = pick_run()
     run = state.get_run(run_id)
 except BpnetError as err:
-    st.error(str(err), icon="🚫")
+    st.error(str(err), icon=":material/block:")
     st.stop()
 
 active = run["status"] in ("queued", "running")
@@ -50,23 +50,23 @@ def live_status():
     try:
         current = state.get_run(run_id, events_limit=0)
     except BpnetError as err:
-        st.error(str(err), icon="🚫")
+        st.error(str(err), icon=":material/block:")
         return
     if current["status"] != run["status"] and current["status"] not in ("queued", "running"):
         st.rerun()   # finished: redraw the whole page (metrics, images, downloads appear)
     stages = current["stages"]
     done = sum(s["status"] in ("completed", "cached") for s in stages)
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("status", f"{state.STATUS_ICONS.get(current['status'], '')} {current['status']}")
+    c1.metric("status", current["status"])
     c2.metric("stages done", f"{done}/{len(stages)}")
     elapsed = ((current["finished_at"] or time.time()) - current["started_at"]
                if current["started_at"] else None)
     c3.metric("elapsed", state.format_duration(elapsed))
     c4.metric("dataset", state.dataset_name(current["dataset"]))
     if current["status"] == "failed":
-        st.error(f"This run failed: {current['error'] or 'see the failed stages below'}", icon="❌")
+        st.error(f"This run failed: {current['error'] or 'see the failed stages below'}", icon=":material/error:")
     elif current["status"] == "cancelled":
-        st.warning("This run was cancelled.", icon="⛔")
+        st.warning("This run was cancelled.", icon=":material/cancel:")
     st.graphviz_chart(charts.dag_dot(state.stage_dag(stages)), width="stretch")
     st.dataframe(state.stage_rows(stages), hide_index=True, key="stages_df", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%.0f%%")})
@@ -78,14 +78,14 @@ if c1.button("Cancel run", disabled=not active, key="cancel_detail"):
         state.cancel_run(run_id)
         st.rerun()
     except BpnetError as err:
-        st.error(str(err), icon="🚫")
+        st.error(str(err), icon=":material/block:")
 if c2.button("Re-run", key="rerun_detail", help="same spec as a new run; finished stages are reused"):
     try:
         new_id = state.rerun(run_id)
-        st.success(f"Re-run submitted as `{new_id}`.", icon="🚀")
-        st.page_link("pages/run_detail.py", label="Open it", query_params={"run": new_id})
+        st.success(f"Re-run submitted as `{new_id}`.", icon=":material/rocket_launch:")
+        st.page_link("views/run_detail.py", label="Open it", query_params={"run": new_id})
     except BpnetError as err:
-        st.error(f"Re-run refused: {err}", icon="🚫")
+        st.error(f"Re-run refused: {err}", icon=":material/block:")
 
 st.subheader(run["name"])
 live_status()
@@ -93,7 +93,7 @@ live_status()
 # ---------------------------------------------------------------- errors in plain words
 failed = [s for s in run["stages"] if s["status"] == "failed"]
 for stage in failed:
-    st.error(f"**{stage['label']}** failed: {stage['error'] or 'no message recorded'}", icon="❌")
+    st.error(f"**{stage['label']}** failed: {stage['error'] or 'no message recorded'}", icon=":material/error:")
     if stage.get("traceback"):
         with st.expander(f"technical details (traceback) of {stage['label']}"):
             st.code(stage["traceback"], language="text")
@@ -104,7 +104,7 @@ try:
     points = state.loss_points(state.loss_curve(run_id))
 except BpnetError as err:
     points = []
-    st.error(str(err), icon="🚫")
+    st.error(str(err), icon=":material/block:")
 if points:
     st.plotly_chart(charts.loss_curve_figure(points), key="loss_chart")
 else:
@@ -115,7 +115,7 @@ st.subheader("Results")
 rows = state.chart_rows(run["results"])
 if rows:
     eval_params = state.stage_params(rows[0]["stage_id"])
-    st.info(state.evaluation_note(eval_params.get("annotations"), run["dataset"]), icon="🖼️")
+    st.info(state.evaluation_note(eval_params.get("annotations"), run["dataset"]), icon=":material/image:")
     st.dataframe(state.result_table(rows), hide_index=True, key="results_df")
 else:
     st.caption("No evaluated results yet.")
@@ -173,7 +173,7 @@ if run["artifacts"]:
         try:
             st.session_state[f"bundle-{run_id}"] = str(state.run_bundle(run_id))
         except BpnetError as err:
-            st.error(str(err), icon="🚫")
+            st.error(str(err), icon=":material/block:")
     bundle = st.session_state.get(f"bundle-{run_id}")
     if bundle:
         st.download_button("Download the bundle (.zip)", data=lambda: Path(bundle).read_bytes(),

@@ -14,7 +14,7 @@ st.title("Runs")
 try:
     datasets = state.list_datasets()
 except BpnetError as err:
-    st.error(str(err), icon="🚫")
+    st.error(str(err), icon=":material/block:")
     st.stop()
 
 c1, c2, c3 = st.columns([2, 2, 2])
@@ -38,11 +38,11 @@ def runs_table():
         runs = state.list_runs(status=statuses or None, dataset=dataset or None, search=search or None,
                                limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     except BpnetError as err:
-        st.error(str(err), icon="🚫")
+        st.error(str(err), icon=":material/block:")
         return
     if not runs:
-        st.info("No runs match. Start one on the **New run** page.", icon="ℹ️")
-        st.page_link("pages/new_run.py", label="New run", icon=":material/add_circle:")
+        st.info("No runs match. Start one on the **New run** page.", icon=":material/info:")
+        st.page_link("views/new_run.py", label="New run", icon=":material/add_circle:")
         return
     active = sum(r["status"] in ("queued", "running") for r in runs)
     st.caption(f"{len(runs)} run(s) shown · {active} active · refreshed every {REFRESH_S} s")
@@ -62,7 +62,7 @@ if choices:
                           format_func=lambda i: f"{choices[i][0]} · {choices[i][1]} · {i}")
     name, status = choices.get(run_id, ("", ""))
     with c2:
-        st.page_link("pages/run_detail.py", label="Open", icon=":material/open_in_new:",
+        st.page_link("views/run_detail.py", label="Open", icon=":material/open_in_new:",
                      query_params={"run": run_id})
     if c3.button("Cancel", key="cancel", disabled=status not in ("queued", "running"),
                  help="running stages stop at their next step"):
@@ -70,10 +70,10 @@ if choices:
             stopped = state.cancel_run(run_id)
             st.toast(f"run {name} cancelled" if stopped else f"run {name} had already finished")
         except BpnetError as err:
-            st.error(str(err), icon="🚫")
+            st.error(str(err), icon=":material/block:")
     if c4.button("Re-run", key="rerun", help="submit the same spec again; finished stages are reused"):
         try:
             new_id = state.rerun(run_id)
-            st.success(f"Re-run submitted as `{new_id}`.", icon="🚀")
+            st.success(f"Re-run submitted as `{new_id}`.", icon=":material/rocket_launch:")
         except BpnetError as err:
-            st.error(f"Re-run refused: {err}", icon="🚫")
+            st.error(f"Re-run refused: {err}", icon=":material/block:")

@@ -39,15 +39,15 @@ def workers_panel():
     try:
         workers = state.list_workers()
     except BpnetError as err:
-        st.error(str(err), icon="🚫")
+        st.error(str(err), icon=":material/block:")
         return
     alive = [w for w in workers if w["alive"]]
     if not alive:
         st.warning("No worker is online: submitted runs wait in the queue. Start one with "
-                   "`bpnet-studio worker` (or everything at once with `bpnet-studio up`).", icon="⚠️")
+                   "`bpnet-studio worker` (or everything at once with `bpnet-studio up`).", icon=":material/warning:")
     elif not any((w.get("capabilities") or {}).get("tensorrt") for w in alive):
         st.info("No online worker has TensorRT: models are measured on ONNX Runtime and TensorRT engines "
-                "are not built.", icon="ℹ️")
+                "are not built.", icon=":material/info:")
     if workers:
         st.dataframe(worker_rows(workers, time.time()), hide_index=True, key="workers_df")
         with st.expander("raw capabilities"):

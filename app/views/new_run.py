@@ -49,7 +49,7 @@ def trained_models():
 
 def show_error(slot, errors, key):
     if key in errors:
-        slot.error(errors[key], icon="🚫")
+        slot.error(errors[key], icon=":material/block:")
 
 
 st.title("New run")
@@ -67,7 +67,7 @@ if source == "bundled":
                                           modification_time(forms.BUNDLED_ANNOTATIONS))
     st.warning("The bundled sample is used for training **and** evaluation: its AP is measured on the "
                "training images, so it is optimistic (overfit). It shows the workflow and relative "
-               "trade-offs, not real-world accuracy.", icon="⚠️")
+               "trade-offs, not real-world accuracy.", icon=":material/warning:")
 else:
     annotations = st.text_input("Annotations file (COCO person_keypoints_*.json)", key="annotations",
                                 placeholder="/data/coco/annotations/person_keypoints_train2017.json")
@@ -77,7 +77,7 @@ else:
 dataset_slot = st.empty()
 if info is not None:
     dataset_slot.success(f"{info.num_images} images · {info.num_people_with_keypoints} people with keypoints "
-                         f"in {info.num_images_with_keypoints} images · images from `{info.images}`", icon="✅")
+                         f"in {info.num_images_with_keypoints} images · images from `{info.images}`", icon=":material/check_circle:")
 
 # ---------------------------------------------------------------- base model
 st.subheader("2 · Base model")
@@ -155,12 +155,12 @@ for slot, key in ((dataset_slot, "dataset"), (base_slot, "base"), (resolution_sl
 st.subheader("4 · Preview")
 spec = None
 if errors:
-    st.info(f"Fix the {len(errors)} problem(s) above to see the preview and submit.", icon="✋")
+    st.info(f"Fix the {len(errors)} problem(s) above to see the preview and submit.", icon=":material/pan_tool:")
 else:
     spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
     result, preview_error = preview(json.dumps(spec, sort_keys=True))
     if preview_error:
-        st.error(preview_error, icon="🚫")
+        st.error(preview_error, icon=":material/block:")
         spec = None
     else:
         c1, c2, c3, c4 = st.columns(4)
@@ -176,21 +176,21 @@ else:
                 st.write("\n".join(f"- {label}" for label in result["cached"]))
         names = [f"{w['id']} ({', '.join(w['queues'])})" for w in result["workers"]]
         if names:
-            st.success("Workers that can run it: " + "; ".join(names), icon="🖥️")
+            st.success("Workers that can run it: " + "; ".join(names), icon=":material/dns:")
         for warning in result["warnings"]:
-            st.warning(warning, icon="⚠️")
+            st.warning(warning, icon=":material/warning:")
 
 if st.button("Submit run", type="primary", disabled=spec is None, key="submit"):
     try:
         run_id = state.submit_run(spec)
     except BpnetError as err:
-        st.error(f"Not submitted: {err}", icon="🚫")
+        st.error(f"Not submitted: {err}", icon=":material/block:")
     else:
         st.session_state["last_submitted"] = run_id
         preview.clear()
 if st.session_state.get("last_submitted"):
     run_id = st.session_state["last_submitted"]
-    st.success(f"Run `{run_id}` submitted.", icon="🚀")
-    st.page_link("pages/run_detail.py", label="Open its details", icon=":material/arrow_forward:",
+    st.success(f"Run `{run_id}` submitted.", icon=":material/rocket_launch:")
+    st.page_link("views/run_detail.py", label="Open its details", icon=":material/arrow_forward:",
                  query_params={"run": run_id})
-    st.page_link("pages/runs.py", label="See all runs", icon=":material/list:")
+    st.page_link("views/runs.py", label="See all runs", icon=":material/list:")

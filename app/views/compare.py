@@ -18,25 +18,25 @@ st.title("Compare")
 try:
     runs = [r for r in state.list_runs(limit=200) if r["status"] in ("completed", "running", "failed", "cancelled")]
 except BpnetError as err:
-    st.error(str(err), icon="🚫")
+    st.error(str(err), icon=":material/block:")
     st.stop()
 if not runs:
-    st.info("No finished runs to compare yet. Start one on the **New run** page.", icon="ℹ️")
+    st.info("No finished runs to compare yet. Start one on the **New run** page.", icon=":material/info:")
     st.stop()
 
 names = {r["id"]: f"{r['name']} · {r['status']} · {r['id']}" for r in runs}
 run_ids = st.multiselect("Runs", list(names), default=list(names)[:DEFAULT_RUNS], format_func=names.get,
                          key="compare_runs")
 if not run_ids:
-    st.info("Pick at least one run.", icon="ℹ️")
+    st.info("Pick at least one run.", icon=":material/info:")
     st.stop()
 try:
     rows = state.chart_rows(state.list_results(run_ids))
 except BpnetError as err:
-    st.error(str(err), icon="🚫")
+    st.error(str(err), icon=":material/block:")
     st.stop()
 if not rows:
-    st.info("The chosen runs have no evaluated results yet.", icon="ℹ️")
+    st.info("The chosen runs have no evaluated results yet.", icon=":material/info:")
     st.stop()
 
 c1, c2 = st.columns(2)
@@ -53,7 +53,7 @@ picked = st.multiselect("Results", list(labels), default=list(labels), format_fu
                         key="compare_results")
 rows = [r for r in rows if r["stage_id"] in picked]
 if not rows:
-    st.info("No result left after the filters.", icon="ℹ️")
+    st.info("No result left after the filters.", icon=":material/info:")
     st.stop()
 
 # Which images the numbers come from, said plainly (one note per evaluation set).
@@ -63,7 +63,7 @@ for run_id in dict.fromkeys(r["run_id"] for r in rows):
     note = state.evaluation_note(state.stage_params(first["stage_id"]).get("annotations"), first.get("dataset"))
     notes.setdefault(note, []).append(first["run_name"])
 for note, run_names in notes.items():
-    st.info(f"{note} (runs: {', '.join(run_names)})", icon="🖼️")
+    st.info(f"{note} (runs: {', '.join(run_names)})", icon=":material/image:")
 
 tab_pareto, tab_area, tab_size, tab_latency = st.tabs(
     ["AP vs latency", "AP by person size", "size vs AP", "latency by precision"])
