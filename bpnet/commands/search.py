@@ -3,17 +3,15 @@
 
 
 def add_arguments(parser):
+    from bpnet.commands.gate import add_evaluation_arguments
+
     parser.add_argument("-m", "--model", required=True, help="the unpruned trained model (.hdf5)")
     parser.add_argument("-e", "--retrain_spec", required=True, help="training spec used to retrain each pruned model")
-    parser.add_argument("-a", "--annotations", required=True, help="evaluation annotations (COCO JSON)")
-    parser.add_argument("-i", "--images", required=True, help="evaluation images folder")
-    parser.add_argument("--infer_spec", required=True, help="inference spec used for evaluation")
-    parser.add_argument("-r", "--results_dir", required=True, help="folder for trials and search.json")
+    add_evaluation_arguments(parser)
     parser.add_argument("--budget", type=float, default=2.0, help="largest AP drop in points (default 2)")
     parser.add_argument("--objective", default="params", help="params or latency (default params)")
     parser.add_argument("--latency_hw", default=None, help="H,W for the latency objective")
     parser.add_argument("--max_iters", type=int, default=6, help="iteration limit (default 6)")
-    parser.add_argument("--max_images", type=int, default=None, help="evaluate on the first N images only")
 
 
 def run(args):
