@@ -19,6 +19,9 @@ VERBS = {
     "evaluate": "COCO keypoint AP of a model, a results file, or the ground truth (--oracle).",
     "inference": "Run a model on images; write COCO results and drawn skeletons.",
     "bench": "Latency and throughput of a model on a backend.",
+    "dataset-stats": "People, keypoints and sizes of a COCO dataset, with recommended settings.",
+    "search": "Find the smallest pruned model within an AP budget (prune-retrain-evaluate loop).",
+    "gate": "Check an INT8/FP16 model against its float parent; exit 1 when it lost too much.",
 }
 
 
