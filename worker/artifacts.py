@@ -19,11 +19,12 @@ MANIFEST = "manifest.json"
 # (test on the file name, kind) - first match wins.
 _KINDS = (
     (lambda n: n.endswith(".int8.onnx"), "int8 onnx"),
+    (lambda n: n.endswith(".int8_trt.onnx"), "int8 onnx (tensorrt q/dq)"),
     (lambda n: n.endswith(".fp16.onnx"), "fp16 onnx"),
     (lambda n: n.endswith(".onnx"), "onnx"),
     (lambda n: n.endswith((".hdf5", ".h5")), "keras model"),
     (lambda n: n.endswith((".engine", ".plan")), "tensorrt engine"),
-    (lambda n: n.endswith((".cache", ".calib")) or "cal_cache" in n or "calibration.bin" in n,
+    (lambda n: n.endswith((".cache", ".calib", ".cal.bin")) or "cal_cache" in n,
      "calibration cache"),
     (lambda n: n.endswith((".tensorfile", ".npy", ".npz")), "calibration tensor file"),
     (lambda n: n.endswith((".yaml", ".yml")), "spec"),
