@@ -1,7 +1,7 @@
 """Pruning trade-off on the bundled data: for each -pth, parameters, CNN latency and AP before and
 after a short retrain.
 
-    python bench/bench_prune.py [--results DIR] [--train-epochs 8] [--retrain-epochs 2]
+    python bench/bench_prune.py [--results DIR] [--train-epochs 100] [--retrain-epochs 4]
 
 1. Train a small BodyPoseNet with L1 kernel regularisation (specs/train_small.yaml, with the
    epochs and L1 factor given here) on the 80 bundled COCO images.
@@ -43,9 +43,9 @@ IMAGES = COCO / "train2017"
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=ROOT / "results" / "bench_prune")
-    p.add_argument("--train-epochs", type=int, default=8)
-    p.add_argument("--l1", type=float, default=1e-4, help="L1 kernel regularisation factor")
-    p.add_argument("--retrain-epochs", type=int, default=2)
+    p.add_argument("--train-epochs", type=int, default=100)
+    p.add_argument("--l1", type=float, default=3e-3, help="L1 kernel regularisation factor")
+    p.add_argument("--retrain-epochs", type=int, default=4)
     p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     p.add_argument("--granularity", type=int, default=8)
     p.add_argument("--min-filters", type=int, default=8)
@@ -113,13 +113,30 @@ def interleaved_latency_ms(onnx_paths, latency_hw, runs):
     return {path: statistics.median(t) for path, t in times.items()}
 
 
+def data_loss(model_path, spec):
+    """Mean training loss (masked L2, all stages, no regulariser) per image over the letterboxed,
+    un-augmented bundled images: a finer signal than AP for a model this briefly trained."""
+    from bpnet.data.pipeline import make_dataset
+    from bpnet.losses import bpnet_loss
+    from bpnet.model import load_model
+
+    model = load_model(model_path)
+    total, images = 0.0, 0
+    for batch, targets in make_dataset(spec, training=False):
+        loss, _ = bpnet_loss(model(batch, training=False), targets["heatmaps"], targets["pafs"],
+                             targets["mask"])
+        total += float(loss) * int(batch.shape[0])
+        images += int(batch.shape[0])
+    return total / images
+
+
 def ap_of(model_path, infer_spec, out_dir):
     from bpnet.evaluate import evaluate_model
 
     return evaluate_model(model_path, ANNOTATIONS, IMAGES, infer_spec, out_dir)["AP"]
 
 
-def measure_threshold(name, base_model, args, infer_spec, base_params):
+def measure_threshold(name, base_model, args, infer_spec, base_params, loss_spec):
     """One row without latency (measured for all models together afterwards)."""
     from bpnet.model import count_params, load_model
     from bpnet.prune import prune_model_file
@@ -139,23 +156,27 @@ def measure_threshold(name, base_model, args, infer_spec, base_params):
     assert count_params(load_model(retrained)) == params
     row = {
         "pth": name, "params": params, "param_ratio": params / base_params,
+        "loss_pruned": data_loss(pruned, loss_spec),
+        "loss_retrained": data_loss(retrained, loss_spec),
         "ap_pruned": ap_of(pruned, infer_spec, work / "eval_pruned"),
         "ap_retrained": ap_of(retrained, infer_spec, work / "eval_retrained"),
         "onnx": str(export_for_latency(pruned, work / "pruned.onnx", args.latency_hw)),
     }
-    print(f"  -pth {name}: {params:,} parameters, AP {row['ap_pruned']:.3f} pruned, "
+    print(f"  -pth {name}: {params:,} parameters, loss {row['loss_pruned']:.1f} pruned, "
+          f"{row['loss_retrained']:.1f} retrained; AP {row['ap_pruned']:.3f} pruned, "
           f"{row['ap_retrained']:.3f} retrained", flush=True)
     return row
 
 
 HEADER = (f"{'-pth':>6} {'params':>10} {'ratio':>7} {'CNN ms':>8} {'lat. ratio':>10} "
-          f"{'AP pruned':>10} {'AP retrained':>13}")
+          f"{'loss pruned':>11} {'loss retr.':>10} {'AP pruned':>9} {'AP retr.':>8}")
 
 
 def format_row(row):
     return (f"{row['pth']:>6} {row['params']:>10,} {row['param_ratio']:>7.3f} "
             f"{row['latency_ms']:>8.2f} {row['latency_ratio']:>10.3f} "
-            f"{row['ap_pruned']:>10.3f} {row['ap_retrained']:>13.3f}")
+            f"{row['loss_pruned']:>11.1f} {row['loss_retrained']:>10.1f} "
+            f"{row['ap_pruned']:>9.3f} {row['ap_retrained']:>8.3f}")
 
 
 def main():
@@ -172,8 +193,9 @@ def main():
     infer_spec = InferSpec(input_shape=tuple(args.eval_hw))
     base_params = count_params(load_model(base_model))
     base_ap = ap_of(base_model, infer_spec, args.results / "eval_base")
+    base_loss = data_loss(base_model, train_spec)
     base_onnx = str(export_for_latency(base_model, args.results / "base.onnx", args.latency_hw))
-    rows = [measure_threshold(name, base_model, args, infer_spec, base_params)
+    rows = [measure_threshold(name, base_model, args, infer_spec, base_params, train_spec)
             for name in ["none"] + [f"{t:g}" for t in args.thresholds]]
     latency = interleaved_latency_ms([base_onnx] + [row["onnx"] for row in rows],
                                      args.latency_hw, args.runs)
@@ -181,18 +203,20 @@ def main():
         row["latency_ms"] = latency[row["onnx"]]
         row["latency_ratio"] = row["latency_ms"] / latency[base_onnx]
 
-    print(f"\nbase model: {base_params:,} parameters, AP {base_ap:.3f}, CNN "
+    print(f"\nbase model: {base_params:,} parameters, loss {base_loss:.1f}, AP {base_ap:.3f}, CNN "
           f"{latency[base_onnx]:.2f} ms at {args.latency_hw[0]}x{args.latency_hw[1]} (ONNX Runtime, "
           f"1 thread, batch 1, median of {args.runs} interleaved runs)")
     print(f"AP: COCO keypoint AP on the {len(list(IMAGES.glob('*.jpg')))} bundled *training* "
           f"images at {args.eval_hw[0]}x{args.eval_hw[1]}; prune -pg {args.granularity} "
           f"-nf {args.min_filters} -eq union -n max; retrain {args.retrain_epochs} epochs "
-          "(row 'none': the unpruned model retrained alike)\n")
+          "(row 'none': the unpruned model retrained alike); loss: mean masked L2 per image on "
+          "the same images, letterboxed\n")
     print(HEADER)
     for row in rows:
         print(format_row(row))
     write_json_atomic(args.results / "bench_prune.json", {
-        "base": {"params": base_params, "latency_ms": latency[base_onnx], "ap": base_ap},
+        "base": {"params": base_params, "latency_ms": latency[base_onnx], "ap": base_ap,
+                 "loss": base_loss},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "rows": rows})
 

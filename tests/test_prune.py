@@ -324,8 +324,12 @@ def test_prune_file_of_a_trained_model_writes_model_and_report(dead_filter_model
 def test_excluded_layers_keep_every_filter(dead_filter_model_file, tmp_path):
     from bpnet.prune import prune_model_file
     path, dead = dead_filter_model_file
+    events = []
     report = prune_model_file(path, tmp_path / "p.hdf5", threshold=0.0, granularity=1,
-                              min_filters=1, excluded_layers=["block1_conv1", "block2_conv2"])
+                              min_filters=1, excluded_layers=["block1_conv1", "block2_conv2"],
+                              progress=events.append)
+    assert [e["event"] for e in events] == ["start", "pruned", "done"]
+    assert events[-1]["params_after"] == report["params_after"]
     kept = {row["name"]: (row["kept"], row["total"]) for row in report["layers"]}
     assert kept["block1_conv1"][0] == kept["block1_conv1"][1]
     assert kept["block2_conv2"][0] == kept["block2_conv2"][1]
@@ -438,3 +442,20 @@ def test_retrained_pruned_model_exports_to_onnx_and_evaluates(pruned_and_retrain
     metrics = evaluate_model(onnx_path, annotations, images, spec, tmp_path / "eval", max_images=8)
     assert 0.0 <= metrics["AP"] <= 1.0 and metrics["num_images"] == 8
     assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_retrain_spec_loads_the_pruned_graph():
+    from bpnet.specs import load_train_spec
+    from conftest import ROOT
+    spec = load_train_spec(ROOT / "specs" / "retrain_small.yaml")
+    assert spec.load_graph is True
+    assert spec.pretrained_weights == ROOT / "results" / "prune" / "bpnet_model_pruned.hdf5"
+
+
+def test_prune_help_lists_the_tlt_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("-pth", "-eq", "-pg", "-nf", "-n", "-el", "-m", "-o"):
+        assert flag in out
