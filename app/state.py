@@ -5,7 +5,6 @@ Every call into the client goes through `call`, which turns a `BpnetError` (or a
 be reached) into a message the page shows instead of a traceback.
 """
 
-import statistics
 import time
 from pathlib import Path
 
@@ -257,21 +256,23 @@ def stage_rows(stages, now=None):
 
 
 def loss_points(points):
-    """Client loss points -> `charts.loss_curve_figure` input: one line per training stage, with
-    the step counted across epochs when the engine restarts it every epoch."""
-    out, offsets = [], {}
+    """Client loss points -> `charts.loss_curve_figure` input: one line per training stage.
+
+    Step events are used when a stage has them (epoch-end events then add nothing new); the step
+    is counted across epochs when the engine restarts it every epoch.
+    """
+    stepped = {p.get("stage_label") for p in points if p.get("step") is not None}
+    out, counters = [], {}
     for p in sorted(points, key=lambda p: p.get("time") or 0):
         label = p.get("stage_label") or "train"
-        step = p.get("step")
-        if step is None:
-            step = p.get("epoch")
+        step = p.get("step") if label in stepped else p.get("epoch")
         if step is None:
             continue
-        last = offsets.setdefault(label, {"base": 0, "prev": -1})
-        if step < last["prev"]:
-            last["base"] += last["prev"] + 1
-        last["prev"] = step
-        out.append({"stage": label, "step": last["base"] + step, "loss": p["loss"]})
+        counter = counters.setdefault(label, {"base": 0, "prev": -1})
+        if step < counter["prev"]:
+            counter["base"] += counter["prev"] + 1
+        counter["prev"] = step
+        out.append({"stage": label, "step": counter["base"] + step, "loss": p["loss"]})
     return out
 
 
@@ -290,6 +291,3 @@ def plain_event(event):
     return f"{when} · " + " · ".join(parts)
 
 
-def median_or_none(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None

@@ -49,8 +49,9 @@ chosen_resolutions = c2.pills("Resolutions", resolutions, selection_mode="multi"
 rows = [r for r in rows if r["precision"] in (chosen_precisions or []) and
         (r.get("resolution") or "?") in (chosen_resolutions or [])]
 labels = {r["stage_id"]: r["label"] for r in rows}
-picked = st.multiselect("Results", list(labels), default=list(labels), format_func=labels.get,
-                        key="compare_results")
+with st.expander(f"Results: {len(labels)} match the filters; untick any to leave them out"):
+    picked = st.multiselect("Results", list(labels), default=list(labels), format_func=labels.get,
+                            key="compare_results")
 rows = [r for r in rows if r["stage_id"] in picked]
 if not rows:
     st.info("No result left after the filters.", icon=":material/info:")
@@ -90,8 +91,7 @@ st.download_button("Export CSV", buffer.getvalue(), file_name="bpnet-results.csv
                    key="csv", on_click="ignore", icon=":material/download:")
 
 st.subheader("Side by side")
-ids = list(labels)
-ids = [i for i in ids if i in picked]
+ids = [i for i in labels if i in picked]
 c1, c2 = st.columns(2)
 left = c1.selectbox("Left", ids, index=0, format_func=labels.get, key="left_result")
 right = c2.selectbox("Right", ids, index=min(1, len(ids) - 1), format_func=labels.get, key="right_result")
@@ -111,6 +111,8 @@ try:
     (left_people, left_params), (right_people, right_params) = detections(left), detections(right)
     names_by_id = overlay.image_paths_by_id(left_params["annotations"])
     merged = {i: left_people.get(i, []) + right_people.get(i, []) for i in set(left_people) | set(right_people)}
+    if not merged:
+        st.caption("Neither result found any person on the evaluation images.")
     for image_id in overlay.images_with_people(merged, OVERLAY_IMAGES):
         c1, c2 = st.columns(2)
         name = names_by_id.get(image_id)

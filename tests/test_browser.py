@@ -1,0 +1,163 @@
+"""The dashboard in a real browser: headless Debian Chromium drives `bpnet-studio up` (the README's
+run command: store, embedded broker, a worker and the dashboard) on a temporary data dir and a
+free port. It shows a bad input being refused, submits a tiny run from New run, finds it in Runs,
+waits on Run detail until the worker has finished it, and finds the chart on Compare.
+Screenshots of every step go to test-artifacts/browser/."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-artifacts" / "browser"
+RUN_NAME = "browser tiny run"
+START_TIMEOUT_S = 60
+RUN_TIMEOUT_S = 420
+UI_TIMEOUT_MS = 30_000
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def studio_command(port):
+    """`bpnet-studio up` from the venv when installed as a script, else the same module."""
+    script = Path(sys.executable).parent / "bpnet-studio"
+    base = [str(script)] if script.is_file() else [sys.executable, "-m", "worker.cli"]
+    return base + ["up", "--port", str(port)]
+
+
+def wait_for_http(url, process, timeout_s):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"`bpnet-studio up` exited with code {process.returncode} before the dashboard answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the dashboard did not answer at {url} within {timeout_s} s")
+
+
+@pytest.fixture
+def studio(tmp_path):
+    """Base URL of a running `bpnet-studio up` on a fresh data dir; stopped afterwards."""
+    if not CHROMIUM.is_file() or not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BPNET_STUDIO_ARTIFACTS")}
+    env["BPNET_STUDIO_HOME"] = str(tmp_path / "studio")
+    log = (tmp_path / "studio.log").open("w")
+    process = subprocess.Popen(studio_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", process, START_TIMEOUT_S)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+        log.close()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "studio.log", SHOTS / "studio.log")
+
+
+def stop(process):
+    """SIGTERM to `up` (it stops its worker and dashboard), then to its whole process group."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)   # the group this test started, nothing else
+    except ProcessLookupError:
+        pass
+
+
+def shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def set_number(page, label, value):
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(800)
+
+
+def test_submit_a_tiny_run_and_compare_it(studio):
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM),
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+
+            # New run: a bad input is refused in plain words, then a tiny valid run is submitted.
+            page.goto(f"{studio}/new")
+            expect(page.get_by_role("heading", name="New run")).to_be_visible()
+            thresholds = page.get_by_label("Prune thresholds (several → a sweep)", exact=True)
+            thresholds.fill("")
+            thresholds.press("Enter")
+            expect(page.get_by_text("the list is empty")).to_be_visible()
+            expect(page.get_by_role("button", name="Submit run")).to_be_disabled()
+            shot(page, "1-new-run-invalid")
+            thresholds.fill("0.1")
+            thresholds.press("Enter")
+            set_number(page, "Training epochs", 1)
+            page.get_by_text("add a custom resolution").click()
+            set_number(page, "H (multiple of 8)", 64)
+            set_number(page, "W (multiple of 8)", 64)
+            page.get_by_role("button", name="288×384").click()       # deselect the preset
+            set_number(page, "Retrain epochs (after pruning; 0 = evaluate pruned models as they are)", 0)
+            name = page.get_by_label("Run name (optional)", exact=True)
+            name.fill(RUN_NAME)
+            name.press("Enter")
+            expect(page.get_by_text("stages to compute")).to_be_visible()
+            shot(page, "2-new-run-preview")
+            page.get_by_role("button", name="Submit run").click()
+            expect(page.get_by_text("submitted.")).to_be_visible()
+            shot(page, "3-submitted")
+
+            # Runs: the new run is listed.
+            page.goto(f"{studio}/")   # Runs is the default page
+            # the table is drawn on a canvas; its accessible (hidden) cells carry the text
+            expect(page.locator('[data-testid^="glide-cell"]', has_text=RUN_NAME).first).to_be_attached()
+            shot(page, "4-runs")
+
+            # Run detail: wait for the worker to finish it (the page refreshes itself).
+            page.get_by_role("link", name="Open").click()
+            status = page.get_by_test_id("stMetricValue").first
+            expect(status).to_have_text("completed", timeout=RUN_TIMEOUT_S * 1000)
+            expect(page.get_by_role("heading", name="Results")).to_be_visible()
+            shot(page, "5-run-detail-completed")
+
+            # Compare: the AP vs latency chart with the Pareto front is drawn from the results.
+            page.goto(f"{studio}/compare")
+            chart = page.locator(".js-plotly-plot").first
+            expect(chart).to_be_visible()
+            expect(chart.get_by_text("Pareto front", exact=True)).to_be_visible()   # the legend entry
+            expect(page.get_by_text("optimistic (overfit)")).to_be_visible()
+            shot(page, "6-compare")
+        finally:
+            browser.close()
