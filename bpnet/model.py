@@ -73,10 +73,13 @@ class _LayerFactory:
         return tf.keras.layers.ReLU(name=f"{name}_relu")(x)
 
     def conv_out(self, x, channels, name):
-        # Output channels are the skeleton's, never scaled by the width.
+        # Output channels are the skeleton's, never scaled by the width. Small initial weights
+        # (TLT's N(0, 0.01)) start every map near zero instead of at large random values that
+        # the first hundreds of steps would only spend shrinking.
         return tf.keras.layers.Conv2D(
-            channels, 1, padding="same", use_bias=True, kernel_regularizer=self.regularizer,
-            name=name)(x)
+            channels, 1, padding="same", use_bias=True,
+            kernel_initializer=tf.keras.initializers.RandomNormal(stddev=0.01),
+            kernel_regularizer=self.regularizer, name=name)(x)
 
 
 def _backbone(layers, x):

@@ -307,7 +307,7 @@ def make_train_step(model, optimizer, strategy):
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return task_loss, regularization_loss
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(batch):
         images, targets = batch
         task_loss, regularization_loss = strategy.run(replica_step, args=(images, targets))

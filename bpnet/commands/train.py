@@ -1,0 +1,106 @@
+"""`bpnet train -e SPEC.yaml -r RESULTS_DIR [--num_epoch N]`: train or resume a BodyPoseNet."""
+
+import sys
+import time
+
+
+def add_arguments(parser):
+    parser.add_argument("-e", "--experiment_spec", required=True, metavar="SPEC",
+                        help="training spec (YAML), e.g. specs/train_small.yaml")
+    parser.add_argument("-r", "--results_dir", required=True,
+                        help="where checkpoints, events, the model and the summary go; re-running "
+                             "on the same folder resumes from its newest checkpoint")
+    parser.add_argument("--num_epoch", type=int, default=None,
+                        help="override the spec's num_epoch (e.g. to train a finished run longer)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args):
+    from bpnet.specs import TrainSpec, load_train_spec, parse_spec
+
+    spec = load_train_spec(args.experiment_spec)
+    if args.num_epoch is not None:
+        spec = parse_spec(TrainSpec, {**spec.model_dump(), "num_epoch": args.num_epoch},
+                          source="command line (--num_epoch)")
+    from bpnet.train import train   # TensorFlow loads only now, after the spec is known good
+
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    try:
+        summary = train(spec, args.results_dir, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary):
+    rate = summary["images_per_s"]
+    return "\n".join([
+        f"model:      {summary['model_path']}",
+        f"epochs:     {summary['epochs']} ({summary['steps']} steps"
+        + (f", resumed after epoch {summary['resumed_from_epoch']})"
+           if summary["resumed_from_epoch"] else ")"),
+        f"loss:       {_fmt(summary['first_epoch_loss'])} (first epoch) -> "
+        f"{_fmt(summary['final_loss'])} (last epoch)",
+        f"parameters: {summary['parameter_count']:,}",
+        f"speed:      {_fmt(rate)} images/s, {summary['time_s']:.0f} s this run",
+    ])
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+class ProgressBar:
+    """One self-rewriting line on a terminal; a line per epoch when the output is a file."""
+
+    WIDTH = 30
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self.drawn = False
+
+    def __call__(self, event):
+        kind = event.get("event")
+        if kind == "start":
+            self._line(event.get("message", "training"))
+        elif kind == "step" and self.interactive:
+            self._draw(event)
+        elif kind == "epoch_end":
+            if self.interactive:
+                self._draw(event)
+            else:
+                self._line(self._text(event))
+
+    def _draw(self, event):
+        self.stream.write("\r" + self._text(event).ljust(100))
+        self.stream.flush()
+        self.drawn = True
+
+    def _line(self, text):
+        if self.drawn:
+            self.stream.write("\n")
+            self.drawn = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _text(self, event):
+        fraction = event.get("fraction") or 0.0
+        filled = int(round(fraction * self.WIDTH))
+        loss = event.get("loss")
+        return (f"epoch {event.get('epoch')}/{event.get('num_epochs')} "
+                f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:4.0%} "
+                f"loss {_fmt(loss)}  ETA {_clock(event.get('eta_s'))}")
+
+    def close(self):
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds):
+    if seconds is None:
+        return "--:--"
+    return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
