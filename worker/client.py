@@ -36,6 +36,10 @@ from worker.runs import dataset_label, expand_run, parse_run_spec
 from worker.store import open_store
 
 RESULT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+RESULT_FIELDS = RESULT_METRICS + (
+    "precision", "input_hw", "resolution", "pth", "stages", "latency_ms", "latency_p95_ms",
+    "throughput", "cnn_ms_per_image", "decode_ms_per_image", "params", "gflops", "size_bytes",
+    "backend", "device", "num_images", "model_artifact_id", "artifact_ids")
 
 
 def _cfg(config):
@@ -259,16 +263,9 @@ def list_results(run_ids=None, config=None):
     backend, device, model_artifact_id, artifact_ids (all of the result's chain)."""
     store = get_store(config)
     rows = []
-    for st, run_name, dataset in store.result_rows(run_ids):
-        r = st["result"] or {}
-        rows.append({"run_id": st["run_id"], "run_name": run_name, "dataset": dataset,
-                     "stage_id": st["id"], "label": st["label"], "status": st["status"],
-                     **{k: r.get(k) for k in RESULT_METRICS},
-                     **{k: r.get(k) for k in ("precision", "input_hw", "resolution", "pth", "stages",
-                                              "latency_ms", "latency_p95_ms", "throughput",
-                                              "cnn_ms_per_image", "decode_ms_per_image", "params",
-                                              "gflops", "size_bytes", "backend", "device",
-                                              "model_artifact_id", "artifact_ids")}})
+    for row in store.result_rows(run_ids):
+        r = row.pop("result") or {}
+        rows.append({**row, **{k: r.get(k) for k in RESULT_FIELDS}})
     return rows
 
 

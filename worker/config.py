@@ -5,7 +5,7 @@
 - `DATABASE_URL`: SQLAlchemy URL of the job store (default SQLite under the data dir); Postgres in
   docker-compose.
 - `REDIS_URL`: Celery broker and result backend; without it an embedded SQLite broker
-  (kombu's SQLAlchemy transport) and Celery's database result backend under the data dir are used,
+  (kombu's SQLAlchemy transport, polled every 0.2 s) and Celery's database result backend under the data dir are used,
   so a single machine needs no server.
 - `BPNET_STUDIO_ARTIFACTS`: artifact root (default `<home>/artifacts`; a shared volume when
   workers run on several machines).
@@ -14,6 +14,10 @@
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+# kombu's SQLAlchemy transport with a shorter polling interval (worker.celery_app.EmbeddedTransport)
+EMBEDDED_TRANSPORT = "studiosqla"
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ def load_config(env=None):
     if redis_url:
         broker_url = result_backend = redis_url
     else:
-        broker_url = f"sqla+sqlite:///{home / 'broker.sqlite'}"
+        broker_url = f"{EMBEDDED_TRANSPORT}+sqlite:///{home / 'broker.sqlite'}"
         result_backend = f"db+sqlite:///{home / 'results.sqlite'}"
     artifact_root = Path(env.get("BPNET_STUDIO_ARTIFACTS") or home / "artifacts").expanduser().resolve()
     return Config(home=home, database_url=database_url, broker_url=broker_url,

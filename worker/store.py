@@ -216,18 +216,19 @@ class Store:
             return row_dict(run) if run else None
 
     def list_runs(self, status=None, dataset=None, search=None, limit=200, offset=0):
-        """Runs, newest first, with stage counts and overall progress."""
+        """Runs, newest first, with stage counts and overall progress (without their spec)."""
+        columns = [c for c in Run.__table__.columns if c.key != "spec_json"]
         with self.Session() as s:
-            q = select(Run).order_by(Run.created_at.desc())
+            q = select(*columns).order_by(Run.created_at.desc())
             if status:
                 q = q.where(Run.status.in_([status] if isinstance(status, str) else list(status)))
             if dataset:
                 q = q.where(Run.dataset == dataset)
             if search:
                 q = q.where(Run.name.contains(search))
-            runs = [row_dict(r) for r in s.scalars(q.limit(limit).offset(offset))]
+            runs = [dict(row._mapping) for row in s.execute(q.limit(limit).offset(offset))]
             ids = [r["id"] for r in runs]
-            counts = {}
+            counts, current = {}, {}
             if ids:
                 rows = s.execute(select(Stage.run_id, Stage.status, func.count(), func.sum(Stage.fraction))
                                  .where(Stage.run_id.in_(ids)).group_by(Stage.run_id, Stage.status))
@@ -244,7 +245,6 @@ class Store:
             r["num_stages"] = total
             r["progress"] = (done + running_frac) / total if total else 0.0
             r["current_stage"] = current.get(r["id"])
-            del r["spec"]
         return runs
 
     def count_runs(self, status=None):
@@ -352,7 +352,7 @@ class Store:
                 Stage.status == "completed", Stage.duration_s.is_not(None))
             if kinds:
                 q = q.where(Stage.kind.in_(kinds))
-            q = q.order_by(Stage.finished_at.desc()).limit(2000)
+            q = q.order_by(Stage.finished_at.desc()).limit(500)
             return [(k, json.loads(p), d) for k, p, d in s.execute(q)]
 
     def keys_computed(self, keys):
@@ -428,15 +428,21 @@ class Store:
 
     # ------------------------------------------------------------ results (Compare)
     def result_rows(self, run_ids=None):
-        """(run, stage) of every evaluate stage that has a result, oldest first."""
+        """Rows (stage_id, run_id, label, status, result dict, run name, dataset) of every
+        evaluate stage with a result, oldest run first. Only these columns are read: Compare
+        asks for thousands of them."""
         with self.Session() as s:
-            q = (select(Stage, Run.name, Run.dataset).join(Run, Run.id == Stage.run_id)
+            q = (select(Stage.id, Stage.run_id, Stage.label, Stage.status, Stage.result_json, Run.name,
+                        Run.dataset)
+                 .join(Run, Run.id == Stage.run_id)
                  .where(Stage.kind == "evaluate", Stage.status.in_(STAGE_DONE),
                         Stage.result_json.is_not(None))
                  .order_by(Run.created_at, Stage.seq))
             if run_ids:
                 q = q.where(Stage.run_id.in_(list(run_ids)))
-            return [(row_dict(st), name, ds) for st, name, ds in s.execute(q)]
+            return [{"stage_id": sid, "run_id": rid, "label": label, "status": status,
+                     "result": json.loads(result), "run_name": name, "dataset": dataset}
+                    for sid, rid, label, status, result, name, dataset in s.execute(q)]
 
     # ------------------------------------------------------------ workers
     def register_worker(self, worker_id, hostname, pid, queues, capabilities):
