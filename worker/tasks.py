@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import uuid
 
 from celery import signals
 
@@ -28,7 +29,9 @@ _state = {"worker_id": None, "current": None, "stop": threading.Event()}
 
 def worker_id():
     if _state["worker_id"] is None:
-        _state["worker_id"] = f"{socket.gethostname()}:{os.getpid()}"
+        # The random part: a restarted container has the same hostname and often the same pid,
+        # and must not inherit the dead worker's identity (its stage would never be recovered).
+        _state["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     return _state["worker_id"]
 
 
