@@ -44,9 +44,14 @@ def parse_input_dims(text):
 
 def keras_stage_model(model_path, stage=None):
     """(Keras model with outputs heatmaps, pafs of `stage`, number of stages of the file)."""
-    from bpnet.model import load_model, num_stages, stage_model
+    from bpnet.model import load_model
 
-    model = load_model(model_path)
+    return stage_of(load_model(model_path), stage)
+
+
+def stage_of(model, stage=None):
+    from bpnet.model import num_stages, stage_model
+
     return stage_model(model, stage), num_stages(model)
 
 
@@ -93,22 +98,33 @@ def export_onnx(model_path, output_path, input_hw, stage=None, batch_size=None, 
                 sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None):
     """Write the ONNX of one stage of the Keras model at `model_path`; returns a summary dict
     (with `max_abs_diff`, the largest output difference from Keras on a test batch)."""
+    from bpnet.model import load_model
+
+    emit(progress, "export", "phase", message="loading the Keras model")
+    summary = export_keras(load_model(model_path), output_path, input_hw, stage, batch_size, opset,
+                           sdk_compatible, upsample_ratio, progress)
+    return {"model": str(model_path), **summary}
+
+
+def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opset=OPSET,
+                 sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None):
+    """`export_onnx` for a BodyPoseNet already in memory (all stages; `stage` picks one)."""
     import onnx
 
     input_hw = check_input_hw(input_hw, "input_hw")
     started = time.perf_counter()
-    emit(progress, "export", "phase", message="loading the Keras model")
-    keras_model, stages = keras_stage_model(model_path, stage)
+    keras_model, stages = stage_of(model, stage)
     emit(progress, "export", "phase", message="converting to ONNX")
     proto = keras_to_onnx(keras_model, input_hw, batch_size, opset)
     diff = max_output_difference(keras_model, proto, parity_batch(input_hw, batch=batch_size or 2))
     if diff > PARITY_TOLERANCE:
-        raise BpnetError(f"ONNX export of {model_path} differs from Keras by {diff:.2e} "
-                         f"(allowed {PARITY_TOLERANCE:.0e}); the conversion is wrong for this model")
+        raise BpnetError(f"ONNX export differs from Keras by {diff:.2e} (allowed "
+                         f"{PARITY_TOLERANCE:.0e}); the conversion is wrong for this model")
     if sdk_compatible:
         proto = make_sdk_model(proto, upsample_ratio)
     # The ONNX Runtime backend reads which stage the file holds from here.
-    onnx.helper.set_model_props(proto, {"bpnet_stage": str(stage or stages), "bpnet_input_hw": f"{input_hw[0]},{input_hw[1]}",
+    onnx.helper.set_model_props(proto, {"bpnet_stage": str(stage or stages),
+                                        "bpnet_input_hw": f"{input_hw[0]},{input_hw[1]}",
                                         "bpnet_sdk_compatible": str(bool(sdk_compatible)).lower()})
     with atomic_path(output_path) as tmp:
         onnx.save(proto, str(tmp))
@@ -171,7 +187,9 @@ def make_sdk_model(model_proto, upsample_ratio=DEFAULT_UPSAMPLE_RATIO):
     nhwc_name = "input_nhwc"
     for node in graph.node:
         node.input[:] = [nhwc_name if name == old_input.name else name for name in node.input]
-    new_nodes = [helper.make_node("Transpose", ["input"], [nhwc_name], perm=[0, 2, 3, 1], name="sdk_input_to_nhwc")]
+    graph.node.insert(0, helper.make_node("Transpose", ["input"], [nhwc_name], perm=[0, 2, 3, 1],
+                                          name="sdk_input_to_nhwc"))
+    new_nodes = []
     graph.initializer.append(helper.make_tensor("sdk_scales", TensorProto.FLOAT, [4], [1.0, 1.0, ratio, ratio]))
     outputs = []
     for source, name, channels in (("pafs", "paf_out", 38), ("heatmaps", "heatmap_out", 19)):
