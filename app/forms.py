@@ -7,7 +7,7 @@ the page can show each message beside its widget while the user types.
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bpnet.errors import BpnetError
@@ -52,7 +52,7 @@ class RunRequest:
     calibration_batches: int
     calibration_batch_size: int
     retrain_epochs: int
-    extra: dict = field(default_factory=dict)
+    eval_dataset: DatasetInfo | None = None   # None = evaluate on the training data
 
 
 def parse_resolution(height, width, what="custom resolution"):
@@ -235,6 +235,10 @@ def validate_new_run(form, dataset_info=None):
             dataset_info = attempt("dataset", inspect_coco_dataset, BUNDLED_ANNOTATIONS, BUNDLED_IMAGES, True)
         else:
             dataset_info = attempt("dataset", inspect_coco_dataset, form.get("annotations"), form.get("images"))
+    eval_dataset = None
+    if form.get("dataset") != "bundled" and str(form.get("eval_annotations") or "").strip():
+        eval_dataset = attempt("eval_dataset", inspect_coco_dataset, form.get("eval_annotations"),
+                               form.get("eval_images"))
     custom = (form.get("custom_h"), form.get("custom_w")) if form.get("use_custom") else None
     resolutions = attempt("resolution", collect_resolutions, form.get("presets", []), custom)
     stages = attempt("stages", parse_int, form.get("stages"), "stages", MIN_STAGES, MAX_STAGES)
@@ -258,7 +262,8 @@ def validate_new_run(form, dataset_info=None):
     return RunRequest(name=name, dataset=dataset_info, base_model=base_model, train_epochs=train_epochs,
                       resolutions=resolutions, stages=stages, thresholds=thresholds, precisions=precisions,
                       calibration_images=calibration[0], calibration_batches=calibration[1],
-                      calibration_batch_size=calibration[2], retrain_epochs=retrain_epochs), {}
+                      calibration_batch_size=calibration[2], retrain_epochs=retrain_epochs,
+                      eval_dataset=eval_dataset), {}
 
 
 def default_run_name(thresholds, resolutions, precisions):
@@ -284,6 +289,9 @@ def run_spec_dict(request, train_template):
             "prune_thresholds": list(request.thresholds),
             "retrain_epochs": request.retrain_epochs,
             "precisions": [p.lower() for p in request.precisions]}
+    if request.eval_dataset is not None:
+        spec["dataset"]["eval_annotations"] = str(request.eval_dataset.annotations)
+        spec["dataset"]["eval_images"] = str(request.eval_dataset.images)
     if request.base_model:
         spec["model"] = str(request.base_model)
     else:

@@ -211,3 +211,15 @@ def test_loss_points_count_steps_across_epochs_and_skip_epoch_summaries():
     points = loss_points(raw)
     assert [(p["stage"], p["step"], p["loss"]) for p in points] == [
         ("train s2", 1, 3.0), ("train s2", 2, 2.0), ("train s2", 4, 1.0), ("retrain", 1, 0.5)]
+
+
+def test_a_held_out_evaluation_set_goes_into_the_run_spec(coco_mini, tmp_path):
+    request, errors = forms.validate_new_run(good_form(
+        dataset="path", annotations=str(coco_mini[0]), images="", eval_annotations=str(coco_mini[0]),
+        eval_images=str(coco_mini[1])))
+    assert errors == {}
+    spec = forms.run_spec_dict(request, {})
+    assert spec["dataset"]["eval_annotations"] == str(coco_mini[0].resolve())
+    _, errors = forms.validate_new_run(good_form(dataset="path", annotations=str(coco_mini[0]),
+                                                 eval_annotations=str(tmp_path / "val.json")))
+    assert "val.json does not exist" in errors["eval_dataset"]

@@ -62,6 +62,7 @@ st.subheader("1 · Dataset")
 source = st.radio("Dataset", ["bundled", "path"], horizontal=True, key="dataset",
                   format_func={"bundled": "bundled sample (coco-mini, 80 images)",
                                "path": "a COCO person-keypoints dataset on this machine"}.get)
+eval_annotations = eval_images = None
 if source == "bundled":
     info, dataset_error = inspect_dataset(str(forms.BUNDLED_ANNOTATIONS), str(forms.BUNDLED_IMAGES), True,
                                           modification_time(forms.BUNDLED_ANNOTATIONS))
@@ -74,6 +75,13 @@ else:
     images = st.text_input("Images folder (empty: the COCO layout's folder next to annotations/)",
                            key="images", placeholder="/data/coco/train2017")
     info, dataset_error = inspect_dataset(annotations, images, False, modification_time(annotations))
+    st.caption("Evaluate on held-out images for AP that means something (e.g. COCO val2017); "
+               "empty = evaluate on the training data (optimistic).")
+    c1, c2 = st.columns(2)
+    eval_annotations = c1.text_input("Evaluation annotations (optional)", key="eval_annotations",
+                                     placeholder="/data/coco/annotations/person_keypoints_val2017.json")
+    eval_images = c2.text_input("Evaluation images folder (optional)", key="eval_images")
+eval_slot = st.empty()
 dataset_slot = st.empty()
 if info is not None:
     dataset_slot.success(f"{info.num_images} images · {info.num_people_with_keypoints} people with keypoints "
@@ -143,11 +151,13 @@ form = {"dataset": source, "base": base, "existing_model": existing_model, "trai
         "presets": presets or [], "use_custom": use_custom, "custom_h": custom_h, "custom_w": custom_w,
         "stages": stages, "thresholds": thresholds, "precisions": precisions or [],
         "cal_images": cal_images, "cal_batches": cal_batches, "cal_batch_size": cal_batch_size,
-        "retrain_epochs": retrain_epochs, "name": name}
+        "retrain_epochs": retrain_epochs, "name": name, "eval_annotations": eval_annotations,
+        "eval_images": eval_images}
 request, errors = forms.validate_new_run(form, info)
 if dataset_error:
     errors["dataset"] = dataset_error
-for slot, key in ((dataset_slot, "dataset"), (base_slot, "base"), (resolution_slot, "resolution"),
+for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_slot, "base"),
+                  (resolution_slot, "resolution"),
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
                   (retrain_slot, "retrain_epochs"), (calibration_slot, "calibration")):
     show_error(slot, errors, key)
