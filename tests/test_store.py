@@ -148,6 +148,23 @@ def test_a_lost_worker_stage_is_requeued_then_failed(config):
     assert failed["status"] == "failed" and "lost" in failed["error"]
 
 
+def test_recovery_advances_a_run_whose_worker_died_before_advancing(config):
+    store = client.get_store(config)
+    run = create(store)
+    root = store.stages(run)[0]
+    out = artifacts.prepare_stage_dir(config.artifact_root, "train", root["key"])
+    (out / "bpnet_model.hdf5").write_bytes(b"model")
+    artifacts.write_manifest(config.artifact_root, out)
+    # completed, but the worker died before advancing: the children are still pending
+    store.update_stage(root["id"], status="completed", artifact_dir=out.name, outputs={"model": "bpnet_model.hdf5"})
+    sent = []
+    outcome = recover_lost_stages(store, config, sent.append, resend_queued=True)
+    children = [st for st in store.stages(run) if st["parent_id"] == root["id"]]
+    assert {st["status"] for st in children} == {"queued"}
+    assert sorted(s["id"] for s in sent) == sorted(st["id"] for st in children)   # each sent once
+    assert set(outcome.values()) == {"queued"}
+
+
 def _dead_pid():
     import subprocess
     p = subprocess.Popen(["true"])

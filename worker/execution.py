@@ -230,8 +230,17 @@ def recover_lost_stages(store, config, enqueue, resend_queued=False):
                                   message=message):
                 outcome[st["id"]] = status
                 advance_after(store, config, st, enqueue)
+    # A worker killed between finishing a stage and advancing its run leaves ready stages pending;
+    # advancing is idempotent, so every active run is advanced here.
+    for run_id in store.active_run_ids():
+        try:
+            for st in scheduler.advance(store, run_id, enqueue, config.artifact_root):
+                outcome[st["id"]] = "queued"
+        except Exception:
+            log.exception("advancing run %s failed", run_id)
     if resend_queued:
         for st in store.stages_by_status(("queued",)):
-            enqueue(st)
-            outcome.setdefault(st["id"], "resent")
+            if st["id"] not in outcome:
+                enqueue(st)
+                outcome[st["id"]] = "resent"
     return outcome

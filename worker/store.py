@@ -274,6 +274,10 @@ class Store:
                 q = q.where(Run.status.in_(only_from))
             return s.execute(q).rowcount == 1
 
+    def active_run_ids(self):
+        with self.Session() as s:
+            return list(s.scalars(select(Run.id).where(Run.status.in_(RUN_ACTIVE))))
+
     def run_status(self, run_id):
         with self.Session() as s:
             return s.scalar(select(Run.status).where(Run.id == run_id))
