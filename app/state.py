@@ -238,6 +238,16 @@ def stage_dag(stages):
              "parents": [s["parent_id"]] if s.get("parent_id") else []} for s in stages]
 
 
+def stage_metric_rows(stages, metrics):
+    """The store's per-stage metrics as one row per stage (stage label + metric columns)."""
+    labels = {s["id"]: s["label"] for s in stages}
+    rows = {}
+    for m in metrics:
+        row = rows.setdefault(m["stage_id"], {"stage": labels.get(m["stage_id"], m["stage_id"])})
+        row[m["name"]] = m["value"]
+    return list(rows.values())
+
+
 def stage_rows(stages, now=None):
     now = time.time() if now is None else now
     rows = []

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: headless Debian Chromium drives `bpnet-studio up` (the README's
 run command: store, embedded broker, a worker and the dashboard) on a temporary data dir and a
 free port. It shows a bad input being refused, submits a tiny run from New run, finds it in Runs,
-waits on Run detail until the worker has finished it, and finds the chart on Compare.
+waits on Run detail until the worker has finished it, finds the chart on Compare, and submits a
+run whose model file is broken to see the worker's failure explained on Run detail.
 Screenshots of every step go to test-artifacts/browser/."""
 
 import os
@@ -102,7 +103,7 @@ def set_number(page, label, value):
     page.wait_for_timeout(800)
 
 
-def test_submit_a_tiny_run_and_compare_it(studio):
+def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
@@ -159,5 +160,23 @@ def test_submit_a_tiny_run_and_compare_it(studio):
             expect(chart.get_by_text("Pareto front", exact=True)).to_be_visible()   # the legend entry
             expect(page.get_by_text("optimistic (overfit)")).to_be_visible()
             shot(page, "6-compare")
+
+            # A run that fails in the worker: the "model" is not a Keras file. The page says why.
+            broken = tmp_path / "not_a_model.hdf5"
+            broken.write_bytes(b"these bytes are not an HDF5 file")
+            page.goto(f"{studio}/new")
+            page.get_by_text("an existing trained model").click()
+            page.get_by_label("Trained model", exact=True).click()
+            page.get_by_role("option", name="(a path)").click()
+            path = page.get_by_label("Path of a Keras model (.hdf5)", exact=True)
+            path.fill(str(broken))
+            path.press("Enter")
+            expect(page.get_by_text("stages to compute")).to_be_visible()
+            page.get_by_role("button", name="Submit run").click()
+            page.get_by_role("link", name="Open its details").click()
+            expect(page.get_by_test_id("stMetricValue").first).to_have_text("failed", timeout=RUN_TIMEOUT_S * 1000)
+            expect(page.get_by_text("This run failed").first).to_be_visible()
+            expect(page.get_by_text("technical details (traceback)").first).to_be_visible()
+            shot(page, "7-run-failed-in-worker")
         finally:
             browser.close()

@@ -119,6 +119,10 @@ if rows:
     st.dataframe(state.result_table(rows), hide_index=True, key="results_df")
 else:
     st.caption("No evaluated results yet.")
+stage_metrics = state.stage_metric_rows(run["stages"], run["metrics"])
+if stage_metrics:
+    with st.expander("Stage metrics (pruning ratio, export parity, calibration time, training speed…)"):
+        st.dataframe(stage_metrics, hide_index=True)
 
 # ---------------------------------------------------------------- sample images
 if rows:
