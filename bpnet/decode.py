@@ -25,12 +25,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bpnet.fragments import join_fragments, reach_bounds
 from bpnet.geometry import cells_to_pixels, pixels_to_cells
 from bpnet.preprocess import STRIDE
 
 # More candidates per part than people COCO allows per image (20) only costs time.
 MAX_PEAKS_PER_PART = 30
 CUBIC_A = -0.75  # OpenCV's bicubic coefficient (INTER_CUBIC), so refinement matches cv2.resize
+# log() of heatmap values is taken above this floor (a network may output 0 or slightly negative).
+LOG_FLOOR = 1e-6
+# Peak jitter allowed when judging body proportions (quarter of a stride-8 cell).
+JOIN_NOISE_PX = STRIDE / 4
 
 
 @dataclass
@@ -136,10 +141,13 @@ def local_maxima(maps):
 
 
 def find_peaks(heatmaps, num_parts, threshold, factor_hw=(STRIDE, STRIDE), stride=STRIDE,
-               max_peaks=MAX_PEAKS_PER_PART):
+               max_peaks=MAX_PEAKS_PER_PART, refinement="upsample"):
     """Per part, an (n, 3) float32 array of peaks (x, y, score) in input pixels, best first.
 
     heatmaps: (h, w, >= num_parts) at `stride`; channels past `num_parts` (background) ignored.
+    refinement: "upsample" = argmax + parabola on the map upsampled by `factor_hw` (bicubic);
+    "gaussian" = log-quadratic fit on the stride-8 cells (`gaussian_offsets`), falling back to
+    "upsample" for peaks that are not blob-shaped.
     """
     parts = np.ascontiguousarray(heatmaps[..., :num_parts], dtype=np.float32)
     rows, cols, chans = np.nonzero(local_maxima(parts) & (parts > threshold))
@@ -149,17 +157,76 @@ def find_peaks(heatmaps, num_parts, threshold, factor_hw=(STRIDE, STRIDE), strid
     empty = np.zeros((0, 3), np.float32)
     if len(rows) == 0:
         return [empty] * num_parts
+    found = np.zeros((len(rows), 3), np.float32)
+    fitted = np.zeros(len(rows), dtype=bool)
+    if refinement == "gaussian":
+        dx, dy, height, fitted = gaussian_offsets(parts, rows, cols, chans)
+        # The fitted top, never below the sampled maximum nor above the 1.0 of a target's peak.
+        score = np.clip(height, coarse, np.maximum(coarse, 1.0))
+        found[fitted] = np.stack([cells_to_pixels(cols + dx, stride), cells_to_pixels(rows + dy, stride),
+                                  score], axis=1)[fitted]
+    elif refinement != "upsample":
+        raise ValueError(f"refinement must be 'upsample' or 'gaussian', got {refinement!r}")
+    if not fitted.all():
+        rest = ~fitted
+        found[rest] = upsampled_peaks(parts, rows[rest], cols[rest], chans[rest], coarse[rest], factor_hw, stride)
+    return [_drop_duplicates(found[chans == p], stride) if np.any(chans == p) else empty
+            for p in range(num_parts)]
+
+
+def upsampled_peaks(parts, rows, cols, chans, coarse, factor_hw, stride):
+    """(n, 3) peaks (x, y, score): argmax of the bicubic window around each cell + parabola offset."""
     values, fine_rows, fine_cols = CubicUpsampler(parts.shape[:2], factor_hw).windows(parts, rows, cols, chans)
     n, k, _ = values.shape
     iy, ix = np.unravel_index(values.reshape(n, -1).argmax(axis=1), (k, k))
     at = np.arange(n)
     dy = parabola_offsets(values[at, :, ix], iy)
     dx = parabola_offsets(values[at, iy, :], ix)
-    found = np.stack([cells_to_pixels(fine_cols[at, ix] + dx, stride / factor_hw[1]),
-                      cells_to_pixels(fine_rows[at, iy] + dy, stride / factor_hw[0]),
-                      np.maximum(values[at, iy, ix], coarse)], axis=1).astype(np.float32)
-    return [_drop_duplicates(found[chans == p], stride) if np.any(chans == p) else empty
-            for p in range(num_parts)]
+    return np.stack([cells_to_pixels(fine_cols[at, ix] + dx, stride / factor_hw[1]),
+                     cells_to_pixels(fine_rows[at, iy] + dy, stride / factor_hw[0]),
+                     np.maximum(values[at, iy, ix], coarse)], axis=1).astype(np.float32)
+
+
+def gaussian_offsets(parts, rows, cols, chans):
+    """Sub-cell peak positions from a quadratic fit of log(heatmap) around cells (rows, cols).
+
+    The log of a Gaussian blob is a quadratic, so Newton's step from the cell, -H^-1 g with the
+    gradient g and Hessian H of log(map) from the 3x3 neighbourhood, lands on its centre exactly
+    (the distribution-aware refinement of DARK, Zhang et al. 2020). At a map edge the missing
+    second derivative is taken from the other axis (blobs are isotropic) and the gradient is
+    one-sided. Returns (dx, dy, fitted height, ok); ok is False where the neighbourhood is not
+    blob-shaped (Hessian not negative definite, or the centre more than one cell away).
+    """
+    padded = np.pad(parts, ((1, 1), (1, 1), (0, 0)), constant_values=np.nan)   # NaN = off the map
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # A neighbour at or below the floor (0 outside a blob) gives log -inf: no fit there.
+        logs = np.log(np.where(padded > LOG_FLOOR, padded, np.where(np.isnan(padded), np.nan, 0.0)))
+        at = lambda dy, dx: logs[rows + 1 + dy, cols + 1 + dx, chans]  # noqa: E731
+        centre = at(0, 0)
+        left, right, up, down = at(0, -1), at(0, 1), at(-1, 0), at(1, 0)
+        dxx, dyy = left - 2 * centre + right, up - 2 * centre + down
+        dxx, dyy = np.where(np.isnan(dxx), dyy, dxx), np.where(np.isnan(dyy), dxx, dyy)
+        gx = _one_sided_gradient(left, centre, right, dxx)
+        gy = _one_sided_gradient(up, centre, down, dyy)
+        dxy = (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1)) / 4.0
+        off_map = np.isnan(at(1, 1)) | np.isnan(at(1, -1)) | np.isnan(at(-1, 1)) | np.isnan(at(-1, -1))
+        dxy = np.where(off_map, 0.0, dxy)                  # at an edge the blob is taken as axis-aligned
+        det = dxx * dyy - dxy * dxy
+        dx = -(dyy * gx - dxy * gy) / det
+        dy = -(dxx * gy - dxy * gx) / det
+        ok = np.isfinite(dx) & np.isfinite(dy) & np.isfinite(det) & (dxx < 0) & (det > 0) \
+            & (np.abs(dx) <= 1) & (np.abs(dy) <= 1)
+        dx, dy = np.where(ok, dx, 0.0), np.where(ok, dy, 0.0)
+        height = np.exp(centre + 0.5 * (np.where(ok, gx, 0.0) * dx + np.where(ok, gy, 0.0) * dy))
+    return dx, dy, np.where(ok, height, 0.0), ok
+
+
+def _one_sided_gradient(before, centre, after, second):
+    """d/dt of a quadratic at the centre sample; one-sided (corrected by the curvature) at an edge."""
+    central = (after - before) / 2.0
+    forward = (after - centre) - second / 2.0
+    backward = (centre - before) + second / 2.0
+    return np.where(np.isnan(before), forward, np.where(np.isnan(after), backward, central))
 
 
 def strongest_per_channel(chans, values, limit):
@@ -423,7 +490,8 @@ def decode(heatmaps, pafs, infer_spec, skeleton, stride=STRIDE):
     _check_channels(heatmaps, pafs, skeleton)
     input_h = heatmaps.shape[0] * stride
     peaks = find_peaks(heatmaps, skeleton.num_parts, infer_spec.heatmap_threshold,
-                       tuple(infer_spec.output_upsampling_factor), stride)
+                       tuple(infer_spec.output_upsampling_factor), stride,
+                       refinement=infer_spec.peak_refinement)
     scores = score_limbs(peaks, np.asarray(pafs, dtype=np.float32), skeleton.limbs, input_h,
                          infer_spec.paf_num_samples, infer_spec.paf_threshold,
                          infer_spec.paf_min_positive_fraction, stride)
@@ -431,6 +499,9 @@ def decode(heatmaps, pafs, infer_spec, skeleton, stride=STRIDE):
     members, totals = assemble_people(peaks, connections, skeleton.limbs, skeleton.num_parts)
     members, totals = merge_hubless_fragments(members, totals, peaks, skeleton.limbs,
                                               infer_spec.fragment_merge_reach)
+    members, totals = join_fragments(members, totals, peaks, skeleton.limbs, scores,
+                                     reach_bounds(skeleton.parts, skeleton.limbs),
+                                     infer_spec.fragment_join_slack, JOIN_NOISE_PX, input_h)
     return people_from_members(members, totals, peaks, len(skeleton.limbs),
                                infer_spec.min_parts, infer_spec.min_person_score)
 

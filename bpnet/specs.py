@@ -122,6 +122,10 @@ class InferSpec(Strict):
     min_parts: int = Field(3, ge=1)           # people with fewer parts are dropped
     min_person_score: float = Field(0.2, ge=0)  # mean score per part below this -> dropped
     fragment_merge_reach: float = Field(0.0, ge=0, le=5)  # join neck-less pieces of one person; 0 = off
+    # join pieces of a person that fit average body proportions within this stretch; 0 = off
+    fragment_join_slack: float = Field(0.0, ge=0, le=3)
+    # "upsample": argmax on the map upsampled by output_upsampling_factor (TAO); "gaussian": log-quadratic fit
+    peak_refinement: Literal["upsample", "gaussian"] = "upsample"
     multi_scale_inference: bool = False
     scales: tuple[float, ...] = (1.0,)
     skeleton: str = "bpnet_18joints"

@@ -6,6 +6,7 @@ import pytest
 
 from bpnet.decode import (CubicUpsampler, cubic_weights, decode, find_peaks, match_limb,
                           merge_hubless_fragments, person_to_coco, score_limbs)
+from bpnet.fragments import CANONICAL_POSE, reach_bounds
 from bpnet.preprocess import Letterbox
 from bpnet.skeleton import load_skeleton
 from bpnet.specs import InferSpec, TargetSpec
@@ -92,6 +93,35 @@ def test_peak_position_within_half_a_pixel_of_the_keypoint(factor):
         peaks = find_peaks(heatmaps, SKELETON.num_parts, 0.1, (factor, factor))
         assert len(peaks[0]) == 1 and all(len(p) == 0 for p in peaks[1:])
         assert np.abs(peaks[0][0, :2] - truth[0, 0, :2]).max() < (0.6 if factor > 1 else 4.5)
+
+
+def test_gaussian_refinement_recovers_the_keypoint_also_at_the_border():
+    # The log of a Gaussian blob is a quadratic: the fit lands on the keypoint to a small fraction
+    # of a pixel, also for keypoints in the outermost cells where one neighbour is missing.
+    rng = np.random.default_rng(3)
+    points = [(rng.uniform(8, 376), rng.uniform(8, 280)) for _ in range(15)]
+    points += [(1.0, 140.0), (383.0, 60.0), (200.0, 0.5), (30.0, 287.0)]
+    for x, y in points:
+        truth = np.zeros((1, SKELETON.num_parts, 3), np.float32)
+        truth[0, 3] = (x, y, 2)
+        heatmaps, _ = make_targets(truth, SKELETON, INPUT_HW, TargetSpec())
+        gaussian = find_peaks(heatmaps, SKELETON.num_parts, 0.1, refinement="gaussian")[3]
+        upsampled = find_peaks(heatmaps, SKELETON.num_parts, 0.1, refinement="upsample")[3]
+        assert len(gaussian) == 1
+        assert np.abs(gaussian[0, :2] - (x, y)).max() < 0.01
+        assert np.abs(gaussian[0, :2] - (x, y)).max() <= np.abs(upsampled[0, :2] - (x, y)).max() + 1e-3
+
+
+def test_gaussian_refinement_falls_back_where_the_map_is_not_a_blob():
+    heatmaps = np.zeros((36, 48, 19), np.float32)
+    heatmaps[10:13, 20:23, 0] = 0.8                     # a plateau: no curvature, zero around it
+    heatmaps[0, 0, 1] = 0.9                             # a corner cell: no curvature on either axis
+    heatmaps[[0, 1, 0], [1, 0, 0], 1] = [0.5, 0.5, 0.9]
+    gaussian = find_peaks(heatmaps, SKELETON.num_parts, 0.1, refinement="gaussian")
+    upsampled = find_peaks(heatmaps, SKELETON.num_parts, 0.1, refinement="upsample")
+    for part in (0, 1):
+        np.testing.assert_array_equal(gaussian[part], upsampled[part])
+    assert np.all(gaussian[0][:, 2] <= 1.0)
 
 
 def test_peaks_below_threshold_are_ignored():
@@ -228,3 +258,100 @@ def test_maps_with_wrong_channels_are_refused():
     heatmaps, pafs = maps_of([])
     with pytest.raises(ValueError, match="PAF channels"):
         decode(heatmaps, pafs[..., :10], InferSpec(), SKELETON)
+
+
+# ---------------------------------------------------------------- joining pieces of people
+
+JOIN = InferSpec(min_parts=1, fragment_join_slack=1.2, peak_refinement="gaussian")
+
+
+def without(person, *names):
+    """A copy with the named parts unlabelled (a missing shoulder also removes the neck)."""
+    person = person.copy()
+    for name in names:
+        person[SKELETON.parts.index(name), 2] = 0
+    if {"left_shoulder", "right_shoulder"} & set(names):
+        person[SKELETON.parts.index("neck"), 2] = 0
+    return person
+
+
+def test_reach_bounds_follow_the_bones_and_the_rigid_torso():
+    bounds = reach_bounds(SKELETON.parts, SKELETON.limbs)
+    at = lambda a, b: bounds[SKELETON.parts.index(a), SKELETON.parts.index(b)]  # noqa: E731
+    pose = {k: np.array(v) for k, v in CANONICAL_POSE.items()}
+    arm = np.linalg.norm(pose["right_shoulder"] - pose["right_elbow"]) + \
+        np.linalg.norm(pose["right_elbow"] - pose["right_wrist"])
+    assert at("right_shoulder", "right_wrist") == pytest.approx(arm, rel=1e-5)
+    assert at("right_hip", "left_hip") == pytest.approx(2 * 0.0955, rel=1e-5)   # rigid, not via the neck
+    assert np.allclose(bounds, bounds.T) and np.all(np.diag(bounds) == 0)
+    # a chain is never longer than going through any third part
+    assert np.all(bounds[:, None, :] <= bounds[:, :, None] + bounds[None, :, :] + 1e-6)
+
+
+def test_person_missing_a_shoulder_is_rejoined():
+    # No left shoulder -> no neck: assembly gives an upper body, a left forearm, a right leg and
+    # a left leg. Body proportions put them back into one person.
+    truth = without(standing_person(190, 40, 200), "left_shoulder")
+    heatmaps, pafs = maps_of([truth])
+    split = decode(heatmaps, pafs, InferSpec(min_parts=1), SKELETON)
+    [joined] = decode(heatmaps, pafs, JOIN, SKELETON)
+    assert len(split) == 4
+    assert_same_person(joined, truth, tol_px=0.5)
+
+
+def test_lone_wrist_joins_the_person_whose_shoulder_it_hangs_from():
+    # The elbow is hidden, so the wrist has no limb to its person; a second, head-only person
+    # stands close by. The wrist goes to the body it is an arm's length from.
+    owner = without(standing_person(150, 60, 180), "right_elbow")
+    head = np.zeros_like(owner)
+    for name in ("nose", "right_eye", "left_eye", "right_ear", "left_ear"):
+        head[SKELETON.parts.index(name)] = owner[SKELETON.parts.index(name)] + (-70, 95, 0)
+    heatmaps, pafs = maps_of([owner, head])
+    people = decode(heatmaps, pafs, JOIN, SKELETON)
+    assert len(people) == 2
+    for person, truth in match_people(people, [owner, head]):
+        assert_same_person(person, truth, tol_px=0.5)
+
+
+@pytest.mark.parametrize("gap", [90, 110])
+@pytest.mark.parametrize("hidden", [("left_shoulder", "right_shoulder"), ("left_shoulder", "left_shoulder")])
+def test_crowd_side_by_side_keeps_each_persons_pieces(gap, hidden):
+    # A row of four neckless people (a shoulder hidden each, so each is an upper body, a loose
+    # forearm and two legs) side by side: a neighbour's hip is only 2-3 hip widths away and the
+    # neighbours' wrists 15-35 px apart, yet every piece goes back to its own body. (Closer than
+    # that, a loose forearm next to the neighbour's hand is ambiguous to geometry alone.)
+    truths = [without(standing_person(45 + gap * k, 30 + 6 * k, 200 - 10 * k), hidden[k % 2]) for k in range(4)]
+    width = 45 + gap * 3 + 60
+    heatmaps, pafs = maps_of(truths, (288, width + (-width) % 8))
+    people = decode(heatmaps, pafs, JOIN, SKELETON)
+    assert len(people) == 4
+    for person, truth in match_people(people, truths):
+        assert_same_person(person, truth, tol_px=0.5)
+
+
+def test_pieces_of_different_people_out_of_reach_stay_apart():
+    # One person's legs and another's head, far apart: no body is that long.
+    legs = standing_person(80, 40, 200)
+    head = standing_person(320, 40, 200)
+    upper = [n for n in SKELETON.parts if "hip" not in n and "knee" not in n and "ankle" not in n]
+    legs = without(legs, *upper)
+    head = without(head, *[n for n in SKELETON.parts if n not in ("nose", "right_eye", "left_eye")])
+    heatmaps, pafs = maps_of([legs, head])
+    people = decode(heatmaps, pafs, JOIN, SKELETON)
+    legs_found = [p for p in people if p.found[SKELETON.parts.index("right_hip")]]
+    assert all(not p.found[SKELETON.parts.index("nose")] for p in legs_found)
+
+
+def test_a_limb_field_that_rejects_the_pair_vetoes_the_join():
+    # Two legs-only fragments (a thigh and a shin of different people) where the knee-hip field
+    # between them was scored and rejected must not be joined even when close.
+    first = without(standing_person(150, 20, 200), *[n for n in SKELETON.parts if n not in ("right_hip", "left_hip")])
+    second = without(standing_person(150, 20, 200), *[n for n in SKELETON.parts if n not in ("right_knee", "right_ankle")])
+    second[:, :2] += (6, 0)                 # the knee sits just beside the first person's hip line
+    heatmaps, pafs = maps_of([first, second])
+    hip_knee = SKELETON.limbs.index((SKELETON.parts.index("right_hip"), SKELETON.parts.index("right_knee")))
+    pafs[..., 2 * hip_knee:2 * hip_knee + 2] *= -1      # the field points the other way: not a limb
+    people = decode(heatmaps, pafs, JOIN, SKELETON)
+    knee = SKELETON.parts.index("right_knee")
+    hip = SKELETON.parts.index("right_hip")
+    assert not any(p.found[knee] and p.found[hip] for p in people)
