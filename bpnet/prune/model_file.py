@@ -5,6 +5,7 @@ skeleton's); in refinement stages they are concatenated with the backbone featur
 backbone part of that concatenation shrinks. The input file is only read.
 """
 
+import warnings
 from pathlib import Path
 
 from bpnet.errors import BpnetError
@@ -54,7 +55,10 @@ def prune_model_file(model_path, output_path, threshold=0.1, equalization="union
         min_filters=min_filters, normalizer=normalizer, excluded_layers=excluded)
     emit(progress, "prune", "pruned", message="saving the pruned model", fraction=0.8)
 
-    with atomic_path(output_path) as tmp:
+    with atomic_path(output_path) as tmp, warnings.catch_warnings():
+        # HDF5 is the project's model format (ARCHITECTURE.md); Keras' "legacy format" notice
+        # would only confuse the user.
+        warnings.simplefilter("ignore", UserWarning)
         pruned.save(tmp, save_format="h5", include_optimizer=False)
     before, after = count_params(model), count_params(pruned)
     report = {
