@@ -5,6 +5,7 @@ Every call into the client goes through `call`, which turns a `BpnetError` (or a
 be reached) into a message the page shows instead of a traceback.
 """
 
+import functools
 import time
 from pathlib import Path
 
@@ -38,57 +39,30 @@ def call(fn, *args, **kwargs):
 
 # ------------------------------------------------------------------ client calls
 
+def _through_call(fn):
+    """`fn` of the client, with store failures turned into messages by `call`."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        return call(fn, *args, **kwargs)
+    return wrapped
+
+
+list_datasets = _through_call(client.list_datasets)
+get_run = _through_call(client.get_run)
+loss_curve = _through_call(client.loss_curve)
+list_results = _through_call(client.list_results)
+list_workers = _through_call(client.list_workers)
+preview_run = _through_call(client.preview_run)
+submit_run = _through_call(client.submit_run)
+cancel_run = _through_call(client.cancel_run)
+rerun = _through_call(client.rerun)
+artifact_path = _through_call(client.artifact_path)
+run_bundle = _through_call(client.run_bundle)
+
+
 def list_runs(status=None, dataset=None, search=None, limit=200, offset=0):
     return call(client.list_runs, status=status or None, dataset=dataset or None, search=search or None,
                 limit=limit, offset=offset)
-
-
-def count_runs():
-    return call(lambda: client.get_store().count_runs())
-
-
-def list_datasets():
-    return call(client.list_datasets)
-
-
-def get_run(run_id, events_limit=300):
-    return call(client.get_run, run_id, events_limit=events_limit)
-
-
-def loss_curve(run_id):
-    return call(client.loss_curve, run_id)
-
-
-def list_results(run_ids=None):
-    return call(client.list_results, run_ids)
-
-
-def list_workers():
-    return call(client.list_workers)
-
-
-def preview_run(spec):
-    return call(client.preview_run, spec)
-
-
-def submit_run(spec):
-    return call(client.submit_run, spec)
-
-
-def cancel_run(run_id):
-    return call(client.cancel_run, run_id)
-
-
-def rerun(run_id):
-    return call(client.rerun, run_id)
-
-
-def artifact_path(artifact_id):
-    return call(client.artifact_path, artifact_id)
-
-
-def run_bundle(run_id):
-    return call(client.run_bundle, run_id)
 
 
 def stage_params(stage_id):

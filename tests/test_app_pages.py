@@ -117,10 +117,10 @@ def test_runs_table_filters_cancels_and_reruns(config):
     assert list(at.dataframe[0].value["id"]) == [failed]
     at.multiselect(key="status_filter").set_value([]).run()
     at.selectbox(key="selected_run").set_value(queued).run()
-    at.button(key="cancel").click().run()
+    at.button(key="cancel-runs").click().run()
     assert open_store(config.database_url).run_status(queued) == "cancelled"
     at.selectbox(key="selected_run").set_value(done).run()
-    at.button(key="rerun").click().run()
+    at.button(key="rerun-runs").click().run()
     assert not at.exception
     assert open_store(config.database_url).count_runs() == 4
     assert "Re-run submitted" in texts(at.success)

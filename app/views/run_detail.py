@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import charts, overlay, state
+from app.widgets import run_action_buttons
 from bpnet.errors import BpnetError
 
 REFRESH_S = 2
@@ -73,19 +74,9 @@ def live_status():
 
 
 c1, c2, _ = st.columns([1, 1, 4])
-if c1.button("Cancel run", disabled=not active, key="cancel_detail"):
-    try:
-        state.cancel_run(run_id)
-        st.rerun()
-    except BpnetError as err:
-        st.error(str(err), icon=":material/block:")
-if c2.button("Re-run", key="rerun_detail", help="same spec as a new run; finished stages are reused"):
-    try:
-        new_id = state.rerun(run_id)
-        st.success(f"Re-run submitted as `{new_id}`.", icon=":material/rocket_launch:")
-        st.page_link("views/run_detail.py", label="Open it", query_params={"run": new_id})
-    except BpnetError as err:
-        st.error(f"Re-run refused: {err}", icon=":material/block:")
+run_action_buttons(run_id, run["status"], c1, c2, key="detail")
+if st.session_state.get("cancel-detail"):
+    st.rerun()   # show the cancelled stages at once
 
 st.subheader(run["name"])
 live_status()

@@ -4,6 +4,7 @@ filter by status and dataset; cancel, re-run, open."""
 import streamlit as st
 
 from app import state
+from app.widgets import run_action_buttons
 from bpnet.errors import BpnetError
 
 REFRESH_S = 2
@@ -60,20 +61,8 @@ if choices:
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
     run_id = c1.selectbox("Run", list(choices), key="selected_run",
                           format_func=lambda i: f"{choices[i][0]} · {choices[i][1]} · {i}")
-    name, status = choices.get(run_id, ("", ""))
+    status = choices.get(run_id, ("", ""))[1]
     with c2:
         st.page_link("views/run_detail.py", label="Open", icon=":material/open_in_new:",
                      query_params={"run": run_id})
-    if c3.button("Cancel", key="cancel", disabled=status not in ("queued", "running"),
-                 help="running stages stop at their next step"):
-        try:
-            stopped = state.cancel_run(run_id)
-            st.toast(f"run {name} cancelled" if stopped else f"run {name} had already finished")
-        except BpnetError as err:
-            st.error(str(err), icon=":material/block:")
-    if c4.button("Re-run", key="rerun", help="submit the same spec again; finished stages are reused"):
-        try:
-            new_id = state.rerun(run_id)
-            st.success(f"Re-run submitted as `{new_id}`.", icon=":material/rocket_launch:")
-        except BpnetError as err:
-            st.error(f"Re-run refused: {err}", icon=":material/block:")
+    run_action_buttons(run_id, status, c3, c4, key="runs")
