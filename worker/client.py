@@ -25,7 +25,6 @@ import json
 import statistics
 import time
 import zipfile
-from pathlib import Path
 
 import yaml
 

@@ -19,19 +19,16 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bpnet.errors import BpnetError
-from bpnet.specs import InferSpec, TrainSpec, format_validation_error, load_yaml, parse_spec
+from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
+                         load_yaml, parse_spec)
 
 # Bump when an engine change makes old cached outputs wrong: every key changes with it.
 ENGINE_CACHE_VERSION = "1"
 PRECISIONS = ("fp32", "fp16", "int8")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RunDataset(Strict):
@@ -148,16 +145,6 @@ def parse_run_spec(data, source="run spec", base_dir=None):
 def load_run_spec(path):
     path = Path(path)
     return parse_run_spec(load_yaml(path, "run spec"), f"run spec {path}", path.resolve().parent)
-
-
-def _resolve_paths(obj, base):
-    updates = {}
-    for name, value in obj:
-        if isinstance(value, Path) and not value.is_absolute():
-            updates[name] = (base / value).resolve()
-        elif isinstance(value, BaseModel):
-            updates[name] = _resolve_paths(value, base)
-    return obj.model_copy(update=updates)
 
 
 def check_run_inputs(spec, source):
