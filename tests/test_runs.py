@@ -223,3 +223,26 @@ def test_training_goes_to_a_live_gpu_worker():
     assert scheduler.choose_queue("train", [gpu], now) == "gpu"
     assert scheduler.choose_queue("export", [gpu], now) == "cpu"
     assert scheduler.choose_queue("retrain", [stale], now) == "cpu"
+
+
+# ------------------------------------------------------------------ CLI
+
+@pytest.mark.parametrize("command", ["worker", "submit", "status", "cancel", "rerun", "up"])
+def test_cli_help(command, capsys):
+    from worker.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert command in capsys.readouterr().out
+
+
+def test_cli_rejects_a_bad_spec_with_exit_2(tmp_path, capsys, monkeypatch):
+    from worker.cli import main
+    monkeypatch.setenv("BPNET_STUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    bad = tmp_path / "run.yaml"
+    bad.write_text("dataset: {annotations: nope.json, images: .}\nmodel: m.hdf5\nresolutions: [[64, 61]]\n")
+    assert main(["submit", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "multiples of 8" in err and "Traceback" not in err
+    assert main(["status", "nope"]) == 2
