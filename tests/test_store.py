@@ -265,3 +265,18 @@ def test_manifest_lists_files_with_hash_size_and_kind(tmp_path):
     assert artifacts.read_manifest(out) == list(entries.values())
     assert artifacts.prepare_stage_dir(tmp_path, "export", "k" * 64).exists()
     assert not (out / "model.onnx").exists()     # a retry starts from an empty folder
+
+
+# ------------------------------------------------------------------ capabilities
+
+def test_capabilities_pick_queues_and_respect_cuda_visible_devices():
+    from worker.capabilities import default_queues, detect_capabilities, visible_gpus
+    gpus = [{"index": 0, "name": "A"}, {"index": 1, "name": "B"}]
+    assert visible_gpus(gpus, {"CUDA_VISIBLE_DEVICES": "1"}) == [gpus[1]]
+    assert visible_gpus(gpus, {"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert visible_gpus(gpus, {}) == gpus
+    cpu_only = {"gpus": [], "tensorflow_gpu": 0, "tensorrt": False}
+    assert default_queues(cpu_only) == ["cpu"]
+    assert default_queues({"gpus": gpus, "tensorflow_gpu": 2, "tensorrt": True}) == ["cpu", "gpu", "tensorrt"]
+    caps = detect_capabilities({})
+    assert caps["cpu_count"] >= 1 and "CPUExecutionProvider" in caps["onnxruntime_providers"]
