@@ -166,11 +166,17 @@ def save_model(model, path):
 
 
 def write_hdf5(model, path):
+    logger = tf.get_logger()
+    level = logger.level
     with warnings.catch_warnings():
         # HDF5 is the format this project exchanges (pruning, TLT-style tooling); Keras calls it
-        # legacy on every save.
+        # legacy on every save, and warns about metrics of a model that was never compiled.
         warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`.*")
-        model.save(path, include_optimizer=False, save_format="h5")
+        logger.setLevel("ERROR")
+        try:
+            model.save(path, include_optimizer=False, save_format="h5")
+        finally:
+            logger.setLevel(level)
 
 
 def load_keras_model(path, what="model file"):

@@ -230,3 +230,27 @@ def test_cli_bad_input_exits_nonzero_without_a_model(tmp_path, capsys, copy_of_c
     assert match in err and "Traceback" not in err
     assert not (results / "bpnet_model.hdf5").exists()
     assert not (results / "training_summary.json").exists()
+
+
+@pytest.mark.parametrize("name", ["train_small.yaml", "train_coco.yaml", "retrain_small.yaml"])
+def test_bundled_specs_are_valid(name):
+    from conftest import ROOT
+
+    from bpnet.specs import load_train_spec
+    from bpnet.train import check_train_spec
+
+    spec = load_train_spec(ROOT / "specs" / name)
+    check_train_spec(spec)
+    assert spec.dataloader.dataset.annotations.name == "person_keypoints_train2017.json"
+
+
+def test_coco_spec_without_coco_is_a_clear_error(tmp_path, capsys):
+    from conftest import ROOT
+
+    from bpnet.cli import main
+
+    if (ROOT / "data" / "coco" / "annotations").exists():
+        pytest.skip("a full COCO 2017 is installed here; this test is about its absence")
+    code = main(["train", "-e", str(ROOT / "specs" / "train_coco.yaml"), "-r", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "person_keypoints_train2017.json" in err and "Traceback" not in err
