@@ -27,6 +27,11 @@ def atomic_path(path, suffix=None):
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            # mkstemp makes files private (0600); results get the usual umask-based mode.
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

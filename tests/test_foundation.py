@@ -142,3 +142,9 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_json_atomic(target, {"a": np.float32(1.5)})
     assert read_json(target) == {"a": 1.5}
+
+
+def test_atomic_results_are_not_private(tmp_path):
+    target = tmp_path / "shared.json"
+    write_json_atomic(target, {})
+    assert target.stat().st_mode & 0o044 == 0o044   # readable by group and others (umask 022)
