@@ -218,3 +218,19 @@ def test_unreachable_store_is_a_message_not_a_crash(config, monkeypatch):
     for page in ("views/runs.py", "views/workers.py", "views/compare.py"):
         at = open_page(page)
         assert "cannot be read" in texts(at.error), page
+
+
+def test_new_run_offers_models_trained_by_earlier_runs(config):
+    seed_store.seed_finished_run(config, name="synthetic base", thresholds=(0.1,), precisions=("fp32",))
+    at = open_page("views/new_run.py")
+    at.radio(key="base").set_value("existing").run()
+    choice = at.selectbox(key="existing_choice")
+    trained = [o for o in choice.options if "train s2" in o]
+    assert trained and "synthetic base" in trained[0]
+    assert "(a path)" in choice.options
+    at.button(key="submit").click().run()
+    assert not at.exception
+    runs = open_store(config.database_url).list_runs()
+    newest = open_store(config.database_url).get_run(runs[0]["id"])
+    assert newest["spec"]["model"].endswith("bpnet_model.hdf5")
+    assert not newest["spec"].get("stages")   # an existing model keeps its own stages
