@@ -101,17 +101,25 @@ def join_fragments(members, totals, peaks, limbs, limb_scores, bounds, slack, no
     angle and any bend, is found at distance d with a density ~ 1 / (d x L x height), so the cost
     is height x min over cross pairs of L x (d + noise_px).
     """
-    members = np.asarray(members)
-    totals = np.asarray(totals, dtype=np.float32)
+    members = np.asarray(members).copy()
+    totals = np.asarray(totals, dtype=np.float32).copy()
     if slack <= 0 or len(members) < 2:
         return members, totals
-    limb_at = limb_lookup(limbs, members.shape[1])
+    need, link, blocked = piece_pairs(members, peaks, limbs, limb_scores, bounds, noise_px)
+    heights = np.diag(need).copy()
+    alive = np.ones(len(members), dtype=bool)
     while True:
-        joined = best_joins(members, peaks, limbs, limb_scores, limb_at, bounds, slack, noise_px,
-                            unscaled_height_px)
+        joined = mutual_best_fits(need, link, blocked, heights, alive, slack, unscaled_height_px)
         if not joined:
-            return members, totals
-        members, totals = merge_pairs(members, totals, joined)
+            return members[alive], totals[alive]
+        for i, j in joined:   # row i absorbs row j; a union's pairs with a third piece are both rows'
+            members[i] = np.maximum(members[i], members[j])
+            totals[i] += totals[j]
+            heights[i] = max(heights[i], heights[j], need[i, j])
+            need[i] = need[:, i] = np.maximum(need[i], need[j])
+            link[i] = link[:, i] = np.minimum(link[i], link[j])
+            blocked[i] = blocked[:, i] = blocked[i] | blocked[j]
+            alive[j] = False
 
 
 def limb_lookup(limbs, num_parts):
@@ -123,7 +131,8 @@ def limb_lookup(limbs, num_parts):
 
 
 def piece_points(members, peaks):
-    """Every found part of every piece: (piece (T,), part (T,), peak index (T,), xy (T, 2))."""
+    """Every found part of every piece, grouped by piece:
+    (piece (T,), part (T,), peak index (T,), xy (T, 2))."""
     piece, part = np.nonzero(members >= 0)
     index = members[piece, part]
     xy = np.zeros((len(piece), 2), dtype=np.float32)
@@ -133,40 +142,40 @@ def piece_points(members, peaks):
     return piece, part, index, xy
 
 
-def best_joins(members, peaks, limbs, limb_scores, limb_at, bounds, slack, noise_px, unscaled_height_px):
-    """The mutual-best fitting pairs (i, j) of pieces for one round (see `join_fragments`)."""
-    n = len(members)
+def piece_pairs(members, peaks, limbs, limb_scores, bounds, noise_px):
+    """(n, n) matrices over pieces, from every pair of their found parts:
+    need: body height (px) the pairs require (max; the diagonal is each piece's own height);
+    link: min of bound x (distance + noise); blocked: a part in both, or a vetoing limb field."""
     piece, part, index, xy = piece_points(members, peaks)
-    u, v = np.triu_indices(len(piece), k=1)                 # point pairs; piece[u] <= piece[v]
-    dist = np.linalg.norm(xy[u] - xy[v], axis=1)
-    bound = bounds[part[u], part[v]]
+    dist = np.linalg.norm(xy[:, None] - xy[None, :], axis=-1)              # (T, T)
+    bound = bounds[part[:, None], part[None, :]]
+    known = np.isfinite(bound) & (bound > 0)       # unknown parts (and a point with itself): no constraint
     with np.errstate(invalid="ignore", divide="ignore"):
-        # body height needed for this pair; parts the pose does not know (inf bound) need none
-        need = np.where(np.isfinite(bound), (dist - noise_px) / bound, 0.0)
-    same = piece[u] == piece[v]
-    heights = np.zeros(n)
-    np.maximum.at(heights, piece[u][same], need[same])
-    cross = ~same
-    key = piece[u][cross] * n + piece[v][cross]
-    if len(key) == 0:
-        return []
-    required = np.zeros(n * n)
-    np.maximum.at(required, key, need[cross])
-    link = np.full(n * n, np.inf)
-    np.minimum.at(link, key, np.where(np.isfinite(bound), bound * (dist + noise_px), np.inf)[cross])
-    blocked = np.zeros(n * n, dtype=bool)
-    blocked[key[part[u][cross] == part[v][cross]]] = True   # both pieces have this part
-    blocked[key[vetoed_links(u[cross], v[cross], part, index, limbs, limb_at, limb_scores)]] = True
-    candidates = np.unique(key)
-    i, j = candidates // n, candidates % n
-    own = np.maximum(heights[i], heights[j])
+        need = np.where(known, (dist - noise_px) / bound, 0.0)
+    link = np.where(known, bound * (dist + noise_px), np.inf)
+    blocked = (part[:, None] == part[None, :]) & (piece[:, None] != piece[None, :])
+    u, v = np.triu_indices(len(piece), k=1)
+    vetoed = vetoed_links(u, v, part, index, limbs, limb_lookup(limbs, members.shape[1]), limb_scores)
+    blocked[u[vetoed], v[vetoed]] = blocked[v[vetoed], u[vetoed]] = True
+    starts = np.flatnonzero(np.r_[True, piece[1:] != piece[:-1]])         # points are grouped by piece
+    by_piece = lambda reduce, m: reduce.reduceat(reduce.reduceat(m, starts, axis=0), starts, axis=1)  # noqa: E731
+    return by_piece(np.maximum, need), by_piece(np.minimum, link), by_piece(np.logical_or, blocked)
+
+
+def mutual_best_fits(need, link, blocked, heights, alive, slack, unscaled_height_px):
+    """Pairs (i, j), i < j, of live pieces that fit (see `join_fragments`) and are each other's
+    lowest-cost fitting partner."""
+    own = np.maximum(heights[:, None], heights[None, :])
     own = np.where(own > 0, own, unscaled_height_px)
-    fits = ~blocked[candidates] & (required[candidates] <= slack * own)
+    fits = ~blocked & (need <= slack * own) & alive[:, None] & alive[None, :]
+    np.fill_diagonal(fits, False)
     if not fits.any():
         return []
-    cost = own * link[candidates]
-    pairs = np.stack([i, j], axis=1)[fits]
-    return mutual_best(pairs, cost[fits], n)
+    cost = np.where(fits, own * link, np.inf)
+    best = cost.argmin(axis=1)
+    has = np.isfinite(cost[np.arange(len(cost)), best])
+    i = np.flatnonzero(has & (best[best] == np.arange(len(cost))) & (best > np.arange(len(cost))))
+    return [(int(a), int(best[a])) for a in i]
 
 
 def vetoed_links(u, v, part, index, limbs, limb_at, limb_scores):
@@ -181,23 +190,3 @@ def vetoed_links(u, v, part, index, limbs, limb_at, limb_scores):
         ends_b = np.where(u_is_a, index[v[at]], index[u[at]])
         vetoed[at] = ~np.isfinite(limb_scores[k][ends_a, ends_b])
     return vetoed
-
-
-def mutual_best(pairs, costs, n):
-    """Pairs (i, j) where j is i's lowest-cost partner and i is j's."""
-    cost = np.full((n, n), np.inf)
-    cost[pairs[:, 0], pairs[:, 1]] = costs
-    cost[pairs[:, 1], pairs[:, 0]] = costs
-    best = cost.argmin(axis=1)
-    return [(int(i), int(j)) for i, j in pairs if best[i] == j and best[j] == i]
-
-
-def merge_pairs(members, totals, pairs):
-    """Rows i absorb rows j for every (i, j); the j rows are removed."""
-    members, totals = members.copy(), totals.copy()
-    gone = np.zeros(len(members), dtype=bool)
-    for i, j in pairs:
-        members[i] = np.maximum(members[i], members[j])
-        totals[i] += totals[j]
-        gone[j] = True
-    return members[~gone], totals[~gone]
