@@ -2,16 +2,18 @@
 
 Steps (OpenPose-style bottom-up decoding):
 1. `find_peaks`: per part, local maxima of the heatmap (3x3 non-maximum suppression) above
-   `heatmap_threshold`, each refined on the map upsampled by `output_upsampling_factor` (bicubic,
-   the same weights as cv2.resize INTER_CUBIC) and placed in input pixels by bpnet.geometry.
+   `heatmap_threshold`, each refined either by a Gaussian (log-quadratic) fit on the stride-8
+   cells or on the map upsampled by `output_upsampling_factor` (bicubic, the same weights as
+   cv2.resize INTER_CUBIC), and placed in input pixels by bpnet.geometry.
 2. `score_limbs`: for every candidate pair of a limb, the line integral of the PAF along the
    segment: `paf_num_samples` samples, dot product with the segment's unit vector, a pair is valid
    when at least `paf_min_positive_fraction` of the samples exceed `paf_threshold` and the mean
    score, with a prior against limbs longer than half the input height, is positive.
 3. `match_limb`: greedy bipartite matching per limb, best score first, each peak used once.
 4. `assemble_people`: connections grow people across limbs; two people sharing a part with no
-   conflicting part are merged. People with < `min_parts` parts or a mean score below
-   `min_person_score` are dropped.
+   conflicting part are merged. Pieces of one person that share no limb (no neck, a hidden
+   elbow) are joined by body proportions (`bpnet.fragments.join_fragments`). People with
+   < `min_parts` parts or a mean score below `min_person_score` are dropped.
 5. `person_to_coco`: 18 parts -> COCO's 17 keypoints in original image coordinates.
 
 Speed: upsampling all 57 channels to the input size and filtering them costs ~15 ms at 288x384 on

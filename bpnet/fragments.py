@@ -171,7 +171,8 @@ def mutual_best_fits(need, link, blocked, heights, alive, slack, unscaled_height
     np.fill_diagonal(fits, False)
     if not fits.any():
         return []
-    cost = np.where(fits, own * link, np.inf)
+    with np.errstate(invalid="ignore"):       # 0 x inf where a piece has no scale and no bound
+        cost = np.where(fits, own * link, np.inf)
     best = cost.argmin(axis=1)
     has = np.isfinite(cost[np.arange(len(cost)), best])
     i = np.flatnonzero(has & (best[best] == np.arange(len(cost))) & (best > np.arange(len(cost))))
