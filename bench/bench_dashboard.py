@@ -84,7 +84,7 @@ def main():
     rows = []
     for title, page, query in pages:
         cold, warm, worst, errors = time_page(page, query, args.repeats)
-        rows.append((title, cold, warm, worst, "yes" if warm < TARGET_S else "NO", "; ".join(errors)[:60]))
+        rows.append((title, cold, warm, worst, "yes" if max(cold, warm) < TARGET_S else "NO", "; ".join(errors)[:60]))
     load = os.getloadavg()[0]
     print(f"\npage load with {args.runs} runs in the store (SQLite), seconds; target < {TARGET_S:g} s "
           f"(machine load average {load:.1f} on {os.cpu_count()} cores)")

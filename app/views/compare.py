@@ -7,7 +7,7 @@ import io
 
 import streamlit as st
 
-from app import charts, overlay, state
+from app import charts, overlay, state, widgets
 from bpnet.errors import BpnetError
 
 DEFAULT_RUNS = 5
@@ -97,30 +97,34 @@ left = c1.selectbox("Left", ids, index=0, format_func=labels.get, key="left_resu
 right = c2.selectbox("Right", ids, index=min(1, len(ids) - 1), format_func=labels.get, key="right_result")
 
 
-def detections(stage_id):
-    """(people by image id, stage params) of one result, from its results.json artifact."""
+def result_detections(stage_id):
+    """(results.json path, its mtime, people by image id, stage params) of one result."""
     run_id = next(r["run_id"] for r in rows if r["stage_id"] == stage_id)
     run = state.get_run(run_id, events_limit=0)
     art = next((a for a in run["artifacts"] if a["stage_id"] == stage_id and a["name"] == "results.json"), None)
     if art is None:
         raise BpnetError(f"result {labels[stage_id]} has no results.json artifact to draw")
-    return overlay.read_results(state.artifact_path(art["id"])), state.stage_params(stage_id)
+    path = state.artifact_path(art["id"])
+    stamp = widgets.mtime_ns(path)
+    return path, stamp, widgets.detections(path, stamp), state.stage_params(stage_id)
 
 
 try:
-    (left_people, left_params), (right_people, right_params) = detections(left), detections(right)
-    names_by_id = overlay.image_paths_by_id(left_params["annotations"])
-    merged = {i: left_people.get(i, []) + right_people.get(i, []) for i in set(left_people) | set(right_people)}
+    sides = [result_detections(left), result_detections(right)]
+    annotations = sides[0][3]["annotations"]
+    names_by_id = widgets.image_names(annotations, widgets.mtime_ns(annotations))
+    merged = {}
+    for _, _, people, _ in sides:
+        for image_id, found in people.items():
+            merged[image_id] = merged.get(image_id, []) + found
     if not merged:
         st.caption("Neither result found any person on the evaluation images.")
     for image_id in overlay.images_with_people(merged, OVERLAY_IMAGES):
-        c1, c2 = st.columns(2)
         name = names_by_id.get(image_id)
         if name is None:
             continue
-        c1.image(overlay.overlay_image(left_params["images"], name, left_people.get(image_id, [])),
-                 caption=f"{name} · {len(left_people.get(image_id, []))} people")
-        c2.image(overlay.overlay_image(right_params["images"], name, right_people.get(image_id, [])),
-                 caption=f"{name} · {len(right_people.get(image_id, []))} people")
-except (BpnetError, KeyError) as err:
+        for col, (path, stamp, people, params) in zip(st.columns(2), sides):
+            col.image(widgets.skeleton_picture(params["images"], name, path, stamp, image_id),
+                      caption=f"{name} · {len(people.get(image_id, []))} people")
+except (BpnetError, KeyError, OSError) as err:
     st.caption(f"No overlays: {err}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import charts, overlay, state
+from app import widgets
 from app.widgets import run_action_buttons
 from bpnet.errors import BpnetError
 
@@ -125,15 +126,17 @@ if rows:
     try:
         if results_file is None:
             raise BpnetError("this result has no results.json artifact (detections) to draw")
-        people = overlay.read_results(state.artifact_path(results_file["id"]))
-        names = overlay.image_paths_by_id(params["annotations"])
+        results_path = state.artifact_path(results_file["id"])
+        stamp = widgets.mtime_ns(results_path)
+        people = widgets.detections(results_path, stamp)
+        names = widgets.image_names(params["annotations"], widgets.mtime_ns(params["annotations"]))
         chosen = overlay.images_with_people(people, SAMPLE_IMAGES)
         if not chosen:
             st.caption("The model found no people on the evaluation images.")
         for col, image_id in zip(st.columns(max(1, len(chosen))), chosen):
-            col.image(overlay.overlay_image(params["images"], names[image_id], people[image_id]),
+            col.image(widgets.skeleton_picture(params["images"], names[image_id], results_path, stamp, image_id),
                       caption=f"{names[image_id]} · {len(people[image_id])} people")
-    except (BpnetError, KeyError) as err:
+    except (BpnetError, KeyError, OSError) as err:
         st.caption(f"No sample images: {err}")
 
 # ---------------------------------------------------------------- events
