@@ -234,3 +234,26 @@ def test_new_run_offers_models_trained_by_earlier_runs(config):
     newest = open_store(config.database_url).get_run(runs[0]["id"])
     assert newest["spec"]["model"].endswith("bpnet_model.hdf5")
     assert not newest["spec"].get("stages")   # an existing model keeps its own stages
+
+
+def test_the_dashboard_never_imports_tensorflow(config, tmp_path):
+    """Every page rendered in a fresh interpreter; TensorFlow (and the engine modules that load
+    it) must not be among the imported modules, so the dashboard starts fast."""
+    import subprocess
+
+    script = tmp_path / "render_all.py"
+    script.write_text(
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({MAIN!r}, default_timeout={TIMEOUT_S})\n"
+        "at.run()\n"
+        "for page in ('views/new_run.py', 'views/run_detail.py', 'views/compare.py', 'views/workers.py'):\n"
+        "    at.switch_page(page)\n"
+        "    at.run()\n"
+        "    assert not at.exception, (page, [e.value for e in at.exception])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tf2onnx'))\n"
+        "print('HEAVY', heavy)\n")
+    seed_store.seed_finished_run(config, thresholds=(0.1,), precisions=("fp32",))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HEAVY []" in out.stdout
