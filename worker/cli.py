@@ -71,6 +71,9 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # `bpnet-studio status | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 # ------------------------------------------------------------------ worker
