@@ -77,6 +77,7 @@ def main(argv=None):
     parser.add_argument("--pruned", help="a pruned .hdf5 to time as INT8 at 288x384, batch 1")
     parser.add_argument("--out", default="bench_out", help="folder for models, ONNX files and the JSON")
     parser.add_argument("--quick", action="store_true", help="2 timed runs after 1 warm-up, 4 calibration images")
+    parser.add_argument("--pruned_only", action="store_true", help="skip the grid; only the --pruned comparison")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args(argv)
@@ -88,7 +89,7 @@ def main(argv=None):
         build_full_width_model(model)
 
     rows, calibration_seconds = [], {}
-    for hw in RESOLUTIONS:
+    for hw in () if args.pruned_only else RESOLUTIONS:
         for stage in STAGES:
             paths, seconds = export_variants(model, stage, hw, out_dir, num_images)
             calibration_seconds[f"{hw[0]}x{hw[1]} stage {stage}"] = round(seconds, 1)
@@ -105,7 +106,7 @@ def main(argv=None):
     pruned = None
     if args.pruned:
         pruned = pruned_comparison(model, Path(args.pruned), out_dir, num_images, runs, warmup)
-    write_results(out_dir, rows, calibration_seconds, runs, warmup, pruned)
+    write_results(out_dir / ("pruned" if args.pruned_only else "."), rows, calibration_seconds, runs, warmup, pruned)
     print(f"\nlatency on this CPU, median of {runs} runs after {warmup} warm-up")
     print(format_table(rows))
     print("\ncalibration (statistics + entropy and minmax thresholds), seconds:", calibration_seconds)

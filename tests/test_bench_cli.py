@@ -31,22 +31,12 @@ def test_latency_statistics():
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     """A tiny model, its FP32 ONNX and its INT8 ONNX (at 64x64)."""
-    import bpnet  # noqa: F401
-    import tensorflow as tf
-
     from bpnet.export import export_model
-    from bpnet.model import build_model
-    from bpnet.specs import ModelSpec
     from tests.conftest import COCO_IMAGES
+    from tests.tiny_models import save_tiny_model
 
-    tf.keras.utils.set_random_seed(5)
     folder = tmp_path_factory.mktemp("bench")
-    model = folder / "tiny.hdf5"
-    network = build_model(ModelSpec(backbone_width=0.125, stages=3))
-    for layer in network.layers:   # trained biases are non-zero (tf2onnx drops all-zero ones)
-        if getattr(layer, "bias", None) is not None:
-            layer.bias.assign(np.full(layer.bias.shape, 0.01, np.float32))
-    network.save(model)
+    model = save_tiny_model(folder / "tiny.hdf5", stages=3, seed=5, bias=0.01)
     report = export_model(model, folder / "tiny.onnx", (64, 64), data_type="int8", stage=2,
                           cal_image_dir=COCO_IMAGES, batch_size=2, batches=1, calibrator="minmax")
     return model, folder / "tiny.onnx", report["int8"]["onnx_int8"]

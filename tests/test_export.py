@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bpnet.errors import BpnetError
+from tests.tiny_models import save_tiny_model
 
 pytestmark = pytest.mark.slow
 HW = (64, 96)
@@ -15,30 +16,12 @@ SEED = 2   # fixed weights: the INT8 closeness check is about this one network
 
 @pytest.fixture(scope="module")
 def seven_stage_model(tmp_path_factory):
-    import bpnet  # noqa: F401
-    import tensorflow as tf
-
-    from bpnet.model import build_model
-    from bpnet.specs import ModelSpec
-
-    tf.keras.utils.set_random_seed(7)
-    path = tmp_path_factory.mktemp("models") / "seven.hdf5"
-    build_model(ModelSpec(backbone_width=0.125, stages=7)).save(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "seven.hdf5", stages=7, seed=7)
 
 
 @pytest.fixture(scope="module")
 def two_stage_model(tmp_path_factory):
-    import bpnet  # noqa: F401
-    import tensorflow as tf
-
-    from bpnet.model import build_model
-    from bpnet.specs import ModelSpec
-
-    tf.keras.utils.set_random_seed(SEED)
-    path = tmp_path_factory.mktemp("models") / "two.hdf5"
-    build_model(ModelSpec(backbone_width=0.125, stages=2)).save(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "two.hdf5", stages=2, seed=SEED)
 
 
 def keras_outputs(model_path, stage, batch):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bpnet.errors import BpnetError
+from tests.tiny_models import save_tiny_model
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 NO_TENSORRT = "TensorRT is not installed (it needs an NVIDIA GPU and driver)"
@@ -14,16 +15,7 @@ NO_TENSORRT = "TensorRT is not installed (it needs an NVIDIA GPU and driver)"
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    import bpnet  # noqa: F401
-    import tensorflow as tf
-
-    from bpnet.model import build_model
-    from bpnet.specs import ModelSpec
-
-    tf.keras.utils.set_random_seed(3)
-    path = tmp_path_factory.mktemp("trt") / "tiny.hdf5"
-    build_model(ModelSpec(backbone_width=0.125, stages=2)).save(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("trt") / "tiny.hdf5", stages=2, seed=3)
 
 
 def test_build_source_follows_the_tensorrt_version():
