@@ -454,7 +454,8 @@ def write_qdq_onnx(onnx_path, output_path, calibration, target="ort"):
     tensors = TensorsData(CalibrationMethod.MinMax, {
         name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()})
     quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, activation_type, tensors,
-                             [], [], ["Conv", "MaxPool", "Concat", "Relu", "Add", "Mul", "Resize"], extra)
+                             [], output_layers(model), ["Conv", "MaxPool", "Concat", "Relu", "Add", "Mul", "Resize"],
+                             extra)
     quantizer.quantize_model()
     quantized = quantizer.model.model
     # The quantizer appends Q/DQ nodes after their consumers; ONNX (shape inference, TensorRT's
@@ -463,6 +464,28 @@ def write_qdq_onnx(onnx_path, output_path, calibration, target="ort"):
     with atomic_path(output_path) as tmp:
         onnx.save(quantized, str(tmp))
     return Path(output_path)
+
+
+LAYOUT_OPS = ("Transpose", "Identity", "Reshape")
+
+
+def output_layers(model):
+    """Names of the nodes that compute the graph outputs (through layout-only ops).
+
+    They stay in float: heatmap peaks and PAF values near 1 are rare by nature, so a threshold
+    that clips rare values (entropy, percentile) would clip exactly the signal the decoder reads;
+    TensorRT's implicit INT8 likewise returns network outputs in float. They are 1x1 convs, cheap.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names = []
+    for output in model.graph.output:
+        node = producers.get(output.name)
+        while node is not None and node.op_type in LAYOUT_OPS:
+            names.append(node.name)
+            node = producers.get(node.input[0])
+        if node is not None:
+            names.append(node.name)
+    return names
 
 
 def sort_nodes_topologically(graph):
