@@ -216,8 +216,10 @@ def build_engine(onnx_path, qdq_or_fp16_onnx_path, engine_path, precision, input
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BpnetError(f"TensorRT could not parse {source}: {errors}")
     config = builder.create_builder_config()
-    if max_workspace_size:
+    if max_workspace_size and hasattr(trt, "MemoryPoolType"):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(max_workspace_size))
+    elif max_workspace_size:   # TensorRT < 8.4
+        config.max_workspace_size = int(max_workspace_size)
     h, w = input_hw
 
     def shape(n):
