@@ -55,6 +55,7 @@ def test_engine_backend_without_tensorrt_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.tensorrt
 @pytest.mark.parametrize("data_type", ["fp32", "fp16", "int8"])
 def test_engine_builds_and_matches_onnx_runtime(data_type, tiny_model, tmp_path, coco_mini):
     pytest.importorskip("tensorrt", reason=NO_TENSORRT)
