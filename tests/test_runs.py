@@ -65,7 +65,8 @@ def test_the_demo_spec_is_valid_and_expands_to_a_sweep():
 
 def test_dag_parents_come_before_children_and_match_the_chain():
     nodes = expand_run(parse_run_spec(run_spec_dict(stages=[2, 3], precisions=["fp32", "int8"])))
-    chain = {"prune": {"train"}, "retrain": {"prune"}, "export": {"train", "retrain"}, "evaluate": {"export"}}
+    chain = {"prune": {"train"}, "retrain": {"prune"}, "export": {"train", "retrain"}, "evaluate": {"export"},
+             "gate": {"evaluate"}}
     for i, n in enumerate(nodes):
         if n["parent"] is None:
             assert n["kind"] == "train"
@@ -81,7 +82,7 @@ def test_adding_a_precision_keeps_every_existing_key():
     both = expand_run(parse_run_spec(run_spec_dict(precisions=["fp32", "int8"])))
     old, new = {n["key"] for n in fp32}, {n["key"] for n in both}
     assert old < new
-    assert {n["kind"] for n in both if n["key"] not in old} == {"export", "evaluate"}
+    assert {n["kind"] for n in both if n["key"] not in old} == {"export", "evaluate", "gate"}
 
 
 def test_keys_change_with_what_matters_and_only_that():
@@ -166,7 +167,7 @@ def test_a_run_completes_and_a_second_run_adding_int8_retrains_nothing(env):
         by_kind.setdefault(st["kind"], set()).add(st["status"])
     assert by_kind["train"] == by_kind["prune"] == by_kind["retrain"] == {"cached"}
     computed = [st for st in store.stages(second) if st["status"] == "completed"]
-    assert {st["kind"] for st in computed} == {"export", "evaluate"}
+    assert {st["kind"] for st in computed} == {"export", "evaluate", "gate"}
     assert all("int8" in st["label"] for st in computed)
     cached_eval = [st for st in store.stages(second) if st["kind"] == "evaluate" and st["status"] == "cached"]
     assert cached_eval and all(st["result"] == {"AP": 0.5} for st in cached_eval)

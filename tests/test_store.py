@@ -208,10 +208,10 @@ def test_preview_shows_cached_stages_and_an_estimate(config):
             store.update_stage(st["id"], status="completed", duration_s=10.0, finished_at=time.time())
     preview = client.preview_run(run_spec_dict(), config=config)
     assert sorted(preview["cached"]) == sorted(["train s2", "prune s2 pth=0.1", "prune s2 pth=0.5"])
-    # train_small.yaml has no steps_per_epoch: each retrain is guessed at the median training time;
-    # export/evaluate have no history yet and are named as unknown
+    # the base training (100 epochs) took 10 s; each retrain (2 epochs, same images and input)
+    # is that time scaled by its work; export/evaluate have no history yet and are named as unknown
     assert preview["to_compute"] == preview["num_stages"] - 3
-    assert preview["estimate_s"] == pytest.approx(2 * 10.0)
+    assert preview["estimate_s"] == pytest.approx(2 * 10.0 * 2 / 100)
     assert "export" in preview["estimate_basis"] and "evaluate" in preview["estimate_basis"]
 
 

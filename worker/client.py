@@ -13,8 +13,12 @@ Runs
 - `list_runs(status=None, dataset=None, search=None, limit=200, offset=0) -> [dict]`
 - `get_run(run_id) -> dict` (run + spec, stages, edges, events, metrics, artifacts, results)
 - `run_events(run_id, stage_id=None, since_id=0, limit=500)`, `loss_curve(run_id)`
-Results and artifacts
-- `list_results(run_ids=None) -> [flat row]` for Compare
+Guided optimization
+- `search_progress(run_id) -> [dict]` per search stage: its report (search.json, live) and iterations
+- `submit_remedy(gate_stage_id, remedy_kind, calibrator=None) -> run_id` a follow-up run
+Results, models and artifacts
+- `list_results(run_ids=None) -> [flat row]` for Compare (with the INT8/FP16 gate's verdict)
+- `list_models(limit=200) -> [dict]` trained Keras models
 - `artifact_path(artifact_id) -> Path` (cannot leave the artifact root)
 - `run_bundle(run_id) -> Path` zip of a run's artifacts with a manifest
 Workers
@@ -22,23 +26,22 @@ Workers
 """
 
 import json
-import statistics
 import time
 import zipfile
 
 import yaml
 
 from bpnet.errors import BpnetError
-from worker import artifacts, scheduler
+from worker import artifacts, costs, scheduler
 from worker.config import load_config
 from worker.runs import dataset_label, expand_run, parse_run_spec
-from worker.store import open_store
+from worker.store import STAGE_DONE, open_store
 
 RESULT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 RESULT_FIELDS = RESULT_METRICS + (
     "precision", "input_hw", "resolution", "pth", "stages", "latency_ms", "latency_p95_ms",
     "throughput", "cnn_ms_per_image", "decode_ms_per_image", "params", "gflops", "size_bytes",
-    "backend", "device", "num_images", "model_artifact_id", "artifact_ids")
+    "backend", "device", "num_images", "model_artifact_id", "artifact_ids", "branch")
 
 
 def _cfg(config):
@@ -77,72 +80,44 @@ def validate_run_spec(spec, base_dir=None, source="run spec"):
 def preview_run(spec, base_dir=None, config=None):
     """What submitting `spec` would do, without queueing anything:
     {num_stages, num_results, stages: [{label, kind, cached}], cached: [labels], to_compute,
-     estimate_s (None when no past stage of a kind exists), estimate_basis, workers, warnings}."""
+     estimate_s (None when no past stage of a kind exists), estimate_low_s, estimate_high_s,
+     estimate_basis, estimate_stages (per stage), workers, warnings}."""
     config = _cfg(config)
     run_spec = validate_run_spec(spec, base_dir)
-    nodes = expand_run(run_spec)
+    workers = list_workers(config)
+    alive = [w for w in workers if w["alive"]]
+    nodes = expand_run(run_spec, tensorrt=has_tensorrt_worker(alive))
     store = get_store(config)
     computed = store.keys_computed(n["key"] for n in nodes)
     rows = [{"label": n["label"], "kind": n["kind"], "cached": n["key"] in computed} for n in nodes]
-    estimate, basis = estimate_seconds([n for n in nodes if n["key"] not in computed], store)
-    workers = list_workers(config)
-    alive = [w for w in workers if w["alive"]]
+    estimate = estimate_cost([n for n in nodes if n["key"] not in computed], store, workers)
     warnings = []
     if not alive:
         warnings.append("no worker is online: the run will wait in the queue until one starts "
                         "(`bpnet-studio worker` or `bpnet-studio up`)")
-    if alive and not any(w["capabilities"].get("tensorrt") for w in alive):
+    if alive and not has_tensorrt_worker(alive):
         warnings.append("no TensorRT worker: results run on ONNX Runtime; TensorRT engines will "
                         "not be built")
     return {"num_stages": len(nodes), "num_results": sum(n["kind"] == "evaluate" for n in nodes),
             "stages": rows, "cached": [r["label"] for r in rows if r["cached"]],
-            "to_compute": sum(not r["cached"] for r in rows), "estimate_s": estimate,
-            "estimate_basis": basis, "workers": alive, "warnings": warnings}
+            "to_compute": sum(not r["cached"] for r in rows), "estimate_s": estimate["estimate_s"],
+            "estimate_low_s": estimate["low_s"], "estimate_high_s": estimate["high_s"],
+            "estimate_basis": estimate["basis"], "estimate_stages": estimate["stages"],
+            "workers": alive, "warnings": warnings}
 
 
-def estimate_seconds(nodes, store):
-    """Sum of expected durations of `nodes` from past stages of the same kind (training scaled by
-    its number of steps); (seconds or None, a sentence saying what it is based on)."""
-    history = store.stage_durations()
-    total, unknown = 0.0, []
-    for node in nodes:
-        guess = _guess_duration(node, history)
-        if guess is None:
-            unknown.append(node["kind"])
-        else:
-            total += guess
-    if unknown and len(unknown) == len(nodes) and nodes:
-        return None, "no finished stages of these kinds yet"
-    basis = f"median of {len(history)} past stages"
-    if unknown:
-        basis += f"; no history for {len(unknown)} stage(s) ({', '.join(sorted(set(unknown)))})"
-    return total, basis
+def has_tensorrt_worker(alive_workers):
+    return any("tensorrt" in w["queues"] and w["capabilities"].get("tensorrt") for w in alive_workers)
 
 
-def _train_steps(params):
-    train = params.get("train_spec") or {}
-    steps = train.get("steps_per_epoch")
-    return (steps * train.get("num_epoch", 1)) if steps else None
-
-
-def _family(kind):
-    # training and retraining cost the same per step
-    return "train" if kind in scheduler.TRAINING_KINDS else kind
-
-
-def _guess_duration(node, history):
-    same_kind = [(p, d) for k, p, d in history if _family(k) == _family(node["kind"])]
-    if not same_kind:
-        return None
-    if node["kind"] in scheduler.TRAINING_KINDS:
-        steps = _train_steps(node["params"])
-        per_step = [d / s for p, d in same_kind if (s := _train_steps(p))]
-        if steps and per_step:
-            return statistics.median(per_step) * steps
-    similar = [d for p, d in same_kind
-               if p.get("input_hw") == node["params"].get("input_hw")
-               and p.get("precision") == node["params"].get("precision")]
-    return statistics.median(similar or [d for _, d in same_kind])
+def estimate_cost(nodes, store, workers=None):
+    """Expected time of `nodes` from past stages' seconds per unit of work on the worker kind
+    each would run on (`worker.costs`)."""
+    workers = store.workers() if workers is None else workers
+    rows = [{**w, "queues": ",".join(w["queues"]) if isinstance(w["queues"], list) else w["queues"]}
+            for w in workers]
+    return costs.estimate_run(nodes, store.stage_history(),
+                              lambda kind: scheduler.choose_queue(kind, rows))
 
 
 def submit_run(spec, base_dir=None, name=None, config=None, rerun_of=None):
@@ -152,7 +127,8 @@ def submit_run(spec, base_dir=None, name=None, config=None, rerun_of=None):
     run_spec = validate_run_spec(spec, base_dir)
     if name:
         run_spec = run_spec.model_copy(update={"name": name})
-    nodes = expand_run(run_spec)
+    alive = [w for w in list_workers(config) if w["alive"]]
+    nodes = expand_run(run_spec, tensorrt=has_tensorrt_worker(alive))
     store = get_store(config)
     run_id = store.create_run(run_spec.name or f"run {time.strftime('%Y-%m-%d %H:%M')}",
                               dataset_label(run_spec), run_spec.model_dump(mode="json"), nodes,
@@ -185,11 +161,12 @@ def _require_run(store, run_id):
 def list_runs(status=None, dataset=None, search=None, limit=200, offset=0, config=None):
     """Runs newest first: id, name, status, dataset, created/started/finished_at, error,
     num_stages, stage_counts {status: n}, progress (0..1), current_stage (label or None),
-    elapsed_s, eta_s (of the running stage, when known)."""
+    elapsed_s, eta_s (of the running stage, from its progress events; None when unknown)."""
     store = get_store(config)
     runs = store.list_runs(status=status, dataset=dataset, search=search, limit=limit, offset=offset)
     now = time.time()
     for r in runs:
+        r["eta_s"] = r.pop("stage_eta_s", None)
         if r["started_at"]:
             r["elapsed_s"] = (r["finished_at"] or now) - r["started_at"]
         else:
@@ -256,16 +233,101 @@ def loss_curve(run_id, config=None):
 
 def list_results(run_ids=None, config=None):
     """One flat row per evaluated model (Compare page): run_id, run_name, dataset, stage_id,
-    label, status (completed | cached), precision, input_hw, resolution ("HxW"), pth (None =
-    unpruned), stages (model stage count), AP..ARl, latency_ms (median), latency_p95_ms,
-    throughput (images/s), cnn_ms_per_image, decode_ms_per_image, params, gflops, size_bytes,
-    backend, device, model_artifact_id, artifact_ids (all of the result's chain)."""
+    label, status (completed | cached), annotations and images (the evaluation data), precision,
+    input_hw, resolution ("HxW"), pth (None = unpruned), branch (unpruned | pruned | search),
+    stages (model stage count), AP..ARl, latency_ms (median), latency_p95_ms, throughput
+    (images/s), cnn_ms_per_image, decode_ms_per_image, params, gflops, size_bytes, backend,
+    device, model_artifact_id, artifact_ids (all of the result's chain), and the INT8/FP16 gate:
+    gate (None for FP32 | waiting | passed | failed | error), gate_reasons, gate_warnings,
+    gate_remedies, gate_stage_id."""
     store = get_store(config)
+    gates = store.gate_rows(run_ids)
     rows = []
     for row in store.result_rows(run_ids):
         r = row.pop("result") or {}
-        rows.append({**row, **{k: r.get(k) for k in RESULT_FIELDS}})
+        rows.append({**row, **{k: r.get(k) for k in RESULT_FIELDS}, **gate_fields(gates.get(row["stage_id"]))})
     return rows
+
+
+def gate_fields(gate):
+    """The gate's verdict on one result, flat (see `list_results`)."""
+    if gate is None:
+        return {"gate": None, "gate_reasons": [], "gate_warnings": [], "gate_remedies": [],
+                "gate_stage_id": None}
+    report = gate["result"] or {}
+    if gate["status"] in STAGE_DONE and report:
+        verdict, reasons = report["status"], report.get("reasons") or []
+    elif gate["status"] == "failed":
+        verdict, reasons = "error", [gate["error"] or "the gate stage failed"]
+    else:
+        verdict, reasons = "waiting", []
+    return {"gate": verdict, "gate_reasons": reasons, "gate_warnings": report.get("warnings") or [],
+            "gate_remedies": report.get("remedies") or [], "gate_stage_id": gate["stage_id"]}
+
+
+def list_models(limit=200, config=None):
+    """Trained Keras models still on disk, newest first: [{artifact_id, path, run_id, run_name,
+    stage_label, kind (train | retrain | search), created_at}] - the base-model picker of New run."""
+    store = get_store(config)
+    config = _cfg(config)
+    models = []
+    for row in store.model_artifacts(("train", "retrain", "search"), limit):
+        try:
+            path = artifacts.resolve_inside(config.artifact_root, row["relpath"])
+        except BpnetError:
+            continue
+        if path.is_file():
+            models.append({**row, "path": path})
+    return models
+
+
+# ------------------------------------------------------------------ guided optimization
+
+def search_progress(run_id, config=None):
+    """Per search stage of a run: {stage_id, label, status, report, iterations}. `report` is the
+    stage's search.json (rewritten by the engine after every iteration, so it is read from the
+    stage's folder while the search runs; None before the first write); `iterations` are the
+    stored `iteration` events (threshold, ap, size, within_budget), in order."""
+    config = _cfg(config)
+    store = get_store(config)
+    out = []
+    for st in store.stages(run_id):
+        if st["kind"] != "search":
+            continue
+        folder = st["artifact_dir"] or (artifacts.stage_dir_name(st["kind"], st["key"])
+                                        if st["status"] == "running" else None)
+        report = None
+        if folder:
+            path = artifacts.resolve_inside(config.artifact_root, folder) / "search.json"
+            try:
+                report = json.loads(path.read_text())
+            except (OSError, ValueError):
+                report = None
+        # a reused search's iterations were recorded by the run that computed it
+        events = store.events(stage_id=st["source_stage_id"] or st["id"], kinds=("iteration",), limit=1000)
+        iterations = [{k: e["data"].get(k) for k in ("threshold", "ap", "size", "within_budget")}
+                      | {"step": e["step"], "message": e["message"]} for e in events if e["verb"] == "search"]
+        out.append({"stage_id": st["id"], "label": st["label"], "status": st["status"],
+                    "report": report, "iterations": iterations})
+    return out
+
+
+def submit_remedy(gate_stage_id, remedy_kind, calibrator=None, config=None):
+    """Run one remedy of a failed gate as a follow-up run: the original run's spec narrowed to
+    the gated result (its model, resolution, FP32 + its precision) with the remedy applied;
+    everything upstream is reused from the cache, so only the export, evaluation and gate of the
+    repaired model run. Returns the new run id."""
+    from worker.remedies import remedy_spec
+
+    config = _cfg(config)
+    store = get_store(config)
+    gate = store.stage(gate_stage_id)
+    if gate is None or gate["kind"] != "gate":
+        raise BpnetError(f"gate stage {gate_stage_id!r} not found")
+    run = _require_run(store, gate["run_id"])
+    evaluate = store.stage(gate["parent_id"])
+    spec, title = remedy_spec(run["spec"], evaluate, gate, remedy_kind, calibrator)
+    return submit_run(spec, name=f"{run['name']} · remedy: {title}", config=config, rerun_of=run["id"])
 
 
 def artifact_path(artifact_id, config=None):
@@ -337,5 +399,6 @@ def list_workers(config=None):
 
 
 __all__ = ["validate_run_spec", "preview_run", "submit_run", "cancel_run", "rerun", "list_runs",
-           "list_datasets", "get_run", "run_events", "loss_curve", "list_results", "artifact_path",
-           "run_bundle", "list_workers", "estimate_seconds", "get_store"]
+           "list_datasets", "get_run", "run_events", "loss_curve", "list_results", "list_models",
+           "search_progress", "submit_remedy", "artifact_path", "run_bundle", "list_workers",
+           "estimate_cost", "get_store"]

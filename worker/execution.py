@@ -100,7 +100,8 @@ def _run_claimed(store, config, stage):
         out_dir = artifacts.prepare_stage_dir(config.artifact_root, stage["kind"], stage["key"])
         from worker.stages import run_stage   # the engine (TensorFlow) only inside workers
         outputs, result, metrics = run_stage(stage, parent_dir, parent_outputs, out_dir,
-                                             StageProgress(store, stage))
+                                             StageProgress(store, stage),
+                                             inputs=_inputs(store, config, stage))
         entries = artifacts.write_manifest(config.artifact_root, out_dir)
         ids = store.add_artifacts(stage["id"], stage["key"], entries)
         if result is not None:
@@ -135,6 +136,22 @@ def _parent(store, config, stage):
     if parent["status"] not in ("completed", "cached") or not parent["artifact_dir"]:
         raise BpnetError(f"parent stage {parent['label']} is {parent['status']}, not completed")
     return Path(config.artifact_root) / parent["artifact_dir"], parent["outputs"] or {}
+
+
+def _inputs(store, config, stage):
+    """{name: {"dir", "outputs"}} of the finished stages of the same run named in the stage's
+    `params["inputs"]` (name -> key); a failed or skipped one is left out."""
+    wanted = (stage["params"] or {}).get("inputs") or {}
+    if not wanted:
+        return {}
+    by_key = {s["key"]: s for s in store.stages(stage["run_id"])}
+    found = {}
+    for name, key in wanted.items():
+        other = by_key.get(key)
+        if other and other["status"] in ("completed", "cached") and other["artifact_dir"]:
+            found[name] = {"dir": Path(config.artifact_root) / other["artifact_dir"],
+                           "outputs": other["outputs"] or {}}
+    return found
 
 
 def _result_artifacts(store, stage, entries, ids, outputs):

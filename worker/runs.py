@@ -51,6 +51,34 @@ class CalibrationOptions(Strict):
     batch_size: int = Field(8, ge=1, le=256)
     batches: int = Field(10, ge=1, le=10000)
     calibrator: Literal["entropy", "minmax", "percentile"] = "entropy"
+    # Q/DQ nodes of these layers are removed after calibration (the gate's FP32-fallback remedy)
+    keep_float_layers: tuple[str, ...] = ()
+
+
+class SearchOptions(Strict):
+    """`kind: search`: the smallest pruned + retrained model within an AP budget."""
+    budget_ap: float = Field(2.0, ge=0, le=100)        # largest AP drop (points) from the unpruned model
+    objective: Literal["params", "latency"] = "params"
+    max_iters: int = Field(6, ge=1, le=30)
+    # evaluation (and latency) input [H, W] of every trial; default: the first of `resolutions`
+    resolution: Optional[tuple[int, int]] = None
+    # the engine measures each trial's latency on the retrained float (Keras) model
+    latency_precision: Literal["fp32"] = "fp32"
+    threshold_range: tuple[float, float] = (0.05, 1.0)
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_multiple_of_8(cls, value):
+        if value is not None and (value[0] <= 0 or value[1] <= 0 or value[0] % 8 or value[1] % 8):
+            raise ValueError(f"{list(value)}: H and W must be positive multiples of 8")
+        return value
+
+    @field_validator("threshold_range")
+    @classmethod
+    def _range_order(cls, value):
+        if not 0 < value[0] < value[1] <= 10:
+            raise ValueError(f"{list(value)}: give [low, high] with 0 < low < high <= 10")
+        return value
 
 
 class BenchmarkOptions(Strict):
@@ -61,8 +89,10 @@ class BenchmarkOptions(Strict):
 
 class RunSpec(Strict):
     """One optimization run (or sweep): a base model (trained from `train_spec`/`train`, or an
-    existing `model`), swept over stages x prune thresholds x resolutions x precisions."""
+    existing `model`), swept over stages x prune thresholds x resolutions x precisions; or, with
+    `kind: search`, an AP-budget search for the prune threshold."""
     name: str = ""
+    kind: Literal["sweep", "search"] = "sweep"
     dataset: RunDataset
     train_spec: Optional[Path] = None      # training spec YAML for the base model
     train: Optional[dict] = None           # ... or the same inline (dataset filled from `dataset`)
@@ -79,6 +109,10 @@ class RunSpec(Strict):
     infer: Optional[dict] = None           # ... or inline fields
     benchmark: BenchmarkOptions = BenchmarkOptions()
     eval_max_images: Optional[int] = Field(None, ge=1)   # None = every annotated image
+    search: SearchOptions = SearchOptions()
+    # INT8/FP16 results losing more AP points than this against their float parent fail the gate
+    int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=100)
+    engines: bool = False                  # also build TensorRT engines (needs a TensorRT worker)
 
     @field_validator("stages")
     @classmethod
@@ -122,6 +156,12 @@ class RunSpec(Strict):
             raise ValueError("stages applies to training a new model; remove it when `model` is given")
         if self.infer_spec is not None and self.infer is not None:
             raise ValueError("give infer_spec or infer, not both")
+        if self.kind == "search":
+            if self.prune_thresholds:
+                raise ValueError("prune_thresholds: kind 'search' picks the thresholds itself; remove "
+                                 "them (or use kind 'sweep')")
+            if self.retrain_epochs < 1:
+                raise ValueError("retrain_epochs: kind 'search' retrains every trial, give at least 1")
         return self
 
 
@@ -274,9 +314,10 @@ def cache_key(kind, params, parent_key, data_fingerprints=()):
 
 # ------------------------------------------------------------------ DAG expansion
 
-def expand_run(spec):
+def expand_run(spec, tensorrt=False):
     """The run's stages in topological order: dicts with kind, label, params, parent (index into
-    the list or None) and key. Paths to parent outputs are not params; the worker finds them."""
+    the list or None) and key. Paths to parent outputs are not params; the worker finds them.
+    `tensorrt`: a TensorRT worker is registered, so `engines: true` adds engine stages."""
     nodes = []
 
     def add(kind, label, params, parent, data=()):
@@ -287,7 +328,10 @@ def expand_run(spec):
 
     train_data = (file_fingerprint(spec.dataset.annotations), folder_fingerprint(spec.dataset.images))
     for base, stages_label in _base_nodes(spec, add, train_data):
-        models = [(base, None)] if spec.evaluate_unpruned or not spec.prune_thresholds else []
+        unpruned_only = spec.kind == "sweep" and not spec.prune_thresholds
+        models = [(base, None)] if spec.evaluate_unpruned or unpruned_only else []
+        if spec.kind == "search":
+            models.append((_add_search(spec, add, nodes, base, stages_label, train_data), "search"))
         for pth in spec.prune_thresholds:
             pruned = add("prune", f"prune {stages_label} pth={pth:g}",
                          {"threshold": pth, **spec.prune.model_dump(mode="json")}, base)
@@ -296,8 +340,29 @@ def expand_run(spec):
                              {"train_spec": _retrain_spec_dict(spec, nodes[base])}, pruned, train_data)
             models.append((pruned, pth))
         for model, pth in models:
-            _add_export_and_evaluate(spec, add, model, pth, stages_label)
+            _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorrt)
     return nodes
+
+
+def _add_search(spec, add, nodes, base, stages_label, train_data):
+    """One stage that runs the whole AP-budget search (its trials are cached by the engine)."""
+    options = spec.search
+    hw = tuple(options.resolution or spec.resolutions[0])
+    eval_ann, eval_images = eval_data(spec)
+    latency = None
+    if options.objective == "latency":
+        latency = {"input_hw": list(hw), "batch_size": spec.benchmark.batch_size,
+                   "runs": spec.benchmark.runs, "warmup": spec.benchmark.warmup}
+    params = {"retrain_spec": _retrain_spec_dict(spec, nodes[base]),
+              "prune": spec.prune.model_dump(mode="json"), "budget_ap": options.budget_ap,
+              "objective": options.objective, "max_iters": options.max_iters,
+              "threshold_range": list(options.threshold_range), "input_hw": list(hw),
+              "infer_spec": infer_spec(spec, hw).model_dump(mode="json"),
+              "annotations": str(eval_ann), "images": str(eval_images),
+              "max_images": spec.eval_max_images, "latency": latency}
+    eval_fp = (file_fingerprint(eval_ann), folder_fingerprint(eval_images))
+    return add("search", f"search {stages_label} budget {options.budget_ap:g} AP {options.objective}",
+               params, base, train_data + eval_fp)
 
 
 def _base_nodes(spec, add, train_data):
@@ -340,27 +405,65 @@ def base_train_spec_for_import(spec):
     return parse_spec(TrainSpec, data, f"default training spec {default}").model_dump(mode="json")
 
 
-def _add_export_and_evaluate(spec, add, model, pth, stages_label):
+GATED_PRECISIONS = ("int8", "fp16")
+
+
+def _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorrt=False):
+    """Per resolution and precision: export -> evaluate; then a gate after every FP16/INT8
+    evaluate, comparing it with its FP32 sibling (same model and resolution)."""
     eval_ann, eval_images = eval_data(spec)
     eval_fp = (file_fingerprint(eval_ann), folder_fingerprint(eval_images))
     cal_fp = (folder_fingerprint(calibration_images(spec)),)
-    tag = stages_label if pth is None else f"{stages_label} pth={pth:g}"
+    searched = pth == "search"   # the search's chosen model: its threshold is known only at run time
+    tag = stages_label if pth is None else f"{stages_label} search" if searched else f"{stages_label} pth={pth:g}"
     for hw in spec.resolutions:
         infer = infer_spec(spec, hw).model_dump(mode="json")
+        evaluations = {}
         for precision in spec.precisions:
             params = {"input_hw": list(hw), "precision": precision}
             if precision == "int8":
-                params["calibration"] = {**spec.calibration.model_dump(mode="json"),
-                                         "images": str(calibration_images(spec))}
+                params["calibration"] = calibration_params(spec)
             name = f"{tag} {hw[0]}x{hw[1]} {precision}"
             export = add("export", f"export {name}", params, model,
                          cal_fp if precision == "int8" else ())
-            add("evaluate", f"evaluate {name}",
-                {"infer_spec": infer, "annotations": str(eval_ann), "images": str(eval_images),
-                 "benchmark": spec.benchmark.model_dump(mode="json"), "precision": precision,
-                 "max_images": spec.eval_max_images,
-                 "input_hw": list(hw), "prune_threshold": pth, "stages_label": stages_label},
-                export, eval_fp)
+            if spec.engines and tensorrt:
+                add("engine", f"engine {name}", {"input_hw": list(hw), "precision": precision},
+                    export)
+            params = {"infer_spec": infer, "annotations": str(eval_ann), "images": str(eval_images),
+                      "benchmark": spec.benchmark.model_dump(mode="json"), "precision": precision,
+                      "max_images": spec.eval_max_images, "input_hw": list(hw),
+                      "prune_threshold": None if searched else pth, "stages_label": stages_label}
+            if searched:
+                params["branch"] = "search"
+            evaluate = add("evaluate", f"evaluate {name}", params, export, eval_fp)
+            evaluations[precision] = (export, evaluate, name)
+        for precision in GATED_PRECISIONS:
+            if precision in evaluations:
+                _add_gate(spec, add, nodes, evaluations, precision, infer, eval_ann, eval_images, eval_fp)
+
+
+def calibration_params(spec):
+    cal = {**spec.calibration.model_dump(mode="json"), "images": str(calibration_images(spec))}
+    if not cal["keep_float_layers"]:
+        del cal["keep_float_layers"]   # keeps the keys of runs made before this option existed
+    return cal
+
+
+def _add_gate(spec, add, nodes, evaluations, precision, infer, eval_ann, eval_images, eval_fp):
+    export, evaluate, name = evaluations[precision]
+    # Stages of the same run this one reads besides its parent, by key: the scheduler starts the
+    # gate once they are final (a failed FP32 sibling only means the gate evaluates the parent).
+    inputs = {"export": nodes[export]["key"]}
+    if "fp32" in evaluations:
+        float_export, float_evaluate, _ = evaluations["fp32"]
+        inputs.update(float_export=nodes[float_export]["key"], float_evaluate=nodes[float_evaluate]["key"])
+    params = {"precision": precision, "threshold_ap": spec.int8_gate_max_ap_drop, "infer_spec": infer,
+              "annotations": str(eval_ann), "images": str(eval_images), "max_images": spec.eval_max_images,
+              "calibrator": spec.calibration.calibrator if precision == "int8" else None,
+              "num_calibration_images": (spec.calibration.batch_size * spec.calibration.batches
+                                         if precision == "int8" else None),
+              "inputs": inputs}
+    add("gate", f"gate {name}", params, evaluate, eval_fp)
 
 
 def run_spec_to_yaml(spec):

@@ -10,6 +10,8 @@ A stage whose parent is done is
 - cached, when a stage with the same cache key completed (in any run) and its artifacts exist;
 - left pending, when the same key is being computed by another run (this run is advanced again
   when that one finishes);
+- left pending, while a stage of the same run it also reads (`params["inputs"]`: name -> key, e.g.
+  a gate's FP32 sibling) is not final yet;
 - queued otherwise, on the queue its kind needs.
 A failed stage skips its descendants; other branches go on; the run ends failed, naming it.
 """
@@ -22,10 +24,14 @@ from worker.store import STAGE_DONE, STAGE_FINAL
 
 TRAINING_KINDS = ("train", "retrain")
 HEARTBEAT_FRESH_S = 60.0
+TENSORRT_KINDS = ("engine",)
 
 
 def choose_queue(kind, workers, now=None):
-    """Training goes to a live GPU worker when there is one, everything else to `cpu`."""
+    """Engines go to `tensorrt`; training goes to a live GPU worker when there is one; everything
+    else to `cpu`."""
+    if kind in TENSORRT_KINDS:
+        return "tensorrt"
     if kind in TRAINING_KINDS and any("gpu" in w["queues"].split(",") for w in live_workers(workers, now)):
         return "gpu"
     return "cpu"
@@ -57,6 +63,8 @@ def advance(store, run_id, enqueue, artifact_root):
             continue
         if parent_status not in STAGE_DONE:
             continue
+        if not _inputs_final(st, stages):
+            continue
         if _reuse_cached(store, st, artifact_root):
             st["status"] = "cached"
             continue
@@ -73,6 +81,11 @@ def advance(store, run_id, enqueue, artifact_root):
         enqueue(st)
     _update_run_status(store, run_id, list(by_id.values()))
     return queued
+
+
+def _inputs_final(st, stages):
+    wanted = set(((st.get("params") or {}).get("inputs") or {}).values())
+    return all(s["status"] in STAGE_FINAL for s in stages if s["key"] in wanted)
 
 
 def _reuse_cached(store, st, artifact_root):

@@ -234,8 +234,9 @@ class Store:
                                  .where(Stage.run_id.in_(ids)).group_by(Stage.run_id, Stage.status))
                 for run_id, status_, n, frac in rows:
                     counts.setdefault(run_id, {})[status_] = (n, frac or 0.0)
-                current = dict(s.execute(select(Stage.run_id, Stage.label)
-                                         .where(Stage.run_id.in_(ids), Stage.status == "running")).all())
+                current = {run_id: (label, eta) for run_id, label, eta in s.execute(
+                    select(Stage.run_id, Stage.label, Stage.eta_s)
+                    .where(Stage.run_id.in_(ids), Stage.status == "running"))}
         for r in runs:
             by_status = counts.get(r["id"], {})
             total = sum(n for n, _ in by_status.values())
@@ -244,7 +245,7 @@ class Store:
             r["stage_counts"] = {k: n for k, (n, _) in by_status.items()}
             r["num_stages"] = total
             r["progress"] = (done + running_frac) / total if total else 0.0
-            r["current_stage"] = current.get(r["id"])
+            r["current_stage"], r["stage_eta_s"] = current.get(r["id"], (None, None))
         return runs
 
     def count_runs(self, status=None):
@@ -359,6 +360,17 @@ class Store:
             q = q.order_by(Stage.finished_at.desc()).limit(500)
             return [(k, json.loads(p), d) for k, p, d in s.execute(q)]
 
+    def stage_history(self, limit=500):
+        """Completed stages computed here, newest first: kind, queue (the worker kind it ran on),
+        params, result, duration_s - the data of the cost preview."""
+        with self.Session() as s:
+            q = (select(Stage.kind, Stage.queue, Stage.params_json, Stage.result_json, Stage.duration_s)
+                 .where(Stage.status == "completed", Stage.duration_s.is_not(None))
+                 .order_by(Stage.finished_at.desc()).limit(limit))
+            return [{"kind": k, "queue": queue or "cpu", "params": json.loads(p),
+                     "result": json.loads(r) if r else None, "duration_s": d}
+                    for k, queue, p, r, d in s.execute(q)]
+
     def keys_computed(self, keys):
         """The subset of cache keys that some stage has completed."""
         keys = list(keys)
@@ -425,6 +437,19 @@ class Store:
             q = select(Artifact).where(Artifact.stage_id.in_(stage_ids)).order_by(Artifact.created_at)
             return [row_dict(a) for a in s.scalars(q)]
 
+    def model_artifacts(self, stage_kinds, limit=200):
+        """Keras models produced by stages of `stage_kinds`, newest first, with their run."""
+        with self.Session() as s:
+            q = (select(Artifact.id, Artifact.relpath, Artifact.name, Artifact.created_at, Stage.kind,
+                        Stage.label, Stage.run_id, Run.name)
+                 .join(Stage, Stage.id == Artifact.stage_id).join(Run, Run.id == Stage.run_id)
+                 .where(Stage.kind.in_(list(stage_kinds)), Artifact.kind == "keras model",
+                        Artifact.name.in_(("bpnet_model.hdf5", "chosen_model.hdf5")))
+                 .order_by(Artifact.created_at.desc()).limit(limit))
+            return [{"artifact_id": aid, "relpath": rel, "name": name, "created_at": created,
+                     "kind": kind, "stage_label": label, "run_id": run_id, "run_name": run_name}
+                    for aid, rel, name, created, kind, label, run_id, run_name in s.execute(q)]
+
     def artifact(self, artifact_id):
         with self.Session() as s:
             a = s.get(Artifact, artifact_id)
@@ -437,7 +462,7 @@ class Store:
         asks for thousands of them."""
         with self.Session() as s:
             q = (select(Stage.id, Stage.run_id, Stage.label, Stage.status, Stage.result_json, Run.name,
-                        Run.dataset)
+                        Run.dataset, Stage.params_json)
                  .join(Run, Run.id == Stage.run_id)
                  .where(Stage.kind == "evaluate", Stage.status.in_(STAGE_DONE),
                         Stage.result_json.is_not(None))
@@ -445,8 +470,21 @@ class Store:
             if run_ids:
                 q = q.where(Stage.run_id.in_(list(run_ids)))
             return [{"stage_id": sid, "run_id": rid, "label": label, "status": status,
-                     "result": json.loads(result), "run_name": name, "dataset": dataset}
-                    for sid, rid, label, status, result, name, dataset in s.execute(q)]
+                     "result": json.loads(result), "run_name": name, "dataset": dataset,
+                     **_evaluation_data(params)}
+                    for sid, rid, label, status, result, name, dataset, params in s.execute(q)]
+
+    def gate_rows(self, run_ids=None):
+        """{evaluate stage id: gate row (stage_id, status, result)} of the runs' gate stages;
+        a gate's parent is the evaluate stage of the result it checks."""
+        with self.Session() as s:
+            q = select(Stage.id, Stage.parent_id, Stage.status, Stage.result_json, Stage.error).where(
+                Stage.kind == "gate")
+            if run_ids:
+                q = q.where(Stage.run_id.in_(list(run_ids)))
+            return {parent: {"stage_id": sid, "status": status, "error": error,
+                             "result": json.loads(result) if result else None}
+                    for sid, parent, status, result, error in s.execute(q)}
 
     # ------------------------------------------------------------ workers
     def register_worker(self, worker_id, hostname, pid, queues, capabilities):
@@ -469,6 +507,12 @@ class Store:
     def workers(self):
         with self.Session() as s:
             return [row_dict(w) for w in s.scalars(select(Worker).order_by(Worker.id))]
+
+
+def _evaluation_data(params_json):
+    """The evaluation annotations and image folder of an evaluate stage's parameters."""
+    params = json.loads(params_json) if params_json else {}
+    return {"annotations": params.get("annotations"), "images": params.get("images")}
 
 
 def _opt_int(v):
