@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 PRECISION_COLORS = {"FP32": "#1f77b4", "FP16": "#2ca02c", "INT8": "#d62728"}
 STATUS_COLORS = {"completed": "#2ca02c", "cached": "#17becf", "running": "#1f77b4", "queued": "#9e9e9e",
                  "pending": "#9e9e9e", "failed": "#d62728", "cancelled": "#ff7f0e", "skipped": "#bdbdbd"}
+GATE_FAILED_COLOR = "#d62728"
 HOVER_TEMPLATE = ("<b>%{customdata[0]}</b><br>pth %{customdata[1]} · %{customdata[2]} · "
                   "%{customdata[3]} stages · %{customdata[4]}<br>AP %{y:.3f} · %{x:.2f} ms<extra></extra>")
 
@@ -72,6 +73,12 @@ def ap_vs_latency_figure(rows, x_key="latency_ms", y_key="AP"):
             mode="markers", name=precision, customdata=_hover_data(group),
             hovertemplate=HOVER_TEMPLATE,
             marker={"size": 11, "color": PRECISION_COLORS.get(precision), "opacity": 0.8}))
+    failed = [r for r in rows if r.get("gate") == "failed"]
+    if failed:   # ringed in red: measured, but refused by the INT8/FP16 gate
+        fig.add_trace(go.Scatter(
+            x=[_number(r[x_key]) for r in failed], y=[_number(r[y_key]) for r in failed],
+            mode="markers", name="gate failed", customdata=_hover_data(failed), hovertemplate=HOVER_TEMPLATE,
+            marker={"size": 20, "symbol": "circle-open", "color": GATE_FAILED_COLOR, "line": {"width": 3}}))
     front = [rows[i] for i in pareto_front([(_number(r[x_key]), _number(r[y_key])) for r in rows])]
     if front:
         fig.add_trace(go.Scatter(
@@ -144,6 +151,52 @@ def loss_curve_figure(points):
         fig.add_trace(go.Scatter(x=[p["step"] for p in series], y=[_number(p["loss"]) for p in series],
                                  mode="lines", name=stage))
     fig.update_layout(title="training loss", xaxis_title="step", yaxis_title="loss", margin={"t": 60})
+    return fig
+
+
+def search_figure(report, iterations=()):
+    """AP (top) and model size (bottom) per iteration of an AP-budget search.
+
+    `report` is the search's search.json (base, trials, budget_ap, objective, chosen; None before
+    its first write); `iterations` the stored iteration events, used when no report is readable.
+    Trials within the budget are green, outside red; the chosen one is a star; the dashed line is
+    the lowest AP the budget allows.
+    """
+    trials = (report or {}).get("trials") or [
+        {"threshold": i["threshold"], "ap": i["ap"], "size": i["size"], "within_budget": i["within_budget"]}
+        for i in iterations if _number(i.get("ap")) is not None]
+    objective = (report or {}).get("objective", "params")
+    size_title = "parameters" if objective == "params" else "latency (ms)"
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("AP per iteration", f"{size_title} per iteration"))
+    steps = list(range(1, len(trials) + 1))
+    colors = ["#2ca02c" if t.get("within_budget") else "#d62728" for t in trials]
+    text = [f"pth {t['threshold']:g}" for t in trials]
+    fig.add_trace(go.Scatter(x=steps, y=[_number(t["ap"]) for t in trials], mode="lines+markers+text",
+                             text=text, textposition="top center", name="AP (points)",
+                             marker={"size": 11, "color": colors}, line={"color": "#7f7f7f"}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=steps, y=[_number(t["size"]) for t in trials], mode="lines+markers",
+                             name=size_title, marker={"size": 11, "color": colors}, line={"color": "#7f7f7f"}),
+                  row=2, col=1)
+    base = (report or {}).get("base")
+    if base:
+        floor = base["ap"] - report["budget_ap"]
+        fig.add_hline(y=base["ap"], line={"color": "#1f77b4"}, annotation_text=f"unpruned AP {base['ap']:.2f}",
+                      row=1, col=1)
+        fig.add_hline(y=floor, line={"color": "#d62728", "dash": "dash"},
+                      annotation_text=f"budget: AP >= {floor:.2f}", row=1, col=1)
+        fig.add_hline(y=base["size"], line={"color": "#1f77b4"}, annotation_text="unpruned", row=2, col=1)
+    chosen = (report or {}).get("chosen")
+    if chosen:
+        index = next((i for i, t in enumerate(trials) if t["threshold"] == chosen["threshold"]), None)
+        if index is not None:
+            fig.add_trace(go.Scatter(x=[index + 1], y=[_number(chosen["ap"])], mode="markers", name="chosen",
+                                     marker={"size": 20, "symbol": "star", "color": "gold",
+                                             "line": {"color": "black", "width": 1}}), row=1, col=1)
+    fig.update_xaxes(title_text="iteration", dtick=1, row=2, col=1)
+    fig.update_yaxes(title_text="AP (points)", row=1, col=1)
+    fig.update_yaxes(title_text=size_title, row=2, col=1)
+    fig.update_layout(title="AP-budget search", height=560, margin={"t": 80})
     return fig
 
 

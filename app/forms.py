@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
 BUNDLED_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
 
+RUN_KINDS = ("sweep", "search")
+SEARCH_OBJECTIVES = ("params", "latency")
 RESOLUTION_PRESETS = {"224×320": (224, 320), "288×384": (288, 384), "320×448": (320, 448)}
 PRECISIONS = ("FP32", "FP16", "INT8")
 MIN_STAGES, MAX_STAGES = 2, 7
@@ -53,6 +55,11 @@ class RunRequest:
     calibration_batch_size: int
     retrain_epochs: int
     eval_dataset: DatasetInfo | None = None   # None = evaluate on the training data
+    kind: str = "sweep"                       # or "search": the AP-budget search picks the threshold
+    budget_ap: float = 2.0                    # search: largest AP drop (points) from the unpruned model
+    objective: str = "params"                 # search: params | latency
+    max_iters: int = 6                        # search: iteration limit
+    gate_max_ap_drop: float = 2.0             # INT8/FP16 results losing more AP points fail the gate
 
 
 def parse_resolution(height, width, what="custom resolution"):
@@ -196,6 +203,16 @@ def _check_coco_layout(data, path):
         raise BpnetError(f"dataset: {path} has no person with labelled keypoints; nothing to train or evaluate on")
 
 
+def parse_float(value, what, low, high):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BpnetError(f"{what}: {value!r} is not a number; allowed {low:g} to {high:g}") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise BpnetError(f"{what}: {value} is out of range; allowed {low:g} to {high:g}")
+    return number
+
+
 def count_images(folder):
     return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -242,10 +259,30 @@ def validate_new_run(form, dataset_info=None):
     custom = (form.get("custom_h"), form.get("custom_w")) if form.get("use_custom") else None
     resolutions = attempt("resolution", collect_resolutions, form.get("presets", []), custom)
     stages = attempt("stages", parse_int, form.get("stages"), "stages", MIN_STAGES, MAX_STAGES)
-    thresholds = attempt("thresholds", parse_thresholds, form.get("thresholds"))
+    kind = form.get("kind") or "sweep"
+    if kind not in RUN_KINDS:
+        errors["kind"] = f"run kind: {kind!r} is not one of {list(RUN_KINDS)}"
+    search = {}
+    if kind == "search":
+        thresholds = []   # the search picks them
+        search["budget_ap"] = attempt("budget_ap", parse_float, form.get("budget_ap", 2.0),
+                                      "AP budget (points)", 0.0, 100.0)
+        search["max_iters"] = attempt("max_iters", parse_int, form.get("max_iters", 6), "search iterations", 1, 30)
+        search["objective"] = form.get("objective") or "params"
+        if search["objective"] not in SEARCH_OBJECTIVES:
+            errors["objective"] = f"objective: {search['objective']!r} is not one of {list(SEARCH_OBJECTIVES)}"
+    else:
+        thresholds = attempt("thresholds", parse_thresholds, form.get("thresholds"))
     precisions = attempt("precisions", check_precisions, form.get("precisions"))
     train_epochs = attempt("train_epochs", parse_int, form.get("train_epochs", 1), "training epochs", 1, 1000)
     retrain_epochs = attempt("retrain_epochs", parse_int, form.get("retrain_epochs"), "retrain epochs", 0, 1000)
+    if kind == "search" and retrain_epochs == 0:
+        errors["retrain_epochs"] = ("retrain epochs: the search retrains every pruned model; give at least 1 "
+                                    "(allowed 1 to 1000)")
+    gate_max_ap_drop = 2.0
+    if precisions and set(precisions) & {"INT8", "FP16"}:
+        gate_max_ap_drop = attempt("gate", parse_float, form.get("gate_max_ap_drop", 2.0),
+                                   "INT8/FP16 gate: largest AP drop (points)", 0.0, 100.0)
     base_model = None
     if form.get("base") == "existing":
         base_model = form.get("existing_model") or None
@@ -258,23 +295,27 @@ def validate_new_run(form, dataset_info=None):
                               form.get("cal_batch_size")) or calibration
     if errors:
         return None, errors
-    name = str(form.get("name") or "").strip() or default_run_name(thresholds, resolutions, precisions)
+    name = str(form.get("name") or "").strip() or default_run_name(thresholds, resolutions, precisions,
+                                                                    search.get("budget_ap"))
     return RunRequest(name=name, dataset=dataset_info, base_model=base_model, train_epochs=train_epochs,
                       resolutions=resolutions, stages=stages, thresholds=thresholds, precisions=precisions,
                       calibration_images=calibration[0], calibration_batches=calibration[1],
                       calibration_batch_size=calibration[2], retrain_epochs=retrain_epochs,
-                      eval_dataset=eval_dataset), {}
+                      eval_dataset=eval_dataset, kind=kind, gate_max_ap_drop=gate_max_ap_drop, **search), {}
 
 
-def default_run_name(thresholds, resolutions, precisions):
+def default_run_name(thresholds, resolutions, precisions, budget_ap=None):
     res = ",".join(f"{h}x{w}" for h, w in resolutions)
-    return f"pth {','.join(f'{t:g}' for t in thresholds)} @ {res} {'/'.join(precisions)}"
+    what = (f"search within {budget_ap:g} AP" if budget_ap is not None
+            else f"pth {','.join(f'{t:g}' for t in thresholds)}")
+    return f"{what} @ {res} {'/'.join(precisions)}"
 
 
 def count_results(request):
-    """How many evaluated models the sweep produces: the unpruned model and one per threshold,
-    each at every resolution and precision."""
-    return len(request.resolutions) * (1 + len(request.thresholds)) * len(request.precisions)
+    """How many evaluated models the run produces: the unpruned model and one per threshold (or
+    the search's chosen model), each at every resolution and precision."""
+    models = 2 if request.kind == "search" else 1 + len(request.thresholds)
+    return len(request.resolutions) * models * len(request.precisions)
 
 
 def run_spec_dict(request, train_template):
@@ -304,4 +345,65 @@ def run_spec_dict(request, train_template):
         spec["calibration"] = {"images": str(request.calibration_images),
                                "batch_size": request.calibration_batch_size,
                                "batches": request.calibration_batches}
+    if set(request.precisions) & {"INT8", "FP16"}:
+        spec["int8_gate_max_ap_drop"] = request.gate_max_ap_drop
+    if request.kind == "search":
+        spec["kind"] = "search"
+        spec["search"] = {"budget_ap": request.budget_ap, "objective": request.objective,
+                          "max_iters": request.max_iters}
     return spec
+
+
+# ------------------------------------------------------------------ guidance (pure)
+
+def dataset_guidance(annotations, cal_batch_size=8, cal_batches=10):
+    """(statistics, {field: Advice}) of a COCO person-keypoints file: the seed's rules applied to it
+    (`bpnet.guide`); BpnetError when the file cannot be read."""
+    from bpnet.guide.dataset_stats import dataset_stats_file
+    from bpnet.guide.recommend import recommend_all
+
+    stats = dataset_stats_file(annotations)
+    advice = recommend_all(stats, cal_batch_size=cal_batch_size, cal_batches=cal_batches)
+    return stats, {a.field: a for a in advice}
+
+
+def stats_rows(stats):
+    """The statistics the New-run page shows, as (quantity, value) rows."""
+    ppi, kpp = stats["people_per_image"], stats["keypoints_per_person"]
+    sizes = stats["area_ranges"]
+    at640 = stats["area_ranges_at_640"]["fractions"]
+    h, w = stats["image_height"], stats["image_width"]
+    return [
+        {"quantity": "images (with people)", "value": f"{stats['num_images']} ({stats['num_images_with_people']})"},
+        {"quantity": "people with keypoints", "value": str(stats["num_people"])},
+        {"quantity": "people per image (images with people)",
+         "value": f"median {ppi['median']:g}, mean {ppi['mean']:.1f}, max {ppi['max']:g}"},
+        {"quantity": "labelled keypoints per person", "value": f"median {kpp['median']:g}, mean {kpp['mean']:.1f}"},
+        {"quantity": "small / medium / large people",
+         "value": " / ".join(f"{sizes['counts'][k]} ({sizes['fractions'][k]:.0%})" for k in ("small", "medium", "large"))},
+        {"quantity": "small / medium / large at COCO's 640-px scale",
+         "value": " / ".join(f"{at640[k]:.0%}" for k in ("small", "medium", "large"))},
+        {"quantity": "image size (H × W)",
+         "value": f"median {h['median']:g} × {w['median']:g}, from {h['min']:g} × {w['min']:g} to {h['max']:g} × {w['max']:g}"},
+        {"quantity": "crowd regions", "value": str(stats["num_crowd_regions"])},
+    ]
+
+
+def advice_text(advice):
+    """'recommended 0.05-3.0: reason; reason' for a field's help and caption."""
+    value_range = advice.recommended_range
+    if isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
+            isinstance(v, (int, float)) for v in value_range):
+        shown = f"recommended {value_range[0]:g}–{value_range[1]:g}"
+    elif isinstance(value_range, (tuple, list)):
+        shown = f"options {', '.join(map(str, value_range))}; recommended {advice.value}"
+    else:
+        shown = f"recommended {advice.value}"
+    return f"{shown}: " + "; ".join(advice.reasons)
+
+
+def static_advice():
+    """{field: Advice} of the ranges that do not depend on the data."""
+    from bpnet.guide.recommend import static_guidance
+
+    return {a.field: a for a in static_guidance()}

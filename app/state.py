@@ -58,6 +58,9 @@ cancel_run = _through_call(client.cancel_run)
 rerun = _through_call(client.rerun)
 artifact_path = _through_call(client.artifact_path)
 run_bundle = _through_call(client.run_bundle)
+list_models = _through_call(client.list_models)
+search_progress = _through_call(client.search_progress)
+submit_remedy = _through_call(client.submit_remedy)
 
 
 def list_runs(status=None, dataset=None, search=None, limit=200, offset=0):
@@ -65,32 +68,11 @@ def list_runs(status=None, dataset=None, search=None, limit=200, offset=0):
                 limit=limit, offset=offset)
 
 
-def stage_params(stage_id):
-    """A stage's parameters (the evaluation data of a result). Adapter: the client's result rows
-    do not carry the evaluation annotations yet."""
-    stage = call(lambda: client.get_store().stage(stage_id))
-    return (stage or {}).get("params") or {}
-
-
-def trained_models(limit_runs=30):
-    """Keras models produced by completed train/retrain stages of recent runs, newest first:
-    [{label, path, run_name}]. Adapter until the client lists models itself."""
-    models, seen = [], set()
-    for run in list_runs(status=("completed", "failed", "cancelled", "running"), limit=limit_runs):
-        for art in get_run(run["id"], events_limit=0)["artifacts"]:
-            stage_kind = art["stage_label"].split(" ")[0]
-            if art["kind"] != "keras model" or stage_kind not in TRAINING_KINDS or art["id"] in seen:
-                continue
-            if art["name"] != "bpnet_model.hdf5":
-                continue
-            seen.add(art["id"])
-            try:
-                path = artifact_path(art["id"])
-            except BpnetError:
-                continue   # deleted from disk: not offered
-            models.append({"label": f"{run['name']} · {art['stage_label']}", "path": str(path),
-                           "run_name": run["name"]})
-    return models
+def trained_models(limit=100):
+    """Keras models trained by earlier runs (train, retrain, the search's choice), newest first:
+    [{label, path, run_name}] for the base-model picker."""
+    return [{"label": f"{m['run_name']} · {m['stage_label']}", "path": str(m["path"]), "run_name": m["run_name"]}
+            for m in list_models(limit=limit)]
 
 
 # ------------------------------------------------------------------ shaping (pure)
@@ -179,6 +161,8 @@ def evaluation_note(annotations, train_annotations=None):
 def short_result_label(row):
     pth = row.get("pth")
     prune = "unpruned" if pth is None else f"pth {pth:g}"
+    if row.get("branch") == "search":
+        prune = f"search: {prune}"
     return (f"{row.get('run_name', '')[:24]} · {prune} · {row.get('resolution') or '?'} · "
             f"s{row.get('stages') or '?'} · {str(row.get('precision') or '?').upper()}")
 
@@ -190,20 +174,62 @@ def chart_rows(results):
         hw = r.get("input_hw") or [None, None]
         size = r.get("size_bytes")
         rows.append({**r, "label": short_result_label(r), "precision": str(r.get("precision") or "?").upper(),
+                     "gate_text": gate_text(r.get("gate")),
                      "input_h": hw[0], "input_w": hw[1],
                      "model_size_mb": size / 1e6 if size else None,
                      "pth": "unpruned" if r.get("pth") is None else f"{r['pth']:g}"})
     return rows
 
 
-RESULT_TABLE_COLUMNS = ("run_name", "pth", "resolution", "stages", "precision", "AP", "AP50", "AP75",
+RESULT_TABLE_COLUMNS = ("run_name", "pth", "resolution", "stages", "precision", "gate", "AP", "AP50", "AP75",
                         "APm", "APl", "AR", "latency_ms", "latency_p95_ms", "throughput", "params",
                         "gflops", "model_size_mb", "backend", "device", "status")
 
 
 def result_table(rows):
     """Rows for the metrics table / CSV export, in a fixed column order."""
-    return [{c: r.get(c) for c in RESULT_TABLE_COLUMNS} for r in rows]
+    return [{c: r.get("gate_text", gate_text(r.get("gate"))) if c == "gate" else r.get(c)
+             for c in RESULT_TABLE_COLUMNS} for r in rows]
+
+
+GATE_TEXT = {"passed": "✅ passed", "failed": "❌ failed", "waiting": "⏳ waiting", "error": "⚠️ error"}
+
+
+def gate_text(verdict):
+    """The gate column: '–' for results the gate does not apply to (FP32)."""
+    return GATE_TEXT.get(verdict, "–")
+
+
+def failed_gates(rows):
+    """Result rows whose INT8/FP16 gate failed."""
+    return [r for r in rows if r.get("gate") == "failed"]
+
+
+def remedy_label(remedy):
+    return remedy["title"] + ("" if remedy.get("runnable", True) else " (advice: not runnable yet)")
+
+
+def search_trial_rows(report):
+    """A search report's trials as table rows, in the order they were measured."""
+    budget_floor = report["base"]["ap"] - report["budget_ap"]
+    return [{"iteration": i, "threshold": t["threshold"], "AP (points)": round(t["ap"], 3),
+             "AP drop": round(t["ap_drop"], 3), "size": t["size"],
+             "within budget": "yes" if t["within_budget"] else f"no (AP < {budget_floor:.2f})",
+             "chosen": "★" if report.get("chosen") and report["chosen"]["threshold"] == t["threshold"] else ""}
+            for i, t in enumerate(report.get("trials") or [], start=1)]
+
+
+def cost_rows(stages):
+    """The preview's per-stage estimates as table rows."""
+    rows = []
+    for st in stages:
+        estimate = st.get("estimate")
+        rows.append({"stage": st["name"], "worker kind": st["worker_kind"],
+                     "estimate": format_duration(estimate["seconds"]) if estimate else "no history",
+                     "range (25-75%)": (f"{format_duration(estimate['low'])} – {format_duration(estimate['high'])}"
+                                        if estimate else "–"),
+                     "past stages": estimate["samples"] if estimate else 0})
+    return rows
 
 
 def stage_dag(stages):

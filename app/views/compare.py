@@ -61,10 +61,19 @@ if not rows:
 notes = {}
 for run_id in dict.fromkeys(r["run_id"] for r in rows):
     first = next(r for r in rows if r["run_id"] == run_id)
-    note = state.evaluation_note(state.stage_params(first["stage_id"]).get("annotations"), first.get("dataset"))
+    note = state.evaluation_note(first.get("annotations"), first.get("dataset"))
     notes.setdefault(note, []).append(first["run_name"])
 for note, run_names in notes.items():
     st.info(f"{note} (runs: {', '.join(run_names)})", icon=":material/image:")
+
+# Results the INT8/FP16 gate refused: measured, but not to be deployed as they are.
+refused = state.failed_gates(rows)
+for row in refused:
+    st.error(f"**Gate failed** · {row['label']}: {'; '.join(row['gate_reasons'])}. Remedies on its run's "
+             "page.", icon=":material/gpp_bad:")
+for run_id, run_name in dict((r["run_id"], r["run_name"]) for r in refused).items():
+    st.page_link("views/run_detail.py", label=f"Open {run_name} (remedies)", icon=":material/arrow_forward:",
+                 query_params={"run": run_id})
 
 tab_pareto, tab_area, tab_size, tab_latency = st.tabs(
     ["AP vs latency", "AP by person size", "size vs AP", "latency by precision"])
@@ -106,7 +115,7 @@ def result_detections(stage_id):
         raise BpnetError(f"result {labels[stage_id]} has no results.json artifact to draw")
     path = state.artifact_path(art["id"])
     stamp = widgets.mtime_ns(path)
-    return path, stamp, widgets.detections(path, stamp), state.stage_params(stage_id)
+    return path, stamp, widgets.detections(path, stamp), next(r for r in rows if r["stage_id"] == stage_id)
 
 
 try:

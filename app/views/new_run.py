@@ -31,6 +31,17 @@ def modification_time(path):
         return None
 
 
+@st.cache_data(show_spinner="computing the dataset statistics…", max_entries=16)
+def dataset_statistics(annotations, _mtime):
+    """(statistics, None) or (None, message) of a COCO file (pure, but seconds on a real COCO file)."""
+    from bpnet.guide.dataset_stats import dataset_stats_file
+
+    try:
+        return dataset_stats_file(annotations), None
+    except BpnetError as err:
+        return None, str(err)
+
+
 @st.cache_data(ttl=PREVIEW_TTL_S, show_spinner="previewing the sweep…", max_entries=16)
 def preview(spec_json):
     try:
@@ -83,9 +94,23 @@ else:
     eval_images = c2.text_input("Evaluation images folder (optional)", key="eval_images")
 eval_slot = st.empty()
 dataset_slot = st.empty()
+stats = None
+advice = forms.static_advice()
 if info is not None:
     dataset_slot.success(f"{info.num_images} images · {info.num_people_with_keypoints} people with keypoints "
                          f"in {info.num_images_with_keypoints} images · images from `{info.images}`", icon=":material/check_circle:")
+    stats, stats_error = dataset_statistics(str(info.annotations), modification_time(info.annotations))
+    if stats_error:
+        st.warning(f"No statistics: {stats_error}", icon=":material/warning:")
+if stats is not None:
+    from bpnet.guide.recommend import recommend_resolution
+
+    resolution_advice = recommend_resolution(stats)
+    with st.expander("Dataset statistics and the recommendations they lead to", expanded=True):
+        st.dataframe(forms.stats_rows(stats), hide_index=True, key="stats_df")
+        h, w = resolution_advice.value
+        st.info(f"**Recommended input resolution: {h}×{w}**\n" +
+                "\n".join(f"- {reason}" for reason in resolution_advice.reasons), icon=":material/lightbulb:")
 
 # ---------------------------------------------------------------- base model
 st.subheader("2 · Base model")
@@ -98,7 +123,10 @@ if base == "train":
                                    help="epochs of the base model on the chosen data (small CPU spec: "
                                         "narrow backbone, 128×128 training input)")
     stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES, value=2, key="stages",
-                       help="refinement stages: 3 balances speed and accuracy, 2 is faster")
+                       help=forms.advice_text(advice["model.stages"]))
+    st.caption(f"Stages: {forms.advice_text(advice['model.stages'])}")
+    st.caption(f"Regularization: {forms.advice_text(advice['model.regularization_type'])} — the small "
+               f"training spec used here trains with L1.")
 else:
     train_epochs, stages = 1, 2
     models = trained_models()
@@ -112,10 +140,16 @@ else:
 base_slot = st.empty()
 
 # ---------------------------------------------------------------- sweep
-st.subheader("3 · Sweep")
+st.subheader("3 · Sweep or search")
+kind = st.radio("Run kind", list(forms.RUN_KINDS), horizontal=True, key="kind",
+                format_func={"sweep": "sweep: prune at the thresholds I give",
+                             "search": "AP-budget search: the smallest model within my AP budget"}.get)
 presets = st.pills("Input resolutions (H×W)", list(forms.RESOLUTION_PRESETS), selection_mode="multi",
                    default=["288×384"], key="presets",
                    help="224×320 → 288×384 gains about 7-10% AP on medium people; 320×448 another 7-10%")
+if stats is not None:
+    st.caption(f"Recommended for this dataset: {resolution_advice.value[0]}×{resolution_advice.value[1]} "
+               f"(see the statistics above).")
 use_custom = st.checkbox("add a custom resolution", key="use_custom")
 custom_h = custom_w = None
 if use_custom:
@@ -124,13 +158,36 @@ if use_custom:
     custom_w = c2.number_input("W (multiple of 8)", min_value=1, max_value=4096, value=320, step=8, key="custom_w")
 resolution_slot = st.empty()
 stages_slot = st.empty()
-thresholds = st.text_input("Prune thresholds (several → a sweep)", value="0.1", key="thresholds",
-                           help="filters whose normalised L2 norm is below the threshold are removed; "
-                                "start at 0.05 and raise while the retrained AP holds (0.05-3.0)")
+budget_ap, objective, max_iters, thresholds = 2.0, "params", 6, ""
+if kind == "search":
+    c1, c2, c3 = st.columns(3)
+    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=100.0, value=2.0,
+                                step=0.5, key="budget_ap",
+                                help="the search keeps only models within this many AP points of the unpruned one")
+    objective = c2.selectbox("Objective (what to make small)", list(forms.SEARCH_OBJECTIVES), key="objective",
+                             format_func={"params": "parameters",
+                                          "latency": "latency (FP32, first resolution)"}.get)
+    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=30, value=6, key="max_iters",
+                                help="each iteration prunes, retrains and evaluates one threshold")
+    st.caption("The search tries 0.05 first, then 1.0, then narrows the bracket around your budget from the "
+               "measured AP of each retrained model; it never picks a model outside the budget.")
+else:
+    thresholds = st.text_input("Prune thresholds (several → a sweep)", value="0.1", key="thresholds",
+                               help=forms.advice_text(advice["prune.threshold"]))
+    st.caption(f"Prune threshold: {forms.advice_text(advice['prune.threshold'])}")
 thresholds_slot = st.empty()
 precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi", default=["FP32"],
-                      key="precisions", help="FP16/FP32: no or minimal AP change; INT8: within 2-3% (seed)")
+                      key="precisions", help=forms.advice_text(advice["export.data_type"]))
+st.caption(f"Precision: {forms.advice_text(advice['export.data_type'])}")
 precisions_slot = st.empty()
+gate_max_ap_drop = 2.0
+if precisions and set(precisions) & {"INT8", "FP16"}:
+    gate_max_ap_drop = st.number_input(
+        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=100.0, value=2.0, step=0.5,
+        key="gate_max_ap_drop",
+        help="every INT8/FP16 result is compared with its float parent on the same evaluation; a larger "
+             "AP drop, or outputs that no longer follow the float model's, marks it failed with remedies")
+gate_slot = st.empty()
 retrain_epochs = st.number_input("Retrain epochs (after pruning; 0 = evaluate pruned models as they are)",
                                  min_value=0, max_value=1000, value=2, key="retrain_epochs")
 retrain_slot = st.empty()
@@ -143,6 +200,14 @@ if precisions and "INT8" in precisions:
     c1, c2 = st.columns(2)
     cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=256, value=8, key="cal_batch_size")
     cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=10000, value=2, key="cal_batches")
+    if stats is not None:
+        from bpnet.guide.recommend import recommend_calibration
+
+        try:
+            st.caption(f"Calibration images: "
+                       f"{forms.advice_text(recommend_calibration(stats, int(cal_batch_size), int(cal_batches)))}")
+        except BpnetError:
+            pass   # the field error below says what is wrong
 calibration_slot = st.empty()
 name = st.text_input("Run name (optional)", key="name")
 
@@ -152,14 +217,16 @@ form = {"dataset": source, "base": base, "existing_model": existing_model, "trai
         "stages": stages, "thresholds": thresholds, "precisions": precisions or [],
         "cal_images": cal_images, "cal_batches": cal_batches, "cal_batch_size": cal_batch_size,
         "retrain_epochs": retrain_epochs, "name": name, "eval_annotations": eval_annotations,
-        "eval_images": eval_images}
+        "eval_images": eval_images, "kind": kind, "budget_ap": budget_ap, "objective": objective,
+        "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop}
 request, errors = forms.validate_new_run(form, info)
 if dataset_error:
     errors["dataset"] = dataset_error
 for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_slot, "base"),
                   (resolution_slot, "resolution"),
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
-                  (retrain_slot, "retrain_epochs"), (calibration_slot, "calibration")):
+                  (retrain_slot, "retrain_epochs"), (calibration_slot, "calibration"), (gate_slot, "gate"),
+                  (thresholds_slot, "budget_ap"), (thresholds_slot, "max_iters"), (thresholds_slot, "objective")):
     show_error(slot, errors, key)
 
 st.subheader("4 · Preview")
@@ -181,6 +248,9 @@ else:
         c4.metric("time estimate", state.format_duration(result["estimate_s"]) if result["estimate_s"] is not None
                   else "unknown")
         st.caption(f"Estimate: {result['estimate_basis']}.")
+        if result["estimate_stages"]:
+            with st.expander("Cost per stage (from past stages on the same worker kind)"):
+                st.dataframe(state.cost_rows(result["estimate_stages"]), hide_index=True, key="cost_df")
         if result["cached"]:
             with st.expander(f"{len(result['cached'])} stage(s) already computed, reused"):
                 st.write("\n".join(f"- {label}" for label in result["cached"]))

@@ -90,6 +90,66 @@ for stage in failed:
         with st.expander(f"technical details (traceback) of {stage['label']}"):
             st.code(stage["traceback"], language="text")
 
+# ---------------------------------------------------------------- AP-budget search
+@st.fragment(run_every=REFRESH_S if active else None)
+def search_section():
+    """AP and size per iteration, redrawn as iterations finish; the chosen model."""
+    try:
+        searches = state.search_progress(run_id)
+    except BpnetError as err:
+        st.error(str(err), icon=":material/block:")
+        return
+    for search in searches:
+        st.subheader(f"AP-budget search · {search['label']}")
+        report = search["report"]
+        if not search["iterations"] and not (report and report.get("trials")):
+            st.caption(f"No iteration finished yet ({search['status']}); each one prunes, retrains and "
+                       "evaluates a model.")
+            continue
+        st.plotly_chart(charts.search_figure(report, search["iterations"]), key=f"search-{search['stage_id']}")
+        if report:
+            st.dataframe(state.search_trial_rows(report), hide_index=True, key=f"trials-{search['stage_id']}")
+            if report.get("status") == "done":
+                st.success(f"Chosen: {report['message']} ({report['reason']}). Download it below under "
+                           f"**{search['label']}** (chosen_model.hdf5).", icon=":material/target:")
+
+
+search_section()
+
+# ---------------------------------------------------------------- INT8 / FP16 gate
+gated = [r for r in state.chart_rows(run["results"]) if r.get("gate")]
+if gated:
+    st.subheader("INT8 / FP16 gate")
+    st.caption(f"Each reduced-precision result against its float parent on the same evaluation: AP drop "
+               f"over {run['spec'].get('int8_gate_max_ap_drop', 2.0):g} points, or outputs that stop "
+               f"following the float model's (output error over 0.3), fail it.")
+for row in gated:
+    text = f"**{row['gate_text']}** · {row['label']}"
+    reasons = "\n".join(f"- {r}" for r in row["gate_reasons"] + row["gate_warnings"])
+    if row["gate"] == "failed":
+        st.error(f"{text}\n{reasons}", icon=":material/gpp_bad:")
+        st.markdown("**Remedies** (each submits a follow-up run that reuses everything upstream):")
+        for i, remedy in enumerate(row["gate_remedies"]):
+            c1, c2 = st.columns([2, 5])
+            runnable = remedy.get("runnable", True)
+            clicked = c1.button(state.remedy_label(remedy), key=f"remedy-{row['gate_stage_id']}-{i}",
+                                disabled=not runnable, icon=":material/build:" if runnable else ":material/school:")
+            c2.caption(remedy["why"])
+            if clicked:
+                try:
+                    new_id = state.submit_remedy(row["gate_stage_id"], remedy["kind"],
+                                                 remedy["params"].get("calibrator"))
+                except BpnetError as err:
+                    st.error(f"Remedy not submitted: {err}", icon=":material/block:")
+                else:
+                    st.success(f"Remedy submitted as run `{new_id}`.", icon=":material/rocket_launch:")
+                    st.page_link("views/run_detail.py", label="Open the remedy run",
+                                 icon=":material/arrow_forward:", query_params={"run": new_id})
+    elif row["gate"] == "passed":
+        st.success(f"{text}\n{reasons}", icon=":material/verified:")
+    else:
+        st.info(f"{text}\n{reasons}", icon=":material/hourglass:")
+
 # ---------------------------------------------------------------- training loss
 st.subheader("Training loss")
 try:
@@ -106,8 +166,7 @@ else:
 st.subheader("Results")
 rows = state.chart_rows(run["results"])
 if rows:
-    eval_params = state.stage_params(rows[0]["stage_id"])
-    st.info(state.evaluation_note(eval_params.get("annotations"), run["dataset"]), icon=":material/image:")
+    st.info(state.evaluation_note(rows[0].get("annotations"), run["dataset"]), icon=":material/image:")
     st.dataframe(state.result_table(rows), hide_index=True, key="results_df")
 else:
     st.caption("No evaluated results yet.")
@@ -122,7 +181,7 @@ if rows:
     labels = {r["stage_id"]: r["label"] for r in rows}
     stage_id = st.selectbox("Result", list(labels), format_func=labels.get, key="sample_result")
     results_file = next((a for a in run["artifacts"] if a["stage_id"] == stage_id and a["name"] == "results.json"), None)
-    params = state.stage_params(stage_id)
+    params = next(r for r in rows if r["stage_id"] == stage_id)
     try:
         if results_file is None:
             raise BpnetError("this result has no results.json artifact (detections) to draw")
