@@ -426,9 +426,8 @@ def _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorr
             name = f"{tag} {hw[0]}x{hw[1]} {precision}"
             export = add("export", f"export {name}", params, model,
                          cal_fp if precision == "int8" else ())
-            if spec.engines and tensorrt:
-                add("engine", f"engine {name}", {"input_hw": list(hw), "precision": precision},
-                    export)
+            if spec.engines and tensorrt:   # a leaf: results are measured on ONNX Runtime
+                add("engine", f"engine {name}", {key: params[key] for key in params}, export)
             params = {"infer_spec": infer, "annotations": str(eval_ann), "images": str(eval_images),
                       "benchmark": spec.benchmark.model_dump(mode="json"), "precision": precision,
                       "max_images": spec.eval_max_images, "input_hw": list(hw),

@@ -176,6 +176,29 @@ def keep_float(int8_path, float_onnx, layers, progress):
     os.replace(edited, int8_path)
 
 
+def run_engine(params, parent_dir, parent_outputs, out_dir, progress):
+    """A TensorRT engine of the parent export, built from its ONNX files and calibration (runs
+    only on a worker of the `tensorrt` queue; elsewhere `require_tensorrt` explains what is missing)."""
+    from bpnet.backends.trt_backend import build_engine
+    from bpnet.export import derived_paths
+
+    parent_dir = Path(parent_dir)
+    float_onnx = parent_dir / "model.onnx"
+    paths = derived_paths(float_onnx)
+    precision = params["precision"]
+    reduced = {"fp16": paths["fp16"], "int8": paths["int8_tensorrt"] if paths["int8_tensorrt"].is_file()
+               else paths["int8"]}.get(precision, float_onnx)
+    cal = params.get("calibration") or {}
+    cal_data = parent_dir / "calibration_tensor.npy"
+    progress({"stage": "engine", "event": "start", "message": f"building a {precision} TensorRT engine"})
+    build_engine(float_onnx, reduced, out_dir / "model.engine", precision, tuple(params["input_hw"]),
+                        cal_cache_file=paths["cal_cache"] if paths["cal_cache"].is_file() else None,
+                        cal_data_file=cal_data if cal_data.is_file() else None,
+                        batch_size=cal.get("batch_size", 1), batches=cal.get("batches", 1))
+    return ({"model": "model.engine", "num_stages": parent_outputs.get("num_stages"), "precision": precision},
+            None, {"engine_bytes": (out_dir / "model.engine").stat().st_size})
+
+
 def run_gate_stage(params, parent_dir, _parent_outputs, out_dir, progress, inputs):
     """The INT8/FP16 gate of the result evaluated by the parent stage against its float model.
 
@@ -302,5 +325,6 @@ def result_row(params, parent_outputs, model_path, metrics, bench):
 
 
 RUNNERS = {"import": run_import, "train": run_train, "retrain": run_train, "prune": run_prune,
-           "export": run_export, "evaluate": run_evaluate, "search": run_search, "gate": run_gate_stage}
+           "export": run_export, "evaluate": run_evaluate, "search": run_search, "gate": run_gate_stage,
+           "engine": run_engine}
 READS_INPUTS = ("gate",)
