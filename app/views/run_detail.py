@@ -130,7 +130,7 @@ for row in gated:
         st.error(f"{text}\n{reasons}", icon=":material/gpp_bad:")
         st.markdown("**Remedies** (each submits a follow-up run that reuses everything upstream):")
         for i, remedy in enumerate(row["gate_remedies"]):
-            c1, c2 = st.columns([2, 5])
+            c1, c2 = st.columns([3, 4])
             runnable = remedy.get("runnable", True)
             clicked = c1.button(state.remedy_label(remedy), key=f"remedy-{row['gate_stage_id']}-{i}",
                                 disabled=not runnable, icon=":material/build:" if runnable else ":material/school:")

@@ -1,0 +1,60 @@
+"""Issue 8 in a real browser (headless Debian Chromium on `bpnet-studio up`, fixtures of
+test_browser.py): New run shows the dataset's statistics and the search fields; a tiny AP-budget
+search run (64x64, 2 iterations) whose INT8 result was calibrated on blank images completes on the
+worker; Run detail charts its iterations and shows the failed gate in red with its remedies;
+Compare flags it. Screenshots go to test-artifacts/browser/."""
+
+import pytest
+
+from tests.test_browser import CHROMIUM, RUN_TIMEOUT_S, UI_TIMEOUT_MS, shot, studio  # noqa: F401  (fixture)
+from tests.test_guided_worker import TINY_TRAIN, blank_images, search_run_spec
+from worker import client
+from worker.config import load_config
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_search_chart_and_gate_failure_in_the_browser(studio, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    config = load_config({"BPNET_STUDIO_HOME": str(tmp_path / "studio")})
+    spec = search_run_spec(blank_images(tmp_path / "blank"))
+    spec.update(name="browser guided search", search={"budget_ap": 2.0, "max_iters": 2},
+                train={**TINY_TRAIN, "steps_per_epoch": 3})
+    run_id = client.submit_run(spec, config=config)
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM),
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 3200})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+
+            # New run: the bundled data's statistics and advice; the search kind's fields.
+            page.goto(f"{studio}/new")
+            expect(page.get_by_text("Recommended input resolution")).to_be_visible()
+            page.get_by_text("AP-budget search: the smallest model within my AP budget").click()
+            expect(page.get_by_label("AP budget (largest AP drop, points)", exact=True)).to_be_visible()
+            shot(page, "guided-1-new-run-search")
+
+            # Run detail: wait for the worker; the iteration chart and the failed gate appear.
+            page.goto(f"{studio}/run?run={run_id}")
+            expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed",
+                                                                           timeout=RUN_TIMEOUT_S * 1000)
+            chart = page.locator(".js-plotly-plot", has_text="AP per iteration").first
+            expect(chart).to_be_visible()
+            expect(page.get_by_text("Chosen:")).to_be_visible()
+            expect(page.get_by_text("❌ failed").first).to_be_visible()
+            expect(page.get_by_text("over the limit of 0.3").first).to_be_visible()
+            expect(page.get_by_role("button", name="Calibrate on more or different images").first).to_be_enabled()
+            expect(page.get_by_role("button", name="Quantization-aware training (advice: not runnable yet)")
+                   .first).to_be_disabled()
+            shot(page, "guided-2-run-detail-search-and-gate")
+
+            # Compare: the refused result is flagged.
+            page.goto(f"{studio}/compare")
+            expect(page.get_by_text("Gate failed").first).to_be_visible()
+            shot(page, "guided-3-compare-gate-failed")
+        finally:
+            browser.close()
