@@ -2,14 +2,17 @@
 after a short retrain.
 
     python bench/bench_prune.py [--results DIR] [--train-epochs 100] [--retrain-epochs 4]
+                                [--train-spec specs/train_demo.yaml --infer-spec specs/infer_demo.yaml]
 
-1. Train a small BodyPoseNet with L1 kernel regularisation (specs/train_small.yaml, with the
-   epochs and L1 factor given here) on the 80 bundled COCO images.
+1. Train a small BodyPoseNet with L1 kernel regularisation (--train-spec, default
+   specs/train_small.yaml, with the epochs, L1 factor and input size given here) on the 80 bundled
+   COCO images.
 2. For each threshold: `prune_model_file`, then retrain from the pruned graph
    (specs/retrain_small.yaml with pretrained_weights = the pruned model, load_graph: true).
 3. AP: pycocotools keypoint AP of `evaluate_model` on the same 80 bundled *training* images (the
    only labelled images here), so it measures fit, not generalisation; it shows how much of what the
-   model learned each threshold destroys and how much retraining recovers.
+   model learned each threshold destroys and how much retraining recovers. The decoder settings
+   are --infer-spec's (default: InferSpec's defaults) at --eval-hw.
 4. Latency: ONNX Runtime on one thread, batch 1 at --latency-hw, median over --runs runs after a
    warm-up; the unpruned model's median is the reference of the ratio.
 A reference row "none" retrains the unpruned model for the same epochs, so "AP retrained" is
@@ -29,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bpnet.fileio import write_json_atomic  # noqa: E402
-from bpnet.specs import (InferSpec, TrainSpec, load_yaml, parse_spec,  # noqa: E402
-                         spec_to_yaml)
+from bpnet.specs import (InferSpec, TrainSpec, load_infer_spec, load_yaml,  # noqa: E402
+                         parse_spec, spec_to_yaml)
 
 THRESHOLDS = (0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
 TRAIN_SPEC = ROOT / "specs" / "train_small.yaml"
@@ -43,6 +46,12 @@ IMAGES = COCO / "train2017"
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=ROOT / "results" / "bench_prune")
+    p.add_argument("--train-spec", type=Path, default=TRAIN_SPEC,
+                   help="training recipe of the base model (its epochs, L1 and input size are overridden)")
+    p.add_argument("--base-model", type=Path, default=None,
+                   help="skip step 1: prune this model, trained with --train-spec at --eval-hw")
+    p.add_argument("--infer-spec", type=Path, default=None,
+                   help="decoder settings for AP (input_shape is set to --eval-hw)")
     p.add_argument("--train-epochs", type=int, default=100)
     p.add_argument("--l1", type=float, default=3e-3, help="L1 kernel regularisation factor")
     p.add_argument("--retrain-epochs", type=int, default=4)
@@ -185,12 +194,14 @@ def main():
     from bpnet.model import count_params, load_model
 
     args.results.mkdir(parents=True, exist_ok=True)
-    print(f"training with L1 {args.l1} for {args.train_epochs} epochs ...", flush=True)
-    train_spec = spec_from_file(TRAIN_SPEC, {
+    if args.base_model is None:
+        print(f"training with L1 {args.l1} for {args.train_epochs} epochs ...", flush=True)
+    train_spec = spec_from_file(args.train_spec, {
         "num_epoch": args.train_epochs, "model.kernel_regularization_factor": args.l1,
         "model.regularization_type": "l1", "dataloader.image_shape": list(args.eval_hw)})
-    base_model = train_once(train_spec, args.results / "train")
-    infer_spec = InferSpec(input_shape=tuple(args.eval_hw))
+    base_model = args.base_model or train_once(train_spec, args.results / "train")
+    infer_spec = (InferSpec() if args.infer_spec is None else load_infer_spec(args.infer_spec)
+                  ).model_copy(update={"input_shape": tuple(args.eval_hw)})
     base_params = count_params(load_model(base_model))
     base_ap = ap_of(base_model, infer_spec, args.results / "eval_base")
     base_loss = data_loss(base_model, train_spec)
