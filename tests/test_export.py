@@ -145,6 +145,17 @@ def test_fp16_export_is_detected_and_close(two_stage_model, tmp_path):
         assert half.dtype == np.float32 and np.abs(half - full).max() <= 1e-2
 
 
+def test_fp16_onnx_is_valid_topologically_sorted_and_sized(two_stage_model, tmp_path):
+    import onnx
+
+    from bpnet.benchmark import onnx_complexity
+    from bpnet.export import export_model
+
+    report = export_model(two_stage_model, tmp_path / "m.onnx", HW, data_type="fp16")
+    onnx.checker.check_model(onnx.load(report["fp16_onnx"]))   # fails on out-of-order nodes
+    assert onnx_complexity(report["fp16_onnx"], HW) == onnx_complexity(tmp_path / "m.onnx", HW)
+
+
 def test_sdk_variant_is_nchw_upsampled_with_nms_peaks(two_stage_model, tmp_path):
     from bpnet.export import export_onnx, onnx_session, parity_batch
 
