@@ -496,7 +496,7 @@ def sort_nodes_topologically(graph):
     while pending:
         ready = [n for n in pending if all(name in available for name in n.input)]
         if not ready:
-            raise BpnetError("the quantised ONNX graph has a cycle or an input nobody produces: "
+            raise BpnetError("the ONNX graph has a cycle or an input no node produces: "
                              f"{sorted({i for n in pending for i in n.input} - available)[:5]}")
         ready_ids = {id(n) for n in ready}
         pending = [n for n in pending if id(n) not in ready_ids]

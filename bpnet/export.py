@@ -136,21 +136,6 @@ def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opse
 
 # ---------------------------------------------------------------- FP16
 
-def _sort_nodes_topologically(graph):
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(name in available for name in n.input)]
-        if not ready:
-            raise BpnetError("the FP16 graph has a cycle or an input no node produces")
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        pending = [n for n in pending if not any(n is r for r in ready)]
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
 def to_fp16(onnx_path, output_path):
     """An FP16 copy (weights and compute in float16, float32 input/outputs kept so it is a
     drop-in replacement for the FP32 file)."""
@@ -160,7 +145,9 @@ def to_fp16(onnx_path, output_path):
     model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
     # The converter appends the input/output Casts at the end of the node list; ONNX requires
     # topological order (shape inference and TensorRT's parser read the list in order).
-    _sort_nodes_topologically(model.graph)
+    from bpnet.calibrate import sort_nodes_topologically
+
+    sort_nodes_topologically(model.graph)
     with atomic_path(output_path) as tmp:
         onnx.save(model, str(tmp))
     return Path(output_path)
