@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bpnet.fileio import read_json, write_json_atomic  # noqa: E402
+from bpnet.errors import BpnetError  # noqa: E402
+from bpnet.fileio import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from bpnet.specs import load_infer_spec, load_train_spec, spec_to_yaml  # noqa: E402
 
 COCO = ROOT / "data" / "coco-mini"
@@ -63,7 +64,7 @@ def train_once(spec, results_dir):
     if summary_path.is_file() and saved.is_file() and saved.read_text() == spec_to_yaml(spec):
         return read_json(summary_path, "training summary")
     summary = train(spec, results_dir)
-    saved.write_text(spec_to_yaml(spec))
+    write_text_atomic(saved, spec_to_yaml(spec))
     return summary
 
 
@@ -96,7 +97,13 @@ def format_row(row):
 
 
 def main():
-    args = parse_args()
+    try:
+        run(parse_args())
+    except BpnetError as err:
+        sys.exit(f"error: {err}")
+
+
+def run(args):
     spec = load_train_spec(args.spec)
     infer_spec = load_infer_spec(args.infer)
     epochs = sorted(args.epochs or [spec.num_epoch])
