@@ -1,5 +1,7 @@
 """Quantization-aware fine-tuning (`bpnet.guide.qat`): fake-quant model, fine-tune, Q/DQ ONNX."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,9 @@ def test_qat_finetunes_and_exports_a_qdq_onnx_close_to_the_float_model(tmp_path)
     import tensorflow as tf
 
     from bpnet.export import onnx_session, parity_batch
-    from bpnet.guide.qat import count_fake_quant_layers, quantization_aware_finetune, quantize_bodyposenet
+    from bpnet.fileio import read_json
+    from bpnet.guide.gate_run import run_remedy
+    from bpnet.guide.qat import count_fake_quant_layers, quantize_bodyposenet
     from bpnet.model import load_model, num_stages, stage_model
 
     float_path = save_tiny_model(tmp_path / "float.hdf5", bias=0.05)
@@ -31,11 +35,15 @@ def test_qat_finetunes_and_exports_a_qdq_onnx_close_to_the_float_model(tmp_path)
     assert num_stages(qat_model) == 2
 
     events = []
-    summary = quantization_aware_finetune(float_path, qat_spec(), tmp_path / "qat", steps=3,
-                                          progress=events.append)
+    # Through the gate's remedy entry point, as the CLI/worker would run it.
+    onnx_path = run_remedy({"kind": "qat", "params": {"steps": 3}}, None, tmp_path / "model.qat.onnx",
+                           progress=events.append, float_model=float_path, train_spec=qat_spec())
+    summary = read_json(tmp_path / "model.qat_qat_run" / "qat_summary.json", "qat summary")
+    assert Path(summary["onnx"]) == onnx_path == tmp_path / "model.qat.onnx"
     assert summary["steps"] == 3 and len(summary["losses"]) == 3
     assert all(np.isfinite(summary["losses"]))
-    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
+    events = [e for e in events if e["stage"] == "qat"]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "done"
     assert events[0]["calibrated_ranges"] >= 10   # activation ranges start from the data, not [-6, 6]
 
     proto = onnx.load(summary["onnx"])
@@ -49,11 +57,12 @@ def test_qat_finetunes_and_exports_a_qdq_onnx_close_to_the_float_model(tmp_path)
     for qat_out, float_out in ((heat, float_heat), (pafs, float_pafs)):
         error = np.linalg.norm(qat_out - float_out) / np.linalg.norm(float_out - float_out.mean())
         print(f"qat vs float output error {error:.3f}")
-        assert error < 0.5, error
+        assert error < 0.3, error   # the gate's output-agreement limit; measured 0.17-0.18
     tf.keras.backend.clear_session()
 
 
 def test_qat_refuses_missing_model_and_bad_steps(tmp_path):
+    from bpnet.guide.gate_run import run_remedy
     from bpnet.guide.qat import quantization_aware_finetune
 
     with pytest.raises(BpnetError, match="model_path.*not found"):
@@ -61,3 +70,5 @@ def test_qat_refuses_missing_model_and_bad_steps(tmp_path):
     (tmp_path / "m.hdf5").write_bytes(b"x")
     with pytest.raises(BpnetError, match="steps: 0"):
         quantization_aware_finetune(tmp_path / "m.hdf5", qat_spec(), tmp_path / "out", steps=0)
+    with pytest.raises(BpnetError, match="float_model.*train_spec"):
+        run_remedy({"kind": "qat", "params": {}}, None, tmp_path / "o.onnx", float_model=tmp_path / "m.hdf5")

@@ -8,8 +8,8 @@ given - ranks layer sensitivity so the "keep layers in FP32" remedy names its la
 
 Remedies (`run_remedy`): recalibrate with more/different images or another calibrator (through
 `bpnet.calibrate`), keep layers in float (`bpnet.guide.sensitivity`). Each returns the path of a
-new INT8 model that goes through the gate again. Quantization-aware training is offered as
-advice only (not runnable yet).
+new INT8 model that goes through the gate again. Quantization-aware training
+(`bpnet.guide.qat`) runs here too; the job system still offers it as advice only.
 """
 
 from pathlib import Path
@@ -21,7 +21,7 @@ from bpnet.guide.gate import DEFAULT_MAX_OUTPUT_ERROR, DEFAULT_THRESHOLD_AP, gat
 
 STAGE = "gate"
 SENSITIVE_LAYERS_TO_NAME = 3
-RUNNABLE_REMEDIES = ("more_calibration_images", "other_calibrator", "keep_layers_float")
+RUNNABLE_REMEDIES = ("more_calibration_images", "other_calibrator", "keep_layers_float", "qat")
 AGREEMENT_IMAGES = 8          # images (of the evaluation set) on which outputs are compared
 
 
@@ -134,12 +134,15 @@ def run_gate(parent_model, child_model, annotations, images_dir, infer_spec, out
     return report
 
 
-def run_remedy(remedy, float_onnx, output_path, cal_data=None, qdq_model=None, progress=None):
+def run_remedy(remedy, float_onnx, output_path, cal_data=None, qdq_model=None, progress=None,
+               float_model=None, train_spec=None):
     """Run one remedy of a gate report; returns the new INT8 ONNX path to gate again.
 
     - more_calibration_images / other_calibrator: `cal_data` (N, H, W, 3) float32 calibration batch
       (new images for the first), calibrator from the remedy's params (default entropy);
-    - keep_layers_float: edits `qdq_model`, keeping the remedy's layers in float.
+    - keep_layers_float: edits `qdq_model`, keeping the remedy's layers in float;
+    - qat: fine-tunes `float_model` (Keras HDF5) with fake quantization on `train_spec`'s data for
+      the remedy's `steps` param (default: the spec's), then exports it (`bpnet.guide.qat`).
     """
     kind, params = remedy["kind"], remedy.get("params", {})
     emit(progress, STAGE, "remedy", message=f"running remedy {kind}")
@@ -158,5 +161,17 @@ def run_remedy(remedy, float_onnx, output_path, cal_data=None, qdq_model=None, p
             raise BpnetError("remedy keep_layers_float needs the INT8 model and a non-empty 'layers' list "
                              "(run the gate with sensitivity images to get one)")
         return keep_layers_float(qdq_model, output_path, params["layers"], float_path=float_onnx)
+    if kind == "qat":
+        from bpnet.guide.qat import quantization_aware_finetune
+
+        if float_model is None or train_spec is None:
+            raise BpnetError("remedy qat cannot be run here without the float Keras model (float_model) "
+                             "and a training spec (train_spec) for its data")
+        output_path = Path(output_path)
+        work_dir = output_path.with_name(f"{output_path.stem}_qat_run")   # events and summary
+        summary = quantization_aware_finetune(float_model, train_spec, work_dir,
+                                              steps=params.get("steps"), onnx_path=output_path,
+                                              progress=progress)
+        return Path(summary["onnx"])
     raise BpnetError(f"remedy kind {kind!r} cannot be run here; runnable kinds: "
                      f"{', '.join(RUNNABLE_REMEDIES)}")

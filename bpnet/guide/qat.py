@@ -37,13 +37,13 @@ QDQ_PARITY_TOLERANCE = 0.05
 
 
 def quantization_aware_finetune(model_path, train_spec, out_dir, steps=None, stage=None,
-                                progress=None):
+                                onnx_path=None, progress=None):
     """Fine-tune the float model at `model_path` with fake quantization; return the summary.
 
     `train_spec` (a TrainSpec) supplies the data, batch size, resolution, optimizer and learning
     rate schedule (QAT wants a small rate: a tenth of the training rate is a good start); `steps`
     defaults to the spec's `num_epoch` x `steps_per_epoch` (or DEFAULT_STEPS when it has none).
-    `stage` picks the stage to export (None = last).
+    `stage` picks the stage to export (None = last); `onnx_path` defaults to out_dir/ONNX_FILE.
     """
     from bpnet.train import check_train_spec
 
@@ -56,13 +56,14 @@ def quantization_aware_finetune(model_path, train_spec, out_dir, steps=None, sta
     out_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(out_dir / EVENTS_FILE, forward=progress)
     try:
-        return _finetune(Path(model_path), train_spec, out_dir, steps, stage, log)
+        onnx_path = Path(onnx_path) if onnx_path else out_dir / ONNX_FILE
+        return _finetune(Path(model_path), train_spec, out_dir, steps, stage, onnx_path, log)
     except BpnetError as err:
         EventLog(log.path)({"stage": STAGE, "event": "error", "message": str(err), "time": time.time()})
         raise
 
 
-def _finetune(model_path, spec, out_dir, steps, stage, log):
+def _finetune(model_path, spec, out_dir, steps, stage, onnx_path, log):
     from bpnet.data.pipeline import data_errors, make_dataset
     from bpnet.fileio import write_json_atomic
     from bpnet.model import load_model
@@ -89,7 +90,7 @@ def _finetune(model_path, spec, out_dir, steps, stage, log):
         losses = run_steps(step_fn, optimizer, strategy.experimental_distribute_dataset(dataset),
                            total, spec, log)
     emit(log, STAGE, "phase", message="exporting the QAT model to ONNX", fraction=0.95)
-    export = export_qat_onnx(model, out_dir / ONNX_FILE, spec.dataloader.image_shape, stage)
+    export = export_qat_onnx(model, onnx_path, spec.dataloader.image_shape, stage)
     summary = {"model": str(model_path), "onnx": export["onnx"], "steps": total,
                "first_loss": losses[0], "final_loss": losses[-1],
                "losses": losses, "fake_quant_layers": count_fake_quant_layers(model),
