@@ -173,7 +173,9 @@ def find_peaks(heatmaps, num_parts, threshold, factor_hw=(STRIDE, STRIDE), strid
     fitted = np.zeros(len(rows), dtype=bool)
     if refinement == "gaussian":
         dx, dy, height, fitted = gaussian_offsets(parts, rows, cols, chans)
-        dx, dy = uncrowded_offsets(parts, rows, cols, chans, dx, dy)
+        strong = coarse > REFERENCE_PEAK_MIN
+        curvature = reference_curvature(parts, rows[strong], cols[strong], chans[strong])
+        dx, dy = uncrowded_offsets(parts, rows, cols, chans, dx, dy, curvature)
         # The fitted top, never below the sampled maximum nor above the 1.0 of a target's peak.
         score = np.clip(height, coarse, np.maximum(coarse, 1.0))
         found[fitted] = np.stack([cells_to_pixels(cols + dx, stride), cells_to_pixels(rows + dy, stride),
@@ -188,19 +190,18 @@ def find_peaks(heatmaps, num_parts, threshold, factor_hw=(STRIDE, STRIDE), strid
     if refinement == "gaussian":
         # Not deduplicated against the 3x3 maxima: a shadowed blob is by construction another
         # blob, often closer than one cell's width to the one that hides it.
-        shadowed, shadowed_chans = shadowed_peaks(parts, threshold, stride)
+        shadowed, shadowed_chans = shadowed_peaks(parts, threshold, stride, curvature)
         peaks = [_best_first(np.concatenate([peaks[p], shadowed[shadowed_chans == p]]))
                  if np.any(shadowed_chans == p) else peaks[p] for p in range(num_parts)]
     return peaks
 
 
-def uncrowded_offsets(parts, rows, cols, chans, dx, dy):
+def uncrowded_offsets(parts, rows, cols, chans, dx, dy, curvature):
     """Gaussian-fit offsets (dx, dy) of 3x3 maxima, corrected where a neighbouring blob of the
     same part raises one side: per axis, the centre seen from the left and from the right
     neighbour (each alone, with the image's blob curvature) agree for a lone blob; where they
     differ by more than CROWDED_SIDE_DISAGREEMENT cells, the side whose next sample continues the
     curvature is believed (the maps are a max of blobs, so the other side is the raised one)."""
-    curvature = reference_curvature(parts)
     if curvature is None:
         return dx, dy
     padded = np.pad(parts, ((2, 2), (2, 2), (0, 0)))
@@ -221,7 +222,7 @@ def _best_first(peaks):
     return peaks[np.argsort(-peaks[:, 2], kind="stable")]
 
 
-def shadowed_peaks(parts, threshold, stride):
+def shadowed_peaks(parts, threshold, stride, curvature):
     """Peaks of blobs hidden by 3x3 NMS: the same part of two people < ~1.5 cells apart on a
     diagonal leaves a single 3x3 maximum. Such a second blob shows as a cell above `threshold`
     that beats its four side neighbours but not a diagonal one; one isotropic blob never makes
@@ -234,7 +235,6 @@ def shadowed_peaks(parts, threshold, stride):
     is taken: the other is raised by the neighbouring blob (the maps are a max of blobs).
     """
     empty = np.zeros((0, 3), np.float32), np.zeros(0, dtype=np.int64)
-    curvature = reference_curvature(parts)
     if curvature is None:
         return empty
     h, w = parts.shape[:2]
@@ -273,11 +273,10 @@ def _one_sided_offset(away, centre, toward, curvature):
     return np.where(use_toward, from_toward, from_away)
 
 
-def reference_curvature(parts):
-    """Median second difference of log(map) at strong 3x3 maxima (both axes, all parts): the
-    typical blob width of these maps (a target's sigma, or what the network learned); None when
-    no maximum is strong enough to tell."""
-    rows, cols, chans = np.nonzero(local_maxima(parts) & (parts > REFERENCE_PEAK_MIN))
+def reference_curvature(parts, rows, cols, chans):
+    """Median second difference of log(map) at the strong 3x3 maxima (rows, cols, chans), both
+    axes: the typical blob width of these maps (a target's sigma, or what the network learned);
+    None when no maximum is strong enough to tell."""
     padded = np.pad(parts, ((1, 1), (1, 1), (0, 0)), constant_values=np.nan)
     with np.errstate(invalid="ignore"):
         logs = lambda dy, dx: np.log(np.maximum(padded[rows + 1 + dy, cols + 1 + dx, chans], LOG_FLOOR))  # noqa: E731

@@ -112,6 +112,55 @@ def test_gaussian_refinement_recovers_the_keypoint_also_at_the_border():
         assert np.abs(gaussian[0, :2] - (x, y)).max() <= np.abs(upsampled[0, :2] - (x, y)).max() + 1e-3
 
 
+def _same_part_of(points, part=0):
+    truth = np.zeros((len(points), SKELETON.num_parts, 3), np.float32)
+    for person, (x, y) in enumerate(points):
+        truth[person, part] = (x, y, 2)
+    heatmaps, _ = make_targets(truth, SKELETON, INPUT_HW, TargetSpec())
+    return heatmaps
+
+
+def _worst_miss(peaks, points):
+    """Largest distance from a true point to its nearest peak (px)."""
+    return max(np.linalg.norm(peaks[:, :2] - p, axis=1).min() for p in np.asarray(points))
+
+
+def test_gaussian_peaks_find_both_blobs_that_share_one_3x3_maximum():
+    # The same part of two small people ~1.4 cells apart on a diagonal: 3x3 NMS keeps one cell;
+    # the hidden blob's cell beats its side neighbours and is recovered near its keypoint.
+    rng = np.random.default_rng(5)
+    misses = []
+    for _ in range(20):
+        x, y = rng.uniform(40, 340), rng.uniform(40, 240)
+        points = [(x, y), (x + rng.uniform(7, 10) * rng.choice([-1, 1]), y + rng.uniform(7, 10))]
+        heatmaps = _same_part_of(points)
+        assert len(find_peaks(heatmaps, SKELETON.num_parts, 0.1, refinement="upsample")[0]) <= 2
+        gaussian = find_peaks(heatmaps, SKELETON.num_parts, 0.1, refinement="gaussian")[0]
+        if len(gaussian) == 2:
+            misses.append(_worst_miss(gaussian, points))
+    assert len(misses) >= 15
+    assert np.median(misses) < 1.0 and np.mean(np.array(misses) < STRIDE / 2) >= 0.8
+
+
+def test_gaussian_peaks_of_close_blobs_are_fitted_from_the_side_no_neighbour_raises(monkeypatch):
+    # Two blobs of one part 9-16 px apart raise each other's near side; the symmetric fit is
+    # pulled towards the neighbour, the one-sided fit from the unraised side is not.
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(100):
+        x, y, dist, angle = rng.uniform(40, 340), rng.uniform(40, 240), rng.uniform(9, 16), rng.uniform(0, 2 * np.pi)
+        cases.append([(x, y), (x + dist * np.cos(angle), y + dist * np.sin(angle))])
+
+    def median_miss():
+        return np.median([_worst_miss(find_peaks(_same_part_of(points), SKELETON.num_parts, 0.1,
+                                                 refinement="gaussian")[0], points) for points in cases])
+
+    corrected = median_miss()
+    monkeypatch.setattr("bpnet.decode.uncrowded_offsets", lambda parts, rows, cols, chans, dx, dy, curvature: (dx, dy))
+    symmetric = median_miss()
+    assert corrected < 0.8 and corrected < symmetric - 0.3
+
+
 def test_gaussian_refinement_falls_back_where_the_map_is_not_a_blob():
     heatmaps = np.zeros((36, 48, 19), np.float32)
     heatmaps[10:13, 20:23, 0] = 0.8                     # a plateau: no curvature, zero around it
