@@ -240,15 +240,16 @@ def shadowed_peaks(parts, threshold, stride, curvature):
     h, w = parts.shape[:2]
     padded = np.pad(parts, ((2, 2), (2, 2), (0, 0)))
     shifted = lambda dy, dx: padded[2 + dy:2 + dy + h, 2 + dx:2 + dx + w]  # noqa: E731
-    sides = np.maximum.reduce([shifted(0, 1), shifted(0, -1), shifted(1, 0), shifted(-1, 0)])
-    diagonals = np.stack([shifted(dy, dx) for dy, dx in DIAGONALS], axis=-1)
-    strongest = diagonals.max(axis=-1)
+    # Pairwise maxima of shifted views: a reduction over a stacked axis of 4 is ~10x slower.
+    sides = np.maximum(np.maximum(shifted(0, 1), shifted(0, -1)), np.maximum(shifted(1, 0), shifted(-1, 0)))
+    strongest = np.maximum(np.maximum(shifted(-1, -1), shifted(-1, 1)), np.maximum(shifted(1, -1), shifted(1, 1)))
     rows, cols, chans = np.nonzero((parts > threshold) & (parts > sides) & (strongest > parts)
                                    & (parts >= SHADOWED_MIN_RATIO * strongest))
     if len(rows) == 0:
         return empty
     # The direction of the hiding blob: its side of the cell is the suspect one.
-    sy, sx = DIAGONALS[diagonals[rows, cols, chans].argmax(axis=1)].T
+    diagonals = np.stack([padded[rows + 2 + dy, cols + 2 + dx, chans] for dy, dx in DIAGONALS], axis=1)
+    sy, sx = DIAGONALS[diagonals.argmax(axis=1)].T
     logs = lambda dy, dx: np.log(np.maximum(padded[rows + 2 + dy, cols + 2 + dx, chans], LOG_FLOOR))  # noqa: E731
     centre = logs(0, 0)
     dx = sx * _one_sided_offset([logs(0, -2 * sx), logs(0, -sx)], centre, [logs(0, sx), logs(0, 2 * sx)], curvature)
