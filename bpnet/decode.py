@@ -4,7 +4,9 @@ Steps (OpenPose-style bottom-up decoding):
 1. `find_peaks`: per part, local maxima of the heatmap (3x3 non-maximum suppression) above
    `heatmap_threshold`, each refined either by a Gaussian (log-quadratic) fit on the stride-8
    cells or on the map upsampled by `output_upsampling_factor` (bicubic, the same weights as
-   cv2.resize INTER_CUBIC), and placed in input pixels by bpnet.geometry.
+   cv2.resize INTER_CUBIC), and placed in input pixels by bpnet.geometry. The Gaussian mode also
+   fits crowded peaks from the side no neighbouring blob raises and recovers blobs hidden by the
+   3x3 NMS (`uncrowded_offsets`, `shadowed_peaks`).
 2. `score_limbs`: for every candidate pair of a limb, the line integral of the PAF along the
    segment: `paf_num_samples` samples, dot product with the segment's unit vector, a pair is valid
    when at least `paf_min_positive_fraction` of the samples exceed `paf_threshold` and the mean
