@@ -193,7 +193,8 @@ def find_peaks(heatmaps, num_parts, threshold, factor_hw=(STRIDE, STRIDE), strid
         # Not deduplicated against the 3x3 maxima: a shadowed blob is by construction another
         # blob, often closer than one cell's width to the one that hides it.
         shadowed, shadowed_chans = shadowed_peaks(parts, threshold, stride, curvature)
-        peaks = [_best_first(np.concatenate([peaks[p], shadowed[shadowed_chans == p]]))
+        # Still at most `max_peaks` per part: on a noisy map ridges make many shadowed cells.
+        peaks = [_best_first(np.concatenate([peaks[p], shadowed[shadowed_chans == p]]))[:max_peaks]
                  if np.any(shadowed_chans == p) else peaks[p] for p in range(num_parts)]
     return peaks
 

@@ -161,6 +161,14 @@ def test_gaussian_peaks_of_close_blobs_are_fitted_from_the_side_no_neighbour_rai
     assert corrected < 0.8 and corrected < symmetric - 0.3
 
 
+def test_shadowed_peaks_keep_the_per_part_cap_on_a_noisy_map():
+    # Ridges of a noisy map make many cells that beat their side neighbours only.
+    rng = np.random.default_rng(1)
+    noisy = cv2.GaussianBlur(rng.random((36, 48, 19)).astype(np.float32), (5, 5), 1.0)
+    peaks = find_peaks(noisy, SKELETON.num_parts, 0.1, refinement="gaussian", max_peaks=30)
+    assert max(len(p) for p in peaks) == 30
+
+
 def test_gaussian_refinement_falls_back_where_the_map_is_not_a_blob():
     heatmaps = np.zeros((36, 48, 19), np.float32)
     heatmaps[10:13, 20:23, 0] = 0.8                     # a plateau: no curvature, zero around it
