@@ -20,8 +20,8 @@ FAILED_GATE = {
                   "why": "w", "params": {"num_images": 100}},
                  {"kind": "other_calibrator", "title": "Calibrate with minmax", "why": "w",
                   "params": {"calibrator": "minmax"}},
-                 {"kind": "qat", "title": "Quantization-aware training", "why": "w", "params": {},
-                  "runnable": False}]}
+                 {"kind": "qat", "title": "Quantization-aware training", "why": "w", "params": {"steps": 3}},
+                 {"kind": "qat", "title": "Advice", "why": "w", "params": {}, "runnable": False}]}
 
 
 def frame_with(at, column):
@@ -74,7 +74,8 @@ def test_run_detail_shows_a_failed_gate_in_red_and_runs_a_remedy(config):
     at = open_page("views/run_detail.py", {"run": run_id})
     errors = texts(at.error)
     assert "❌ failed" in errors and "output error 1.900" in errors
-    assert at.button(key=f"remedy-{gate_id}-2").disabled          # QAT: advice only
+    assert not at.button(key=f"remedy-{gate_id}-2").disabled      # QAT: runnable
+    assert at.button(key=f"remedy-{gate_id}-3").disabled          # a remedy marked advice only
     at.button(key=f"remedy-{gate_id}-1").click().run()             # calibrate with minmax
     assert not at.exception, [e.value for e in at.exception]
     assert "Remedy submitted" in texts(at.success), texts(at.error)

@@ -48,8 +48,8 @@ def test_search_chart_and_gate_failure_in_the_browser(studio, tmp_path):  # noqa
             expect(page.get_by_text("❌ failed").first).to_be_visible()
             expect(page.get_by_text("over the limit of 0.3").first).to_be_visible()
             expect(page.get_by_role("button", name="Calibrate on more or different images").first).to_be_enabled()
-            expect(page.get_by_role("button", name="Quantization-aware training (advice: not runnable yet)")
-                   .first).to_be_disabled()
+            expect(page.get_by_role("button", name="Quantization-aware training", exact=True)
+                   .first).to_be_enabled()
             shot(page, "guided-2-run-detail-search-and-gate")
 
             # Compare: the refused result is flagged.

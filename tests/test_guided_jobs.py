@@ -20,7 +20,8 @@ FAILED = {"passed": False, "status": "failed", "reasons": ["output error 1.9 ove
               {"kind": "other_calibrator", "title": "Calibrate with minmax", "why": "",
                "params": {"calibrator": "minmax"}},
               {"kind": "keep_layers_float", "title": "keep", "why": "", "params": {"layers": ["conv1"]}},
-              {"kind": "qat", "title": "QAT", "why": "", "params": {}, "runnable": False}]}
+              {"kind": "qat", "title": "QAT", "why": "", "params": {"steps": 3}}]}
+ADVICE_ONLY = {**FAILED, "remedies": [{"kind": "qat", "title": "QAT", "why": "", "params": {}, "runnable": False}]}
 
 
 def by_label(nodes):
@@ -132,8 +133,33 @@ def test_remedies_narrow_the_run_to_the_gated_result(tmp_path):
     assert unpruned["prune_thresholds"] == [] and unpruned["evaluate_unpruned"]
 
 
+def test_qat_remedy_reruns_only_the_int8_branch_with_a_qat_export():
+    spec, evaluate, gate = gate_and_evaluate()
+    follow, title = remedy_spec(spec, evaluate, gate, "qat")
+    assert title == "QAT" and follow["calibration"]["qat_steps"] == 3
+    original = expand_run(parse_run_spec(spec))
+    narrowed = expand_run(parse_run_spec(follow))
+    keys = {n["key"] for n in original}
+    # train, prune, retrain and the FP32 export + evaluate are the original's; INT8 is new
+    assert all(n["key"] in keys for n in narrowed if n["kind"] in ("train", "prune", "retrain"))
+    assert all(n["key"] in keys for n in narrowed if n["params"].get("precision") == "fp32")
+    int8 = next(n for n in narrowed if n["kind"] == "export" and n["params"]["precision"] == "int8")
+    assert int8["key"] not in keys and int8["params"]["calibration"]["qat_steps"] == 3
+    retrain = narrowed[int8["parent"]]
+    assert retrain["kind"] == "retrain" and retrain["label"] == "retrain s3 pth=0.1"   # the float model
+    qat_train = int8["params"]["qat_train_spec"]
+    assert qat_train["dataloader"]["image_shape"] == [64, 64] and not qat_train["load_graph"]
+    base_rate = narrowed[0]["params"]["train_spec"]["optimizer"]["learning_rate_schedule"]["base_learning_rate"]
+    assert qat_train["optimizer"]["learning_rate_schedule"]["base_learning_rate"] == pytest.approx(base_rate / 10)
+    gate_node = next(n for n in narrowed if n["kind"] == "gate")
+    assert narrowed[gate_node["parent"]]["parent"] == narrowed.index(int8)
+    # without qat_steps the export keeps the keys it had before the option existed
+    assert "qat_steps" not in next(n for n in original if n["kind"] == "export" and
+                                   n["params"]["precision"] == "int8")["params"]["calibration"]
+
+
 @pytest.mark.parametrize("kind, calibrator, gate_status, result, message", [
-    ("qat", None, "completed", FAILED, "advice only"),
+    ("qat", None, "completed", ADVICE_ONLY, "advice only"),
     ("other_calibrator", "percentile", "completed", FAILED, "not one this gate offers"),
     ("other_calibrator", "minmax", "running", None, "no verdict yet"),
     ("other_calibrator", "minmax", "completed", {"passed": True, "remedies": []}, "nothing to remedy"),

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from bpnet.errors import BpnetError
+from bpnet.guide.gate import QAT_REMEDY_STEPS
 from worker.runs import count_images
 from worker.store import STAGE_DONE
 
@@ -90,6 +91,10 @@ def remedy_spec(spec, evaluate, gate, kind, calibrator=None):
             raise BpnetError("remedy keep_layers_float names no layers (the gate ranks them only for a "
                              "failed INT8 Q/DQ model)")
         calibration["keep_float_layers"] = list(layers)
+    elif kind == "qat":
+        # the export fine-tunes its parent (the gated result's float model) on the run's training
+        # recipe, so the follow-up carries only the step count
+        calibration["qat_steps"] = int(remedy["params"].get("steps") or QAT_REMEDY_STEPS)
     else:
         raise BpnetError(f"remedy {kind!r} cannot be run from here")
     follow["calibration"] = calibration

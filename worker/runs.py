@@ -53,6 +53,9 @@ class CalibrationOptions(Strict):
     calibrator: Literal["entropy", "minmax", "percentile"] = "entropy"
     # Q/DQ nodes of these layers are removed after calibration (the gate's FP32-fallback remedy)
     keep_float_layers: tuple[str, ...] = ()
+    # > 0: INT8 by quantization-aware fine-tuning of the float model for this many steps instead
+    # of post-training calibration (the gate's QAT remedy)
+    qat_steps: int = Field(0, ge=0, le=100000)
 
 
 class SearchOptions(Strict):
@@ -339,8 +342,9 @@ def expand_run(spec, tensorrt=False):
                 pruned = add("retrain", f"retrain {stages_label} pth={pth:g}",
                              {"train_spec": _retrain_spec_dict(spec, nodes[base])}, pruned, train_data)
             models.append((pruned, pth))
+        qat_train = _qat_train_spec_dict(spec, nodes[base]) if spec.calibration.qat_steps else None
         for model, pth in models:
-            _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorrt)
+            _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorrt, qat_train)
     return nodes
 
 
@@ -392,6 +396,18 @@ def _retrain_spec_dict(spec, base_node):
     return train
 
 
+def _qat_train_spec_dict(spec, base_node):
+    """The recipe of the QAT fine-tune: the base model's data and loss at a tenth of its learning
+    rate (fake quantization needs small updates); the worker gives it the model to start from."""
+    train = _retrain_spec_dict(spec, base_node)
+    train["load_graph"] = False
+    schedule = train["optimizer"]["learning_rate_schedule"]
+    train["optimizer"] = {**train["optimizer"], "learning_rate_schedule": {
+        **schedule, "base_learning_rate": schedule["base_learning_rate"] / 10,
+        "min_learning_rate": schedule["min_learning_rate"] / 10}}
+    return train
+
+
 def base_train_spec_for_import(spec):
     """The retraining recipe for an imported model: the run's train_spec/train when given, else
     the bundled small spec, on the run's dataset."""
@@ -408,9 +424,10 @@ def base_train_spec_for_import(spec):
 GATED_PRECISIONS = ("int8", "fp16")
 
 
-def _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorrt=False):
+def _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorrt=False, qat_train=None):
     """Per resolution and precision: export -> evaluate; then a gate after every FP16/INT8
-    evaluate, comparing it with its FP32 sibling (same model and resolution)."""
+    evaluate, comparing it with its FP32 sibling (same model and resolution). `qat_train`: the
+    training recipe of an INT8 export by quantization-aware fine-tuning (calibration.qat_steps)."""
     eval_ann, eval_images = eval_data(spec)
     eval_fp = (file_fingerprint(eval_ann), folder_fingerprint(eval_images))
     cal_fp = (folder_fingerprint(calibration_images(spec)),)
@@ -423,6 +440,9 @@ def _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorr
             params = {"input_hw": list(hw), "precision": precision}
             if precision == "int8":
                 params["calibration"] = calibration_params(spec)
+                if qat_train is not None:   # fine-tuned at the resolution it is exported at
+                    params["qat_train_spec"] = {**qat_train, "dataloader": {**qat_train["dataloader"],
+                                                                            "image_shape": list(hw)}}
             name = f"{tag} {hw[0]}x{hw[1]} {precision}"
             export = add("export", f"export {name}", params, model,
                          cal_fp if precision == "int8" else ())
@@ -443,8 +463,9 @@ def _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorr
 
 def calibration_params(spec):
     cal = {**spec.calibration.model_dump(mode="json"), "images": str(calibration_images(spec))}
-    if not cal["keep_float_layers"]:
-        del cal["keep_float_layers"]   # keeps the keys of runs made before this option existed
+    for option in ("keep_float_layers", "qat_steps"):
+        if not cal[option]:
+            del cal[option]   # keeps the keys of runs made before this option existed
     return cal
 
 

@@ -144,6 +144,8 @@ def run_export(params, parent_dir, parent_outputs, out_dir, progress):
     precision = params["precision"]
     onnx_path = out_dir / "model.onnx"
     cal = params.get("calibration") or {}
+    if precision == "int8" and cal.get("qat_steps"):
+        return export_qat(params, parent_dir, parent_outputs, out_dir, progress)
     report = export_model(
         _parent_model(parent_dir, parent_outputs), onnx_path, tuple(params["input_hw"]),
         data_type=precision, calibrator=cal.get("calibrator", "entropy"),
@@ -161,6 +163,26 @@ def run_export(params, parent_dir, parent_outputs, out_dir, progress):
     return ({"model": deployed.name, "num_stages": parent_outputs.get("num_stages"),
              "precision": precision, "prune_threshold": parent_outputs.get("prune_threshold")},
             None, metrics)
+
+
+def export_qat(params, parent_dir, parent_outputs, out_dir, progress):
+    """INT8 by quantization-aware fine-tuning (the gate's QAT remedy): the float ONNX beside it
+    (the gate's reference) and the fine-tuned Q/DQ model where calibration would put its own."""
+    from bpnet.export import derived_paths, export_model
+    from bpnet.guide.gate_run import run_remedy
+    from bpnet.specs import TrainSpec, parse_spec
+
+    float_model = _parent_model(parent_dir, parent_outputs)
+    onnx_path = out_dir / "model.onnx"
+    report = export_model(float_model, onnx_path, tuple(params["input_hw"]), data_type="fp32",
+                          progress=progress)
+    spec = parse_spec(TrainSpec, params["qat_train_spec"], "QAT training spec of this stage")
+    steps = params["calibration"]["qat_steps"]
+    int8 = run_remedy({"kind": "qat", "params": {"steps": steps}}, onnx_path, derived_paths(onnx_path)["int8"],
+                      float_model=float_model, train_spec=spec, progress=progress)
+    return ({"model": Path(int8).name, "num_stages": parent_outputs.get("num_stages"), "precision": "int8",
+             "prune_threshold": parent_outputs.get("prune_threshold"), "qat_steps": steps},
+            None, {"max_abs_diff": report["export"]["max_abs_diff"], "qat_steps": steps})
 
 
 def keep_float(int8_path, float_onnx, layers, progress):

@@ -32,6 +32,9 @@ COCO_KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear",
                        "left_knee", "right_knee", "left_ankle", "right_ankle")
 MIN_OKS_TO_MATCH = 0.1           # below this a detection is not the same person
 KEYPOINT_ERROR_RISE = 0.25       # a keypoint whose error rises by > 25% is named in the report
+# Fine-tuning steps of the QAT remedy: the same as bpnet.guide.qat's default (not imported, so
+# this module stays free of TensorFlow)
+QAT_REMEDY_STEPS = 200
 
 
 def to_points(value):
@@ -185,11 +188,11 @@ def remedies(precision, calibrator=None, num_calibration_images=None, sensitive_
                         "why": "quantizing one layer at a time shows which layers lose the most; "
                                "leaving them in float recovers most of the accuracy at a small speed cost",
                         "params": {"layers": list(sensitive_layers)}})
-        # Advice only for now: the engine has no QAT run yet (runnable False tells the UI).
         options.append({"kind": "qat", "title": "Quantization-aware training",
                         "why": "fine-tunes the model with simulated INT8 (TensorFlow Model "
-                               "Optimization) so the weights adapt to the quantization",
-                        "params": {}, "runnable": False})
+                               "Optimization) so the weights adapt to the quantization; the "
+                               "slowest remedy (a short training run)",
+                        "params": {"steps": QAT_REMEDY_STEPS}})
     else:
         options.append({"kind": "keep_layers_float", "title": "Keep the most sensitive layers in FP32",
                         "why": "an FP16 drop usually comes from a few layers whose values overflow "

@@ -9,7 +9,8 @@ given - ranks layer sensitivity so the "keep layers in FP32" remedy names its la
 Remedies (`run_remedy`): recalibrate with more/different images or another calibrator (through
 `bpnet.calibrate`), keep layers in float (`bpnet.guide.sensitivity`). Each returns the path of a
 new INT8 model that goes through the gate again. Quantization-aware training
-(`bpnet.guide.qat`) runs here too; the job system still offers it as advice only.
+(`bpnet.guide.qat`) runs here too; the job system runs it as an INT8 export option
+(`calibration.qat_steps` of a run spec).
 """
 
 from pathlib import Path
