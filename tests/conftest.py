@@ -53,6 +53,16 @@ def tiny_train_spec_dict(**overrides):
     return spec
 
 
+# The `train` section of a tiny run spec (the run's dataset fills in the paths): 64x64, 3 steps.
+TINY_RUN_TRAIN = {
+    "random_seed": 1, "num_epoch": 1, "steps_per_epoch": 3, "checkpoint_n_epoch": 1,
+    "model": {"backbone_width": 0.125, "stages": 2},
+    "dataloader": {"batch_size": 2, "image_shape": [64, 64], "num_parallel_calls": 1,
+                   "dataset": {"include_images_without_people": False}},
+    "optimizer": {"learning_rate_schedule": {"base_learning_rate": 1e-3, "min_learning_rate": 1e-5}},
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_trained_model(tmp_path_factory):
     """Path of a tiny BodyPoseNet trained for a few steps on the bundled data (built once)."""

@@ -91,6 +91,12 @@ def stop(process):
         pass
 
 
+def launch_chromium(pw):
+    """Debian's Chromium, headless; the flags keep it off this machine's closed network."""
+    return pw.chromium.launch(executable_path=str(CHROMIUM),
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
 def shot(page, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -108,8 +114,7 @@ def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM),
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 2400})
             page.set_default_timeout(UI_TIMEOUT_MS)

@@ -6,8 +6,9 @@ Compare flags it. Screenshots go to test-artifacts/browser/."""
 
 import pytest
 
-from tests.test_browser import CHROMIUM, RUN_TIMEOUT_S, UI_TIMEOUT_MS, shot, studio  # noqa: F401  (fixture)
-from tests.test_guided_worker import TINY_TRAIN, blank_images, search_run_spec
+from tests.test_browser import RUN_TIMEOUT_S, UI_TIMEOUT_MS, launch_chromium, shot, studio  # noqa: F401  (fixture)
+from tests.conftest import TINY_RUN_TRAIN as TINY_TRAIN
+from tests.test_guided_worker import blank_images, search_run_spec
 from worker import client
 from worker.config import load_config
 
@@ -25,8 +26,7 @@ def test_search_chart_and_gate_failure_in_the_browser(studio, tmp_path):  # noqa
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM),
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 3200})
             page.set_default_timeout(UI_TIMEOUT_MS)

@@ -11,20 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import COCO_ANNOTATIONS, COCO_IMAGES
+from tests.conftest import COCO_ANNOTATIONS, COCO_IMAGES, TINY_RUN_TRAIN as TINY_TRAIN
 from worker import client
 from worker.config import load_config
 from worker.execution import execute_stage
 
 pytestmark = pytest.mark.slow
-
-TINY_TRAIN = {
-    "random_seed": 1, "num_epoch": 1, "steps_per_epoch": 3, "checkpoint_n_epoch": 1,
-    "model": {"backbone_width": 0.125, "stages": 2},
-    "dataloader": {"batch_size": 2, "image_shape": [64, 64], "num_parallel_calls": 1,
-                   "dataset": {"include_images_without_people": False}},
-    "optimizer": {"learning_rate_schedule": {"base_learning_rate": 1e-3, "min_learning_rate": 1e-5}},
-}
 
 
 def blank_images(folder, count=4):
