@@ -356,17 +356,6 @@ def run_spec_dict(request, train_template):
 
 # ------------------------------------------------------------------ guidance (pure)
 
-def dataset_guidance(annotations, cal_batch_size=8, cal_batches=10):
-    """(statistics, {field: Advice}) of a COCO person-keypoints file: the seed's rules applied to it
-    (`bpnet.guide`); BpnetError when the file cannot be read."""
-    from bpnet.guide.dataset_stats import dataset_stats_file
-    from bpnet.guide.recommend import recommend_all
-
-    stats = dataset_stats_file(annotations)
-    advice = recommend_all(stats, cal_batch_size=cal_batch_size, cal_batches=cal_batches)
-    return stats, {a.field: a for a in advice}
-
-
 def stats_rows(stats):
     """The statistics the New-run page shows, as (quantity, value) rows."""
     ppi, kpp = stats["people_per_image"], stats["keypoints_per_person"]

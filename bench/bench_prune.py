@@ -20,7 +20,6 @@ compared with equal training. Prints a table and writes DIR/bench_prune.json.
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time

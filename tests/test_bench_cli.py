@@ -3,7 +3,6 @@ and the verbs as a user runs them."""
 
 import json
 
-import numpy as np
 import pytest
 
 from bpnet.cli import main

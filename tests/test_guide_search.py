@@ -43,7 +43,7 @@ CURVES = [cliff(c) for c in (0.07, 0.2, 0.45, 0.9)] + [smooth(c) for c in (0.1, 
 def test_search_stays_within_budget_and_iteration_limit(drop, budget):
     config = SearchConfig(base_ap=BASE_AP, budget_ap=budget, max_iters=7)
     chosen, trials, reason = run_search(measure_with(drop), config)
-    assert 1 <= len(trials) <= 7
+    assert 0 < len(trials) <= config.max_iters
     if drop(0.05) > budget:
         assert chosen is None                     # keep the unpruned model
         return

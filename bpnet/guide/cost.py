@@ -14,8 +14,6 @@ import numpy as np
 
 from bpnet.errors import BpnetError
 
-PER_MODEL_KINDS = ("prune", "export")
-
 
 def input_megapixels(input_hw):
     return input_hw[0] * input_hw[1] / 1e6

@@ -22,7 +22,7 @@ import numpy as np
 
 from bpnet.errors import BpnetError
 from bpnet.events import emit
-from bpnet.fileio import atomic_path, write_json_atomic
+from bpnet.fileio import atomic_path
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -304,8 +304,3 @@ def keep_layers_float(qdq_path, output_path, layers, float_path=None):
     with atomic_path(output_path) as tmp:
         onnx.save(edited, str(tmp))
     return Path(output_path)
-
-
-def write_sensitivity_report(path, report):
-    write_json_atomic(path, report)
-    return Path(path)
