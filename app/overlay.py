@@ -11,7 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bpnet.draw import draw_skeletons
 from bpnet.errors import BpnetError
+from bpnet.preprocess import read_image
 from bpnet.skeleton import load_skeleton
 
 LIMB_COLOR_BGR = (0, 200, 255)
@@ -47,21 +49,15 @@ def draw_people(image_bgr, people, skeleton=None, min_score=0.0):
     when its third value is above `min_score`.
     """
     skeleton = skeleton or load_skeleton()
-    canvas = image_bgr.copy()
-    thickness = max(1, round(max(canvas.shape[:2]) / 200))
+    parts = []
     for keypoints in people:
-        parts = skeleton.coco_to_parts(np.asarray(keypoints, dtype=np.float32))
-        visible = parts[:, 2] > min_score
-        for a, b in skeleton.limbs:
-            if visible[a] and visible[b]:
-                cv2.line(canvas, _point(parts[a]), _point(parts[b]), LIMB_COLOR_BGR, thickness, cv2.LINE_AA)
-        for part in parts[visible]:
-            cv2.circle(canvas, _point(part), thickness + 1, JOINT_COLOR_BGR, -1, cv2.LINE_AA)
+        p = skeleton.coco_to_parts(np.asarray(keypoints, dtype=np.float32))
+        p[:, 2] = p[:, 2] > min_score
+        parts.append(p)
+    thickness = max(1, round(max(image_bgr.shape[:2]) / 200))
+    canvas = draw_skeletons(image_bgr, parts, skeleton, colors=[LIMB_COLOR_BGR] * len(skeleton.limbs),
+                            joint_color=JOINT_COLOR_BGR, thickness=thickness)
     return cv2.cvtColor(_shrink(canvas), cv2.COLOR_BGR2RGB)
-
-
-def _point(part):
-    return int(round(float(part[0]))), int(round(float(part[1])))
 
 
 def _shrink(image):
@@ -90,8 +86,4 @@ def images_with_people(results_by_image, limit):
 
 def overlay_image(images_dir, file_name, people):
     """Read one dataset image and draw `people` on it (RGB array), or raise a clear BpnetError."""
-    path = Path(images_dir) / file_name
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise BpnetError(f"image {path} is missing or not a readable picture")
-    return draw_people(image, people)
+    return draw_people(read_image(Path(images_dir) / file_name), people)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from bpnet.decode import decode, person_to_coco
+from bpnet.draw import draw_skeletons
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic
@@ -164,31 +165,10 @@ def timing_per_image(seconds, num_images):
 
 # ---------------------------------------------------------------- drawing
 
-def limb_colors(num_limbs):
-    """One distinct BGR colour per limb (hues around the colour wheel)."""
-    hsv = np.zeros((1, num_limbs, 3), np.uint8)
-    hsv[0, :, 0] = np.linspace(0, 179, num_limbs, endpoint=False).astype(np.uint8)
-    hsv[0, :, 1:] = 255
-    return [tuple(int(c) for c in bgr) for bgr in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0]]
-
-
 def draw_people(image, people, letterbox, skeleton):
-    """A copy of the BGR `image` with every person's limbs and parts drawn in image coordinates."""
-    canvas = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 250))
-    colors = limb_colors(len(skeleton.limbs))
-    for person in people:
-        xy = letterbox.to_image(person.keypoints[:, :2])
-        for (a, b), color in zip(skeleton.limbs, colors):
-            if person.found[a] and person.found[b]:
-                cv2.line(canvas, _pt(xy[a]), _pt(xy[b]), color, thickness, cv2.LINE_AA)
-        for p in np.nonzero(person.found)[0]:
-            cv2.circle(canvas, _pt(xy[p]), thickness + 1, (255, 255, 255), -1, cv2.LINE_AA)
-    return canvas
-
-
-def _pt(xy):
-    return int(round(float(xy[0]))), int(round(float(xy[1])))
+    """A copy of the BGR `image` with every decoded person drawn in image coordinates."""
+    parts = [np.column_stack([letterbox.to_image(p.keypoints[:, :2]), p.found]) for p in people]
+    return draw_skeletons(image, parts, skeleton)
 
 
 def write_image_atomic(path, image):
