@@ -19,6 +19,11 @@ from bpnet.fileio import read_json, write_json_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 REPORT_NAME = "calibration_images.json"
+# The defaults of TAO's sample_calibration_images.py, which the workflow uses: 500 images with at
+# least one person each, a person counting when 5 of its keypoints are labelled (clearly visible).
+DEFAULT_NUM_IMAGES = 500
+DEFAULT_MIN_PERSONS = 1
+DEFAULT_MIN_KEYPOINTS = 5
 
 
 def count_people(coco, min_keypoints):
@@ -40,7 +45,8 @@ def check_sampling_options(n, min_persons, min_keypoints):
         raise BpnetError(f"--min_keypoints: {min_keypoints} is not in 0..17 (COCO has 17 keypoints)")
 
 
-def select_images(coco, images_dir, n, min_persons=1, min_keypoints=1, randomize=False, seed=0):
+def select_images(coco, images_dir, n, min_persons=DEFAULT_MIN_PERSONS, min_keypoints=DEFAULT_MIN_KEYPOINTS,
+                  randomize=False, seed=0):
     """(chosen [(file name, persons)], reasons {why an image was left out: how many}, eligible count)."""
     images_dir = Path(images_dir)
     people = count_people(coco, min_keypoints)
@@ -60,7 +66,8 @@ def select_images(coco, images_dir, n, min_persons=1, min_keypoints=1, randomize
     return chosen, reasons, len(eligible)
 
 
-def sample_calibration(annotations, images_dir, out_dir, n, min_persons=1, min_keypoints=1,
+def sample_calibration(annotations, images_dir, out_dir, n, min_persons=DEFAULT_MIN_PERSONS,
+                       min_keypoints=DEFAULT_MIN_KEYPOINTS,
                        randomize=False, seed=0, link=False):
     """Copy (or symlink) the chosen images into `out_dir`; returns the report (also written to
     OUT_DIR/calibration_images.json)."""
