@@ -36,6 +36,7 @@ from bpnet.guide.accuracy_control import (AccuracyControlOptions, ap_drop, best_
 
 STAGE = "quantize"
 REPORT_NAME = "accuracy_control.json"
+DIVERGENCE_IMAGES = 4
 
 
 def slug(label):
@@ -219,6 +220,7 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
     ranking_data = np.concatenate(agreement_batch(subset_path, images_dir, infer_spec, image_ids,
                                                   count=options.ranking_images))
     report = control_loop(float_onnx, cal_data, ranking_data, score, out_dir, options, parent["AP"], progress)
+    report["divergence"] = divergences(report, float_onnx, ranking_data[:DIVERGENCE_IMAGES], out_dir)
     report["artifacts"] = write_final_artifacts(report, float_onnx, out_dir)
     report.update(model=str(model_path), float_onnx=str(float_onnx), parent=parent,
                   evaluation={"annotations": str(subset_path), "images": str(images_dir),
@@ -230,6 +232,19 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
     write_json_atomic(out_dir / REPORT_NAME, report)
     emit(progress, STAGE, "done", fraction=1.0, message=report["summary"])
     return report
+
+
+def divergences(report, float_onnx, data, out_dir):
+    """Layer-by-layer agreement with the float model of the plain best INT8 model and, when
+    layers went back to float, of the chosen one (full reports beside the summary)."""
+    from bpnet.guide.divergence import find_divergence, summary
+
+    plain = next(c["model"] for c in report["calibrators"] if c["calibrator"] == report["best_calibrator"])
+    found = {"plain": summary(find_divergence(float_onnx, plain, data, out_path=out_dir / "divergence_plain.json"))}
+    if report["final"]["float_layers"]:
+        found["final"] = summary(find_divergence(float_onnx, report["final"]["model"], data,
+                                                 out_path=out_dir / "divergence_final.json"))
+    return found
 
 
 def float_onnx_of(model_path, onnx_path, input_hw, stage, progress):
