@@ -202,9 +202,10 @@ def draw_truth_and_prediction(image_bgr, gt_people, detections, min_score=0.0, s
                             thickness=thickness)
     font = max(0.4, max(image_bgr.shape[:2]) / 900)
     for gt, score, d in zip(gt_people, scores, matched):
-        lost = lost_keypoints(gt["xyv"], detections[d]["keypoints"] if d is not None else None, min_score)
-        for x, y, _ in gt["xyv"][lost]:
-            cv2.circle(canvas, (int(x), int(y)), 3 * thickness + 2, LOST_COLOR_BGR, thickness, cv2.LINE_AA)
+        if d is not None:   # a missed person says "missed"; rings mark what a found one lost
+            for x, y, _ in gt["xyv"][lost_keypoints(gt["xyv"], detections[d]["keypoints"], min_score)]:
+                cv2.circle(canvas, (int(x), int(y)), 3 * thickness + 2, LOST_COLOR_BGR, max(1, thickness // 2),
+                           cv2.LINE_AA)
         labelled = gt["xyv"][gt["xyv"][:, 2] > 0]
         x, y = int(labelled[:, 0].min()), int(max(12, labelled[:, 1].min() - 6))
         text = f"OKS {score:.2f}" if d is not None else "missed"

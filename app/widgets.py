@@ -87,7 +87,7 @@ def keypoint_floor(run, stage_id):
 
 
 LEGEND = ("green: ground truth · magenta: prediction (keypoints above the inference spec's confidence "
-          "floor of {floor:g}) · red rings: labelled keypoints the prediction lost · OKS per person "
+          "floor of {floor:g}) · red rings: labelled keypoints a found person lost · OKS per person "
           "(1 = exact, 0 = missed)")
 
 
