@@ -187,9 +187,10 @@ def test_compare_builds_every_chart_from_stored_results(config):
     assert "pth" in front["hovertemplate"]
     assert any(t.startswith("AP by person size") for t in figs)
     assert any(t.startswith("latency by precision") for t in figs)
-    assert len(figs) == 4
+    assert any(t.startswith("every result across its settings") for t in figs)   # parallel coordinates
+    assert len(figs) == 5
     table = at.dataframe[0].value
-    assert len(table) == 6 and "latency_ms" in table.columns
+    assert len(table) == 6 and "latency (median)" in table.columns
     assert "optimistic" in texts(at.info)
     assert len(at.get("image")) >= 2   # side-by-side overlays
 
