@@ -3,10 +3,9 @@ TensorRT options]`: see docs/export.md. Every flag of TAO's `bpnet export` is ac
 TAO's meaning (docs/tao.md)."""
 
 from bpnet.errors import BpnetError
+from bpnet.limits import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_EXPORT_HW, DEFAULT_PERCENTILE, PRECISIONS
 
-# The workflow's deployment size (its INT8 export and strict evaluation use 288x384); TAO's own
-# default was the training size 256x256, which the workflow overrides every time.
-DEFAULT_INPUT_DIMS = "288,384,3"
+DEFAULT_INPUT_DIMS = f"{DEFAULT_EXPORT_HW[0]},{DEFAULT_EXPORT_HW[1]},3"
 BACKENDS = ("onnx", "tfonnx", "uff")
 UFF_REFUSAL = ("-t/--backend uff: UFF was TensorRT's format for TensorFlow 1 graphs; TensorRT 9 "
                "removed its parser and TAO 5 dropped it. Use onnx or tfonnx (both mean ONNX written "
@@ -28,7 +27,7 @@ def add_arguments(parser):
                         help=f"H,W,3 of the exported input (C,H,W with --data_format channels_first; "
                              f"multiples of 8). Default: an inference spec's input_shape, else "
                              f"{DEFAULT_INPUT_DIMS}, the workflow's deployment size (TAO's default was 256,256,3)")
-    parser.add_argument("--data_type", default="fp32", choices=["fp32", "fp16", "int8"],
+    parser.add_argument("--data_type", default="fp32", choices=PRECISIONS,
                         help="fp16 also writes OUTPUT.fp16.onnx; int8 calibrates and writes the cache "
                              "and OUTPUT.int8.onnx (ONNX Runtime) + OUTPUT.int8_trt.onnx (TensorRT >= 11)")
     parser.add_argument("-t", "--backend", default="onnx", choices=BACKENDS,
@@ -42,9 +41,9 @@ def add_arguments(parser):
                         help="TAO: folder for the run's status files; bpnet creates it (the report goes "
                              "beside the output: OUTPUT.export.json)")
     cal = parser.add_argument_group("INT8 calibration")
-    cal.add_argument("--calibrator", default="entropy", choices=["entropy", "minmax", "percentile"],
-                     help="entropy = TensorRT's EntropyCalibration2 (default)")
-    cal.add_argument("--percentile", type=float, default=99.99, help="for --calibrator percentile")
+    cal.add_argument("--calibrator", default=DEFAULT_CALIBRATOR, choices=CALIBRATORS,
+                     help=f"entropy = TensorRT's EntropyCalibration2 (default {DEFAULT_CALIBRATOR})")
+    cal.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE, help="for --calibrator percentile")
     cal.add_argument("--cal_image_dir", help="folder of calibration images (see bpnet sample-calibration)")
     cal.add_argument("--cal_data_file", help="preprocessed calibration tensor file: written once, reused "
                      "when it exists. Any name; .npy is a NumPy array, every other name (TAO's "
