@@ -13,7 +13,7 @@ input. Each unfixed group then keeps the filters chosen by the ranking rule appl
 statistics (`-eq`) of its convolutions.
 
 `plan_pruning` returns the decision; `sliced_weights` gives each layer's weights restricted to its
-kept channels, and `count_kept_params` the parameter count of the pruned model — both from numpy
+kept channels, and `pruned_param_count` the parameter count of the pruned model — both from numpy
 arrays, so the decision can be previewed without building a Keras model.
 """
 
@@ -337,7 +337,7 @@ def sliced_weights(plan, entry, weights):
     return arrays
 
 
-def count_kept_params(plan, weights):
+def pruned_param_count(plan, weights):
     """Parameters of the pruned model (every weight, trainable or not, as Keras counts them)."""
     return int(sum(w.size for entry in plan.layers for w in sliced_weights(plan, entry, weights)))
 
