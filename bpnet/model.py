@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from bpnet.errors import BpnetError
 from bpnet.fileio import atomic_path
+from bpnet.model_safety import check_model_file
 from bpnet.preprocess import check_input_hw
 
 MIN_CHANNELS = 8
@@ -188,8 +189,12 @@ def load_keras_model(path, what="model file"):
         raise BpnetError(f"{what} not found: {path}")
     if not h5py.is_hdf5(path):
         raise BpnetError(f"{what} {path} is not a Keras HDF5 file (.hdf5/.h5 expected)")
+    check_model_file(path, what)   # a user's file is data: refuse Lambda/custom layers unread
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
     try:
-        return tf.keras.models.load_model(path, compile=False)
+        # Keras' own guard against Lambda bytecode; its HDF5 loader does not enter it by itself.
+        with SafeModeScope(True):
+            return tf.keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for truncated or foreign HDF5 files
         raise BpnetError(f"{what} {path} could not be loaded as a Keras model: "
                          f"{type(err).__name__}: {err}") from None

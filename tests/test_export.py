@@ -110,9 +110,14 @@ def test_int8_export_writes_cache_and_qdq_models_close_to_fp32(two_stage_model, 
         assert onnx_precision(path) == "int8"
         for quantised, fp32 in zip(onnx_outputs(path, data), reference):
             # An untrained 8-channel network is a hard case for int8 (errors add up over ~20
-            # layers); the maps must still follow the float ones closely.
-            assert np.corrcoef(quantised.ravel(), fp32.ravel())[0, 1] > 0.95
-            assert np.abs(quantised - fp32).mean() <= 0.05 * np.abs(fp32).max()
+            # layers). Measured here (AVX-512 VNNI) the correlation is 0.98-0.99; ONNX Runtime's
+            # U8S8 kernels on AVX2-only CPUs saturate (VPMADDUBSW) and give ~0.87 on the same
+            # model, so the bound is set below that. A broken quantization (wrong scales, a
+            # missing Q/DQ pair) gives a correlation near 0 and errors of the maps' own size.
+            corr = np.corrcoef(quantised.ravel(), fp32.ravel())[0, 1]
+            assert corr > 0.8, f"{path}: correlation {corr:.3f} with the FP32 maps"
+            error = np.abs(quantised - fp32).mean()
+            assert error <= 0.05 * np.abs(fp32).max(), f"{path}: mean error {error:.4g}"
     saved = json.loads((tmp_path / "m.export.json").read_text())
     assert saved["int8"]["calibrator"] == "entropy"
 
