@@ -21,8 +21,8 @@ import numpy as np
 
 from bpnet.errors import BpnetError
 from bpnet.fileio import read_json, write_json_atomic
+from bpnet.image_files import count_images
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 REPORT_NAME = "calibration_images.json"
 SIZE_CLASSES = ("small", "medium", "large")
 SMALL_MAX_AREA, MEDIUM_MAX_AREA = 32 ** 2, 96 ** 2          # COCO's size ranges (pixel area)
@@ -274,7 +274,7 @@ def sample_calibration(annotations, images_dir, out_dir, n, min_persons=1, min_k
     if not Path(images_dir).is_dir():
         raise BpnetError(f"-i/--images: {images_dir} is not a folder")
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in out_dir.iterdir()):
+    if out_dir.is_dir() and count_images(out_dir):
         raise BpnetError(f"-o/--output_dir: {out_dir} already holds images; choose a new or empty folder "
                          "so the calibration set is exactly what this command chose")
     chosen, reasons, eligible = select_images(

@@ -29,6 +29,7 @@ import numpy as np
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import read_json, write_json_atomic
+from bpnet.image_files import IMAGE_SUFFIXES, list_images
 from bpnet.guide.accuracy_control import (AccuracyControlOptions, ap_drop, best_calibrator, bisect_float_count,
                                           cache_tensors_for, check_calibration_people, curve_points,
                                           evaluation_subset, monotonic_violations, parse_calibrator,
@@ -236,7 +237,7 @@ def float_onnx_of(model_path, onnx_path, input_hw, stage, progress):
     """The float ONNX every INT8 candidate is derived from (exported when given Keras)."""
     model_path = Path(model_path)
     if model_path.suffix == ".onnx":
-        from bpnet.export import onnx_precision
+        from bpnet.onnx_graph import onnx_precision
 
         if onnx_precision(model_path) != "fp32":
             raise BpnetError(f"-m/--model: {model_path} is already {onnx_precision(model_path)}; give the float "
@@ -251,16 +252,14 @@ def float_onnx_of(model_path, onnx_path, input_hw, stage, progress):
 def calibration_images(coco, annotations, images_dir, out_dir, options, cal_image_dir, cal_data_file):
     """(calibration file names, info, image folder): a folder given, a tensor file given, or
     images chosen from the annotations (stratified, symlinked into out_dir/calibration_images)."""
-    from bpnet import calibrate
-
     if cal_data_file is not None and Path(cal_data_file).is_file():
         data = np.load(cal_data_file, mmap_mode="r", allow_pickle=False)
         return [], {"source": str(cal_data_file), "num_images": int(data.shape[0]), "files": None,
                     "note": "tensor file: its images are unknown, so they cannot be kept out of the evaluation"}, None
     if cal_image_dir is not None:
-        names = [p.name for p in calibrate.list_images(cal_image_dir)]
+        names = [p.name for p in list_images(cal_image_dir, "--cal_image_dir")]
         if not names:
-            raise BpnetError(f"--cal_image_dir: {cal_image_dir} holds no images ({', '.join(calibrate.IMAGE_SUFFIXES)})")
+            raise BpnetError(f"--cal_image_dir: {cal_image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         people = check_calibration_people(coco, names, f"--cal_image_dir {cal_image_dir}")
         names = names[:options.num_calibration_images]
         return names, {"source": str(cal_image_dir), "num_images": len(names), "files": names, **people}, cal_image_dir

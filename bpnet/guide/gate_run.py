@@ -79,7 +79,7 @@ def model_precision(model_path):
     path = Path(model_path)
     if path.suffix != ".onnx":
         return "fp32"
-    from bpnet.export import onnx_precision
+    from bpnet.onnx_graph import onnx_precision
     return onnx_precision(path)
 
 
