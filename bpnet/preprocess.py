@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from bpnet.errors import BpnetError
+from bpnet.limits import STRIDE
 
-STRIDE = 8
 DEFAULT_IMAGE_SCALE = (256.0, 256.0, 256.0)
 DEFAULT_IMAGE_OFFSET = (0.5, 0.5, 0.5)
 PAD_VALUE = 128  # grey in uint8 becomes 0.0 after default normalisation
