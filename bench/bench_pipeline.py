@@ -50,6 +50,19 @@ def images_per_second(dataset, images):
     return rate
 
 
+def cpu_ms_per_example(spec, count):
+    """CPU milliseconds one worker spends per example (process CPU time, in this process): the
+    load-independent figure; 1000 / it is the images/s one free core would make."""
+    from bpnet.data.pipeline import example_rng, load_samples, make_example
+    from bpnet.skeleton import load_skeleton
+
+    samples, skeleton = load_samples(spec), load_skeleton(spec.dataloader.skeleton)
+    started = time.process_time()
+    for i in range(count):
+        make_example(samples[i % len(samples)], spec, skeleton, example_rng(spec.random_seed, i, i % len(samples)))
+    return 1000.0 * (time.process_time() - started) / count
+
+
 def main(argv=None):
     from bpnet.data.pipeline import close_worker_pools, make_dataset
 
@@ -65,7 +78,10 @@ def main(argv=None):
     results = {f"{mode} x{workers}": [] for mode, workers in configs}
     datasets = {(mode, workers): make_dataset(pipeline_spec(args.size, workers), training=True,
                                               processes=mode == "processes") for mode, workers in configs}
+    cpu_ms = []
     for round_index in range(args.rounds):
+        cpu_ms.append(round(cpu_ms_per_example(pipeline_spec(args.size, 1), args.images // 2), 2))
+        print(f"round {round_index}: {cpu_ms[-1]:.2f} CPU ms per example in one worker", flush=True)
         for mode, workers in configs:
             rate = images_per_second(datasets[(mode, workers)], args.images)
             results[f"{mode} x{workers}"].append(round(rate, 1))
@@ -81,12 +97,15 @@ def main(argv=None):
              f"{1:>8} | {one:15.1f} {1.0:7.2f} | {one:13.1f} {1.0:7.2f}",
              f"{2:>8} | {medians['processes x2']:15.1f} {medians['processes x2'] / one:7.2f} | "
              f"{medians['threads x2']:13.1f} {medians['threads x2'] / one:7.2f}"]
+    per_example = sorted(cpu_ms)[len(cpu_ms) // 2]
+    table.append(f"one worker: {per_example:.2f} CPU ms per example (median of rounds) = "
+                 f"{1000 / per_example:.0f} images/s per free core")
     print("\n" + "\n".join(table))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_pipeline.json").write_text(json.dumps(
         {"input_hw": [args.size, args.size], "batch_size": BATCH, "images_per_round": args.images,
-         "rounds": results, "medians": medians, "machine_before": machine_before, "machine": machine,
+         "rounds": results, "medians": medians, "cpu_ms_per_example": cpu_ms, "machine_before": machine_before, "machine": machine,
          "table": table}, indent=1))
 
 
