@@ -194,6 +194,11 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
                                          source=f"-a/--annotations {annotations}")
     subset_path = out_dir / "eval_annotations.json"
     write_json_atomic(subset_path, subset)
+    if cal_names:
+        from bpnet.sampling import compare_mix, mix_warnings
+
+        cal_info["mix"] = compare_mix(coco, cal_names, subset)        # against what is scored
+        cal_info["mix_warnings"] = mix_warnings(cal_info["mix"]["calibration"], cal_info["mix"]["evaluation"])
     float_onnx = float_onnx_of(model_path, out_dir / "model.onnx", input_hw, infer_spec.output_stage_to_use,
                                progress)
     data_file = Path(cal_data_file) if cal_data_file else out_dir / "calibration_tensor.npy"
