@@ -22,6 +22,8 @@ VERBS = {
     "dataset-stats": "People, keypoints and sizes of a COCO dataset, with recommended settings.",
     "search": "Find the smallest pruned model within an AP budget (prune-retrain-evaluate loop).",
     "gate": "Check an INT8/FP16 model against its float parent; exit 1 when it lost too much.",
+    "quantize": "The fastest INT8 model within an AP budget (calibrator comparison, layers back to float).",
+    "divergence": "Per-layer agreement of two versions of one network; the first layer that parts.",
     "explore": "AP and latency of every stage exit at several resolutions and precisions, with the oracle.",
 }
 

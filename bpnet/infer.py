@@ -12,16 +12,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bpnet.decode import decode, person_to_coco
+from bpnet.decode import decode, decode_options, person_to_coco
 from bpnet.draw import draw_skeletons
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic
+from bpnet.image_files import IMAGE_SUFFIXES
+from bpnet.image_files import list_images as list_image_files
 from bpnet.preprocess import STRIDE, prepare_batch, read_image
 from bpnet.skeleton import load_skeleton
 from bpnet.specs import spec_to_yaml
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def list_images(source, images_dir=None):
     """
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_image_files(source)
         if not files:
             raise BpnetError(f"image folder {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         numeric = all(p.stem.isdigit() for p in files) and len({int(p.stem) for p in files}) == len(files)
@@ -144,6 +144,7 @@ def resize_maps(maps, grid_hw):
 def infer_images(backend, items, spec, skeleton, progress=None, stage="inference"):
     """Run + decode every image; returns (list of Detections, COCO results, timing dict)."""
     check_backend_fits(backend, spec)
+    options = decode_options(spec)
     detections, results = [], []
     seconds = {"read": 0.0, "prepare": 0.0, "cnn": 0.0, "decode": 0.0}
     for start in range(0, len(items), spec.batch_size):
@@ -158,7 +159,7 @@ def infer_images(backend, items, spec, skeleton, progress=None, stage="inference
                      "cnn": 1000 * cnn_s / len(chunk)}
         for item, heat, paf, box in zip(chunk, heatmaps, pafs, letterboxes):
             t0 = time.perf_counter()
-            people = decode(heat, paf, spec, skeleton)
+            people = decode(heat, paf, skeleton, **options)
             decode_s = time.perf_counter() - t0
             seconds["decode"] += decode_s
             detections.append(Detections(item, people, box, {**shared_ms, "decode": 1000 * decode_s}))

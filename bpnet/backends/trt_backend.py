@@ -157,7 +157,7 @@ def make_calibrator(trt, cuda, cache_file, data_file=None, batch_size=1, batches
             self.stream = cuda.stream()
 
         def _load(self):
-            from bpnet.calibrate import load_calibration_tensor
+            from bpnet.calibrate.tensor_file import load_calibration_tensor
             if data_file is None or not Path(data_file).is_file():
                 raise BpnetError(f"TensorRT needs calibration data: {cache_file} does not exist and no "
                                  "--cal_data_file was given")

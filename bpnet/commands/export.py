@@ -1,6 +1,8 @@
 """`bpnet export -m MODEL -o OUTPUT.onnx -d H,W,3 [--data_type fp32|fp16|int8] [calibration and
 TensorRT options]`: see docs/export.md."""
 
+from bpnet.limits import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_PERCENTILE, PRECISIONS
+
 
 def add_arguments(parser):
     parser.add_argument("-m", "--model", required=True, help="trained or pruned BodyPoseNet (.hdf5)")
@@ -9,16 +11,16 @@ def add_arguments(parser):
     parser.add_argument("-e", "--experiment_spec", help="training or inference spec (normalisation; "
                         "input size when -d is not given)")
     parser.add_argument("-d", "--input_dims", help="H,W,3 of the exported input (multiples of 8), e.g. 288,384,3")
-    parser.add_argument("--data_type", default="fp32", choices=["fp32", "fp16", "int8"],
+    parser.add_argument("--data_type", default="fp32", choices=PRECISIONS,
                         help="fp16 also writes OUTPUT.fp16.onnx; int8 calibrates and writes the cache "
                              "and OUTPUT.int8.onnx (ONNX Runtime) + OUTPUT.int8_trt.onnx (TensorRT >= 11)")
     parser.add_argument("--stage", type=int, help="stage whose maps the export outputs (default: the last)")
     parser.add_argument("--static_batch_size", type=int,
                         help="fix the batch dimension (default: dynamic)")
     cal = parser.add_argument_group("INT8 calibration")
-    cal.add_argument("--calibrator", default="entropy", choices=["entropy", "minmax", "percentile"],
-                     help="entropy = TensorRT's EntropyCalibration2 (default)")
-    cal.add_argument("--percentile", type=float, default=99.99, help="for --calibrator percentile")
+    cal.add_argument("--calibrator", default=DEFAULT_CALIBRATOR, choices=CALIBRATORS,
+                     help=f"entropy = TensorRT's EntropyCalibration2 (default {DEFAULT_CALIBRATOR})")
+    cal.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE, help="for --calibrator percentile")
     cal.add_argument("--cal_image_dir", help="folder of calibration images (see bpnet sample-calibration)")
     cal.add_argument("--cal_data_file", help="preprocessed calibration tensor file (.npy): written once, "
                      "reused when it exists")
