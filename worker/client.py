@@ -35,13 +35,14 @@ from bpnet.errors import BpnetError
 from worker import artifacts, costs, scheduler
 from worker.config import load_config
 from worker.runs import dataset_label, expand_run, parse_run_spec
-from worker.store import STAGE_DONE, open_store
+from worker.store import RESULT_KINDS, STAGE_DONE, open_store
 
 RESULT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 RESULT_FIELDS = RESULT_METRICS + (
     "precision", "input_hw", "resolution", "pth", "stages", "latency_ms", "latency_p95_ms",
     "throughput", "cnn_ms_per_image", "decode_ms_per_image", "params", "gflops", "size_bytes",
-    "backend", "device", "num_images", "model_artifact_id", "artifact_ids", "branch")
+    "backend", "device", "num_images", "model_artifact_id", "artifact_ids", "branch",
+    "stage_exit", "pre_ms_per_image", "pipeline_ms_per_image")
 
 
 def _cfg(config):
@@ -98,7 +99,7 @@ def preview_run(spec, base_dir=None, config=None):
     if alive and not has_tensorrt_worker(alive):
         warnings.append("no TensorRT worker: results run on ONNX Runtime; TensorRT engines will "
                         "not be built")
-    return {"num_stages": len(nodes), "num_results": sum(n["kind"] == "evaluate" for n in nodes),
+    return {"num_stages": len(nodes), "num_results": sum(n["kind"] in RESULT_KINDS for n in nodes),
             "stages": rows, "cached": [r["label"] for r in rows if r["cached"]],
             "to_compute": sum(not r["cached"] for r in rows), "estimate_s": estimate["estimate_s"],
             "estimate_low_s": estimate["low_s"], "estimate_high_s": estimate["high_s"],

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from bpnet.errors import BpnetError
 from bpnet.model_safety import check_model_file
+from bpnet.preprocess import check_input_hw
 from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
                          load_yaml, parse_spec)
 
@@ -85,6 +86,12 @@ class SearchOptions(Strict):
         return value
 
 
+class ExplorerOptions(Strict):
+    """`kind: explore`: every stage exit of the base model at each of `resolutions` and
+    `precisions`, with the oracle per resolution (bpnet/guide/explorer.py); no training."""
+    stage_exits: tuple[int, ...] = ()      # () = every stage 1..last of the model
+
+
 class BenchmarkOptions(Strict):
     batch_size: int = Field(1, ge=1, le=256)
     runs: int = Field(20, ge=1, le=10000)
@@ -96,7 +103,7 @@ class RunSpec(Strict):
     existing `model`), swept over stages x prune thresholds x resolutions x precisions; or, with
     `kind: search`, an AP-budget search for the prune threshold."""
     name: str = ""
-    kind: Literal["sweep", "search"] = "sweep"
+    kind: Literal["sweep", "search", "explore"] = "sweep"
     dataset: RunDataset
     train_spec: Optional[Path] = None      # training spec YAML for the base model
     train: Optional[dict] = None           # ... or the same inline (dataset filled from `dataset`)
@@ -114,6 +121,9 @@ class RunSpec(Strict):
     benchmark: BenchmarkOptions = BenchmarkOptions()
     eval_max_images: Optional[int] = Field(None, ge=1)   # None = every annotated image
     search: SearchOptions = SearchOptions()
+    explorer: ExplorerOptions = ExplorerOptions()
+    # the stage exit every result exports and evaluates (TAO's output_stage_to_use); None = the last
+    output_stage: Optional[int] = Field(None, ge=1)
     # INT8/FP16 results losing more AP points than this against their float parent fail the gate
     int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=100)
     engines: bool = False                  # also build TensorRT engines (needs a TensorRT worker)
@@ -130,9 +140,11 @@ class RunSpec(Strict):
     def _multiples_of_8(cls, value):
         if not value:
             raise ValueError("give at least one resolution [H, W]")
-        for h, w in value:
-            if h <= 0 or w <= 0 or h % 8 or w % 8:
-                raise ValueError(f"[{h}, {w}]: H and W must be positive multiples of 8")
+        for hw in value:
+            try:
+                check_input_hw(hw, f"{list(hw)}")
+            except BpnetError as err:   # pydantic reports ValueErrors with the field's name
+                raise ValueError(str(err)) from None
         return tuple(dict.fromkeys(value))
 
     @field_validator("prune_thresholds")
@@ -166,6 +178,17 @@ class RunSpec(Strict):
                                  "them (or use kind 'sweep')")
             if self.retrain_epochs < 1:
                 raise ValueError("retrain_epochs: kind 'search' retrains every trial, give at least 1")
+        if self.kind == "explore":
+            if self.model is None:
+                raise ValueError("kind 'explore' measures one existing model: give `model` (a trained "
+                                 "or imported model), not train_spec/train")
+            if self.prune_thresholds:
+                raise ValueError("prune_thresholds: kind 'explore' does not prune; remove them")
+            if self.output_stage is not None:
+                raise ValueError("output_stage: kind 'explore' measures every stage exit; list them "
+                                 "in explorer.stage_exits")
+        elif self.explorer.stage_exits:
+            raise ValueError("explorer.stage_exits applies to kind 'explore' only")
         return self
 
 
@@ -229,9 +252,46 @@ def check_run_inputs(spec, source):
     if problems:
         raise BpnetError(f"{source}: {len(problems)} problem(s):\n" +
                          "\n".join(f"  - {p}" for p in problems))
+    if spec.kind == "explore":
+        explorer_plan(spec, source)   # a stage exit beyond the model, a bad resolution: refused now
+    elif spec.output_stage is not None:
+        check_output_stage(spec, source)
     if spec.train_spec is not None or spec.train is not None:
         base_train_spec(spec, source)   # raises on an invalid training spec
     infer_spec(spec, spec.resolutions[0], source)
+
+
+def explorer_plan(spec, source="run spec"):
+    """The explorer's grid (stage exits, [(H, W)], precisions), checked against the model by
+    bpnet.guide.explorer.check_plan (the same check the engine makes). A Keras model's stages are
+    read from its file; a model in another format is imported at run time, so its stage exits
+    must be listed and are checked against it then."""
+    from bpnet.guide.explorer import check_plan, stage_count_of_file
+
+    try:
+        count = stage_count_of_file(spec.model)
+        if count is None:
+            if not spec.explorer.stage_exits:
+                raise BpnetError(f"explorer.stage_exits: list the stage exits to measure for {spec.model.name} "
+                                 "(its stage count is known only once it is imported)")
+            return check_plan(max(spec.explorer.stage_exits), spec.explorer.stage_exits, spec.resolutions,
+                              spec.precisions)
+        return check_plan(count, spec.explorer.stage_exits, spec.resolutions, spec.precisions)
+    except BpnetError as err:
+        raise BpnetError(f"{source}: {err}") from None
+
+
+def check_output_stage(spec, source):
+    """`output_stage` must be one of the base model's stages."""
+    if spec.model is not None:
+        from bpnet.guide.explorer import stage_count_of_file
+
+        count = stage_count_of_file(spec.model)
+    else:
+        counts = [base_train_spec(spec, source, stages).model.stages for stages in spec.stages or (None,)]
+        count = min(counts)
+    if count is not None and spec.output_stage > count:
+        raise BpnetError(f"{source}: output_stage: {spec.output_stage} beyond the model's stages 1..{count}")
 
 
 def count_images(folder):
@@ -283,6 +343,8 @@ def infer_spec(spec, input_hw, source="run spec"):
         data = dict(spec.infer or {})
         where = f"{source}: infer"
     data["input_shape"] = list(input_hw)
+    if spec.output_stage is not None:
+        data["output_stage_to_use"] = spec.output_stage
     return parse_spec(InferSpec, data, where)
 
 
@@ -337,6 +399,9 @@ def expand_run(spec, tensorrt=False):
 
     train_data = (file_fingerprint(spec.dataset.annotations), folder_fingerprint(spec.dataset.images))
     for base, stages_label in _base_nodes(spec, add, train_data):
+        if spec.kind == "explore":
+            _add_explore(spec, add, base)
+            continue
         unpruned_only = spec.kind == "sweep" and not spec.prune_thresholds
         models = [(base, None)] if spec.evaluate_unpruned or unpruned_only else []
         if spec.kind == "search":
@@ -373,6 +438,30 @@ def _add_search(spec, add, nodes, base, stages_label, train_data):
     eval_fp = (file_fingerprint(eval_ann), folder_fingerprint(eval_images))
     return add("search", f"search {stages_label} budget {options.budget_ap:g} AP {options.objective}",
                params, base, train_data + eval_fp)
+
+
+def _add_explore(spec, add, base):
+    """One `explore` stage measuring the whole grid in one job, then one `explore_point` per
+    (resolution, stage exit, precision): the result row Compare and the Pareto front show, with
+    that point's model file as its downloadable artifact."""
+    stage_exits, hws, precisions = explorer_plan(spec)
+    eval_ann, eval_images = eval_data(spec)
+    data = (file_fingerprint(eval_ann), folder_fingerprint(eval_images))
+    params = {"infer_spec": infer_spec(spec, hws[0]).model_dump(mode="json"), "annotations": str(eval_ann),
+              "images": str(eval_images), "resolutions": [list(hw) for hw in hws],
+              "stage_exits": list(stage_exits), "precisions": list(precisions),
+              "max_images": spec.eval_max_images}
+    if "int8" in precisions:
+        params["calibration"] = calibration_params(spec)
+        data += (folder_fingerprint(calibration_images(spec)),)
+    grid = f"{len(hws)} resolutions x {len(stage_exits)} stage exits x {len(precisions)} precisions"
+    explore = add("explore", f"explore {spec.model.name}: {grid}", params, base, data)
+    for hw in hws:
+        for stage in stage_exits:
+            for precision in precisions:
+                add("explore_point", f"explore {hw[0]}x{hw[1]} stage {stage} {precision}",
+                    {"input_hw": list(hw), "stage": stage, "precision": precision,
+                     "annotations": str(eval_ann), "images": str(eval_images)}, explore)
 
 
 def _base_nodes(spec, add, train_data):
@@ -444,6 +533,8 @@ def _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorr
         evaluations = {}
         for precision in spec.precisions:
             params = {"input_hw": list(hw), "precision": precision}
+            if spec.output_stage is not None:   # absent otherwise: the keys of earlier runs stay
+                params["stage"] = spec.output_stage
             if precision == "int8":
                 params["calibration"] = calibration_params(spec)
                 if qat_train is not None:   # fine-tuned at the resolution it is exported at

@@ -151,7 +151,8 @@ def run_export(params, parent_dir, parent_outputs, out_dir, progress):
         data_type=precision, calibrator=cal.get("calibrator", "entropy"),
         cal_image_dir=cal.get("images"),
         cal_data_file=out_dir / "calibration_tensor.npy" if precision == "int8" else None,
-        batch_size=cal.get("batch_size", 1), batches=cal.get("batches", 1), progress=progress)
+        batch_size=cal.get("batch_size", 1), batches=cal.get("batches", 1), stage=params.get("stage"),
+        progress=progress)
     deployed = {"fp32": onnx_path, "fp16": derived_paths(onnx_path)["fp16"],
                 "int8": derived_paths(onnx_path)["int8"]}[precision]
     metrics = {"max_abs_diff": report["export"]["max_abs_diff"]}
@@ -160,7 +161,9 @@ def run_export(params, parent_dir, parent_outputs, out_dir, progress):
         if cal.get("keep_float_layers"):
             keep_float(deployed, onnx_path, cal["keep_float_layers"], progress)
             metrics["layers_kept_float"] = len(cal["keep_float_layers"])
-    return ({"model": deployed.name, "num_stages": parent_outputs.get("num_stages"),
+    # an exported stage exit k is a k-stage model
+    stages = params.get("stage") or parent_outputs.get("num_stages")
+    return ({"model": deployed.name, "num_stages": stages,
              "precision": precision, "prune_threshold": parent_outputs.get("prune_threshold")},
             None, metrics)
 
@@ -346,7 +349,61 @@ def result_row(params, parent_outputs, model_path, metrics, bench):
     }
 
 
+def run_explore(params, parent_dir, parent_outputs, out_dir, progress):
+    """The resolution and stages explorer over the parent's model: every (resolution, stage
+    exit, precision) exported and evaluated, the oracle per resolution (`bpnet explore`)."""
+    from bpnet.guide.explorer import REPORT_NAME, explore_model
+    from bpnet.specs import InferSpec, parse_spec
+
+    infer = parse_spec(InferSpec, params["infer_spec"], "inference spec of this stage")
+    cal = params.get("calibration") or {}
+    report = explore_model(
+        _parent_model(parent_dir, parent_outputs), params["annotations"], params["images"], infer,
+        [tuple(hw) for hw in params["resolutions"]], out_dir, stages=params["stage_exits"],
+        precisions=params["precisions"], calibrator=cal.get("calibrator", "entropy"),
+        cal_image_dir=cal.get("images"), cal_batch_size=cal.get("batch_size", 4),
+        cal_batches=cal.get("batches", 4), max_images=params.get("max_images"), progress=progress)
+    metrics = {"points": len(report["points"]), "best_AP": max(p["AP"] for p in report["points"])}
+    return {"report": REPORT_NAME, "num_stages": parent_outputs.get("num_stages")}, None, metrics
+
+
+def run_explore_point(params, parent_dir, parent_outputs, out_dir, progress):
+    """One explorer point as a result row (Compare, Pareto front); its model file stays in the
+    explore stage's folder and is linked as this result's deployable."""
+    from bpnet.fileio import read_json
+
+    report = read_json(Path(parent_dir) / parent_outputs["report"], "explorer report")
+    point = next((p for p in report["points"] if p["resolution"] == list(params["input_hw"])
+                  and p["stage"] == params["stage"] and p["precision"] == params["precision"]), None)
+    if point is None:
+        raise BpnetError(f"explorer report of the parent stage has no point {params['input_hw']} stage "
+                         f"{params['stage']} {params['precision']}")
+    model = Path(point["model_file"])
+    try:
+        model_name = str(model.resolve().relative_to(Path(parent_dir).resolve()))
+    except ValueError:   # an ONNX base model is measured as it is, in the import stage's folder
+        model_name = model.name
+    if point.get("results_file") and Path(point["results_file"]).is_file():
+        shutil.copyfile(point["results_file"], out_dir / "results.json")   # pictures of this result
+    h, w = point["resolution"]
+    result = {**{k: point.get(k) for k in ("AP", "AP50", "APm", "APl")},
+              "precision": point["precision"], "input_hw": [h, w], "resolution": f"{h}x{w}",
+              "pth": None, "branch": "explore", "stages": point["stage"] or parent_outputs.get("num_stages"),
+              # the CNN alone, as `bench` measures every other result; the split is below
+              "latency_ms": point["cnn_ms"], "cnn_ms_per_image": point["cnn_ms"],
+              "decode_ms_per_image": point["decode_ms"], "pre_ms_per_image": point["pre_ms"],
+              "pipeline_ms_per_image": point["latency_ms"], "stage_exit": point["stage"],
+              "size_bytes": model.stat().st_size if model.is_file() else None,
+              "backend": "onnxruntime" if model.suffix == ".onnx" else None,
+              "num_images": report["num_images"]}
+    numbers = {k: v for k, v in result.items() if k in METRIC_KEYS + ("latency_ms", "size_bytes")
+               and isinstance(v, (int, float))}
+    progress({"stage": "explore_point", "event": "done", "fraction": 1.0,
+              "message": f"AP {point['AP']:.3f}, CNN {point['cnn_ms']:.1f} ms"})
+    return {"model": model_name, "num_stages": result["stages"]}, result, numbers
+
+
 RUNNERS = {"import": run_import, "train": run_train, "retrain": run_train, "prune": run_prune,
            "export": run_export, "evaluate": run_evaluate, "search": run_search, "gate": run_gate_stage,
-           "engine": run_engine}
+           "engine": run_engine, "explore": run_explore, "explore_point": run_explore_point}
 READS_INPUTS = ("gate",)
