@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
 BUNDLED_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
 
-RUN_KINDS = ("sweep", "search")
+RUN_KINDS = ("sweep", "search", "explore")
 SEARCH_OBJECTIVES = ("params", "latency")
 RESOLUTION_PRESETS = {"224×320": (224, 320), "288×384": (288, 384), "320×448": (320, 448)}
 PRECISIONS = ("FP32", "FP16", "INT8")
@@ -60,6 +60,7 @@ class RunRequest:
     objective: str = "params"                 # search: params | latency
     max_iters: int = 6                        # search: iteration limit
     gate_max_ap_drop: float = 2.0             # INT8/FP16 results losing more AP points fail the gate
+    stage_exits: tuple = ()                   # explore: stage exits to measure; () = every stage
 
 
 def parse_resolution(height, width, what="custom resolution"):
@@ -119,6 +120,13 @@ def parse_thresholds(text):
                              "always evaluated too)")
         values.append(value)
     return sorted(set(values))
+
+
+def parse_stage_exits(text):
+    """'1, 3' -> (1, 3); '' -> () (every stage exit of the model). Checked against the model's
+    stages when the run spec is validated (bpnet.guide.explorer.check_plan)."""
+    tokens = [t for t in str(text or "").replace(",", " ").split() if t]
+    return tuple(sorted({parse_int(t, "stage exits", 1, MAX_STAGES) for t in tokens}))
 
 
 def parse_int(value, what, low, high):
@@ -271,6 +279,12 @@ def validate_new_run(form, dataset_info=None):
         search["objective"] = form.get("objective") or "params"
         if search["objective"] not in SEARCH_OBJECTIVES:
             errors["objective"] = f"objective: {search['objective']!r} is not one of {list(SEARCH_OBJECTIVES)}"
+    elif kind == "explore":
+        thresholds = []   # the explorer measures the model as it is
+        search["stage_exits"] = attempt("stage_exits", parse_stage_exits, form.get("stage_exits"))
+        if form.get("base") != "existing":
+            errors["base"] = ("base model: the explorer measures an existing trained or imported model; "
+                              "pick one (train it first with a sweep)")
     else:
         thresholds = attempt("thresholds", parse_thresholds, form.get("thresholds"))
     precisions = attempt("precisions", check_precisions, form.get("precisions"))
@@ -307,7 +321,7 @@ def validate_new_run(form, dataset_info=None):
 def default_run_name(thresholds, resolutions, precisions, budget_ap=None):
     res = ",".join(f"{h}x{w}" for h, w in resolutions)
     what = (f"search within {budget_ap:g} AP" if budget_ap is not None
-            else f"pth {','.join(f'{t:g}' for t in thresholds)}")
+            else f"pth {','.join(f'{t:g}' for t in thresholds)}" if thresholds else "explore stage exits")
     return f"{what} @ {res} {'/'.join(precisions)}"
 
 
@@ -347,6 +361,10 @@ def run_spec_dict(request, train_template):
                                "batches": request.calibration_batches}
     if set(request.precisions) & {"INT8", "FP16"}:
         spec["int8_gate_max_ap_drop"] = request.gate_max_ap_drop
+    if request.kind == "explore":
+        spec["kind"] = "explore"
+        spec["explorer"] = {"stage_exits": list(request.stage_exits)}
+        del spec["retrain_epochs"]
     if request.kind == "search":
         spec["kind"] = "search"
         spec["search"] = {"budget_ap": request.budget_ap, "objective": request.objective,

@@ -121,3 +121,37 @@ def test_an_explorer_point_becomes_a_compare_row(tmp_path):
     with pytest.raises(BpnetError, match="no point"):
         run_explore_point({"input_hw": [64, 64], "stage": 2, "precision": "int8"}, explore_dir,
                           {"report": "explorer.json"}, out, events.append)
+
+
+def test_an_explorer_points_export_run_is_a_valid_run_spec(tiny3):
+    """The spec New run is pre-filled with ("Export this point") passes the run-spec checks and
+    exports that resolution, stage exit and precision."""
+    from app.views.explorer_section import export_run_spec, point_choices
+
+    explored = parse_run_spec(explore_spec(tiny3)).model_dump(mode="json")
+    point = {"resolution": [64, 96], "stage": 2, "precision": "int8", "AP": 0.1}
+    spec = export_run_spec(explored, point)
+    assert spec["name"] == "export 64x96 stage 2 int8"
+    nodes = expand_run(parse_run_spec(spec))
+    exports = [n for n in nodes if n["kind"] == "export"]
+    assert [(n["params"]["input_hw"], n["params"]["stage"], n["params"]["precision"]) for n in exports] == \
+        [([64, 96], 2, "int8")]
+    assert exports[0]["params"]["calibration"]["batches"] == 2
+    assert point_choices({"points": [point]}) == [("64×96 · stage 2 · INT8", point)]
+
+
+def test_new_run_form_builds_an_explore_run(tiny3):
+    from app import forms
+
+    form = {"dataset": "bundled", "base": "existing", "existing_model": str(tiny3), "kind": "explore",
+            "presets": ["224×320"], "stage_exits": "2, 1", "precisions": ["FP32"], "retrain_epochs": 0,
+            "train_epochs": 1, "stages": 2}
+    request, errors = forms.validate_new_run(form)
+    assert errors == {}
+    spec = forms.run_spec_dict(request, {})
+    assert spec["kind"] == "explore" and spec["explorer"] == {"stage_exits": [1, 2]}
+    assert parse_run_spec(spec).explorer.stage_exits == (1, 2)
+    _, errors = forms.validate_new_run({**form, "base": "train"})
+    assert "explorer measures an existing" in errors["base"]
+    _, errors = forms.validate_new_run({**form, "stage_exits": "0"})
+    assert "stage exits: 0 is not allowed" in errors["stage_exits"]
