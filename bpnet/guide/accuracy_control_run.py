@@ -213,6 +213,7 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
         metrics = evaluate_model(path, subset_path, images_dir, infer_spec, folder, progress=progress)
         bench = benchmark_model(path, input_hw, 1, options.latency_runs, warmup=2)
         write_json_atomic(folder / "benchmark.json", bench)
+        emit(progress, STAGE, "result", message=f"{key}: AP {metrics['AP']:.3f}, {bench['median_ms']:.1f} ms")
         return {"AP": metrics["AP"], "APm": metrics.get("APm"), "APl": metrics.get("APl"),
                 "latency_ms": bench["median_ms"], "device": bench["device"], "metrics": str(folder / "metrics.json")}
 
