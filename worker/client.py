@@ -76,6 +76,13 @@ def validate_run_spec(spec, base_dir=None, source="run spec"):
     return parse_run_spec(_as_dict(spec, source), source, base_dir)
 
 
+def run_spec_problems(spec):
+    """[(field path, message)] of the fields of a run spec dict the RunSpec refuses."""
+    from worker.runs import run_spec_problems as problems
+
+    return problems(_as_dict(spec, "run spec"))
+
+
 def preview_run(spec, base_dir=None, config=None):
     """What submitting `spec` would do, without queueing anything:
     {num_stages, num_results, stages: [{label, kind, cached}], cached: [labels], to_compute,

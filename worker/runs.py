@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bpnet.errors import BpnetError
 from bpnet.image_files import count_images, is_image_file
@@ -169,6 +169,16 @@ def parse_run_spec(data, source="run spec", base_dir=None):
     spec = _resolve_paths(spec, Path(base_dir or os.getcwd()).resolve())
     check_run_inputs(spec, source)
     return spec
+
+
+def run_spec_problems(data):
+    """[(field path, message)] of every field of a run spec dict that RunSpec refuses (no file
+    checks): what the dashboard shows under each widget."""
+    try:
+        RunSpec.model_validate(data)
+    except ValidationError as err:
+        return [(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in err.errors()]
+    return []
 
 
 def load_run_spec(path):
