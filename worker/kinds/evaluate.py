@@ -71,7 +71,9 @@ class EvaluationResult(BaseModel):
     branch: Optional[Literal[BRANCHES]] = None
     stages: Optional[int] = None
     latency_ms: Optional[float] = None           # median of the benchmark
+    latency_p5_ms: Optional[float] = None        # when the benchmark reports it (error bars)
     latency_p95_ms: Optional[float] = None
+    latency_runs: Optional[int] = None           # timed runs behind the latency figures
     throughput: Optional[float] = None           # images per second
     cnn_ms_per_image: Optional[float] = None
     decode_ms_per_image: Optional[float] = None
@@ -99,7 +101,8 @@ def result_row(params, parent, model_path, metrics, bench):
         precision=params.precision, input_hw=[h, w], resolution=f"{h}x{w}",
         pth=parent.outputs.prune_threshold if searched else params.prune_threshold,
         branch=params.result_branch(), stages=parent.outputs.num_stages,
-        latency_ms=bench.get("median_ms"), latency_p95_ms=bench.get("p95_ms"),
+        latency_ms=bench.get("median_ms"), latency_p5_ms=bench.get("p5_ms"), latency_p95_ms=bench.get("p95_ms"),
+        latency_runs=bench.get("runs"),
         throughput=bench.get("images_per_s"),
         cnn_ms_per_image=timing.get("cnn_ms_per_image"), decode_ms_per_image=timing.get("decode_ms_per_image"),
         params=bench.get("params"), gflops=bench.get("gflops"), size_bytes=Path(model_path).stat().st_size,
