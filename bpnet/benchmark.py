@@ -47,8 +47,11 @@ def keras_complexity(model_path, input_hw, stage=None):
 
 
 def onnx_complexity(onnx_path, input_hw):
-    """(params, GFLOPs per image) from the Conv nodes of an ONNX graph (float, FP16 or Q/DQ)."""
+    """(params, GFLOPs per image) from the Conv nodes of an ONNX graph (float, FP16 or Q/DQ);
+    zero channels added by channel padding (bpnet.onnx_pad) are not counted."""
     import onnx
+
+    from bpnet.onnx_pad import padded_channels
 
     model = onnx.load(str(onnx_path))
     dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -70,6 +73,7 @@ def onnx_complexity(onnx_path, input_hw):
             name = produced_by[name].input[0]
         return initializers.get(name)
 
+    padding = padded_channels(model)
     params = flops = 0
     for node in model.graph.node:
         if node.op_type != "Conv":
@@ -80,6 +84,8 @@ def onnx_complexity(onnx_path, input_hw):
             raise BpnetError(f"{onnx_path}: cannot size Conv node {node.name!r} (weight or output shape unknown)")
         groups = next((a.i for a in node.attribute if a.name == "group"), 1)
         out_channels, in_per_group, kh, kw = kernel
+        zero_filters, zero_inputs = padding.get(node.name, (0, 0))   # bpnet.onnx_pad's, not the model's
+        out_channels, in_per_group = out_channels - zero_filters, in_per_group - zero_inputs
         p, f = conv_cost((kh, kw), in_per_group * groups, out_channels, out[2:4], groups,
                          bias=len(node.input) > 2 and bool(node.input[2]))
         params, flops = params + p, flops + f

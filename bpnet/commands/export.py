@@ -32,6 +32,10 @@ def add_arguments(parser):
     trt.add_argument("--engine_file", help="TensorRT engine to build at --data_type")
     trt.add_argument("--max_batch_size", type=int, help="largest batch the engine accepts (default: --batch_size)")
     trt.add_argument("--max_workspace_size", type=int, help="builder workspace limit in bytes")
+    parser.add_argument("--optimize_for", choices=["cpu", "trt"],
+                        help="cpu: zero-pad concatenated channels to the CPU kernels' block when measured "
+                             "faster (outputs unchanged); trt: leave layouts to TensorRT "
+                             "(default: trt with --engine_file, else cpu)")
     sdk = parser.add_argument_group("deployment variant")
     sdk.add_argument("--sdk_compatible_model", action="store_true",
                      help="NCHW input, upsampled NCHW outputs and a max-pool NMS peak map (DeepStream-style)")
@@ -78,10 +82,17 @@ def run(args):
         batch_size=args.batch_size, batches=args.batches, normalization=normalization,
         engine_file=args.engine_file, max_batch_size=args.max_batch_size,
         max_workspace_size=args.max_workspace_size, sdk_compatible=args.sdk_compatible_model,
-        upsample_ratio=args.upsample_ratio, static_batch_size=args.static_batch_size, progress=show)
+        upsample_ratio=args.upsample_ratio, static_batch_size=args.static_batch_size,
+        optimize_for=args.optimize_for, progress=show)
     exported = report["export"]
     print(f"ONNX: {exported['onnx']} (stage {exported['stage']} of {exported['num_stages']}, "
           f"input {hw[0]}x{hw[1]}, max |ONNX - Keras| = {exported['max_abs_diff']:.1e})")
+    padding = report.get("channel_padding", {})
+    if padding.get("padded"):
+        print(f"channel padding for the CPU: {len(padding['changes'])} concatenations to multiples of "
+              f"{padding['block']}, {padding['speedup']}x faster in ONNX Runtime here")
+    elif padding:
+        print(f"channel padding: none ({padding.get('reason', '')})")
     if "fp16_onnx" in report:
         print(f"FP16 ONNX: {report['fp16_onnx']}")
     if "int8" in report:
