@@ -185,14 +185,21 @@ def time_session(session, feed):
     return time.perf_counter() - started
 
 
-def measured_ms(models, input_hw, threads=None, rounds=TIMING_ROUNDS, batch_size=1):
+def random_feed(session, batch_size, seed):
+    """An input like normalised images for the session's one image input (NHWC or NCHW; the
+    exported H, W are fixed, the batch may be symbolic)."""
+    (image,) = session.get_inputs()
+    shape = [int(batch_size) if not isinstance(d, int) else d for d in image.shape]
+    return {image.name: np.random.default_rng(seed).uniform(-0.5, 0.5, shape).astype(np.float32)}
+
+
+def measured_ms(models, threads=None, rounds=TIMING_ROUNDS, batch_size=1):
     """Median ONNX Runtime ms per run of each model, timed in interleaved rounds (so
     load on a shared machine hits every variant alike)."""
     from bpnet.onnx_graph import onnx_session
 
     sessions = [onnx_session(model, threads) for model in models]
-    name = sessions[0].get_inputs()[0].name
-    feed = {name: np.random.default_rng(0).uniform(-0.5, 0.5, (batch_size, *input_hw, 3)).astype(np.float32)}
+    feed = random_feed(sessions[0], batch_size, seed=0)
     for session in sessions:
         session.run(None, feed)   # warm-up
     times = [[] for _ in sessions]
@@ -205,13 +212,12 @@ def measured_ms(models, input_hw, threads=None, rounds=TIMING_ROUNDS, batch_size
 PARITY_RTOL = 1e-5   # of the outputs' largest magnitude: zero channels add exactly 0, kernels may reorder sums
 
 
-def check_same_outputs(original, padded, input_hw, batch_size=2):
+def check_same_outputs(original, padded, batch_size=2):
     """Refuse a padded graph whose outputs differ from the original's (beyond summation order)."""
     from bpnet.onnx_graph import onnx_session
 
     sessions = [onnx_session(model) for model in (original, padded)]
-    name = sessions[0].get_inputs()[0].name
-    feed = {name: np.random.default_rng(1).uniform(-0.5, 0.5, (batch_size, *input_hw, 3)).astype(np.float32)}
+    feed = random_feed(sessions[0], batch_size, seed=1)
     for a, b in zip(*(session.run(None, feed) for session in sessions)):
         scale = max(float(np.abs(a).max()), 1e-6)
         if a.shape != b.shape or float(np.abs(a - b).max()) > PARITY_RTOL * scale:
@@ -219,7 +225,7 @@ def check_same_outputs(original, padded, input_hw, batch_size=2):
                              "to skip it (and report this model)")
 
 
-def choose_padding(onnx_path, input_hw, optimize_for="cpu", threads=None, rounds=TIMING_ROUNDS, batch_size=1):
+def choose_padding(onnx_path, optimize_for="cpu", threads=None, rounds=TIMING_ROUNDS, batch_size=1):
     """Pad the FP32 ONNX file at `onnx_path` in place when that measurably speeds ONNX Runtime up.
 
     Returns the report: candidates tried (block size -> ms), the choice and its changes."""
@@ -247,8 +253,8 @@ def choose_padding(onnx_path, input_hw, optimize_for="cpu", threads=None, rounds
         return report
     models = [original] + [c["model"] for c in candidates.values()]
     for padded in models[1:]:
-        check_same_outputs(original, padded, input_hw, batch_size)
-    ms = measured_ms(models, input_hw, threads, rounds, batch_size)
+        check_same_outputs(original, padded, batch_size)
+    ms = measured_ms(models, threads, rounds, batch_size)
     report["measured_ms"] = {"unpadded": ms[0], **{f"block {b}": t for b, t in zip(candidates, ms[1:])}}
     report["machine"] = describe_cpu(threads)
     best = min(range(1, len(models)), key=lambda i: ms[i])

@@ -99,10 +99,10 @@ def test_choose_padding_for_trt_leaves_the_file_and_cpu_measures(exported, tmp_p
     _, path = exported
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(path.read_bytes())
-    report = choose_padding(copy, HW, "trt")
+    report = choose_padding(copy, "trt")
     assert report["padded"] is False and "TensorRT" in report["reason"]
     assert copy.read_bytes() == path.read_bytes()
-    report = choose_padding(copy, HW, "cpu", rounds=2)
+    report = choose_padding(copy, "cpu", rounds=2)
     assert set(report["measured_ms"]) == {"unpadded", "block 8"}    # 73 -> 80 for both blocks
     assert report["machine"]["cpu"] and "load_average" in report["machine"]
     padded_now = bool(padded_channels(onnx.load(str(copy))))
