@@ -69,14 +69,27 @@ def ground_truth_detections(annotations=ANNOTATIONS):
             for a in data["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd")]
 
 
+def placeholder_hdf5():
+    """Bytes of an HDF5 file with a (layer-less) Keras model config: it passes a run spec's model
+    check (bpnet.model_safety) but is no model - synthetic runs never load it."""
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Functional", "config": {
+            "name": "synthetic_placeholder", "layers": []}})
+    return buffer.getvalue()
+
+
 def stage_files(stage, detections):
     """{file name: bytes or JSON-able} a finished stage of this kind leaves in its folder."""
     kind = stage["kind"]
     if kind in ("train", "retrain"):
-        return {"bpnet_model.hdf5": b"synthetic placeholder, not a model",
-                "train_spec.yaml": "synthetic: true\n"}
+        return {"bpnet_model.hdf5": placeholder_hdf5(), "train_spec.yaml": "synthetic: true\n"}
     if kind == "prune":
-        return {"pruned_model.hdf5": b"synthetic placeholder, not a model"}
+        return {"pruned_model.hdf5": placeholder_hdf5()}
     if kind == "export":
         return {"model.onnx": b"synthetic placeholder, not a model"}
     return {"results.json": detections, "metrics.json": {"synthetic": True}}
