@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from bpnet.errors import BpnetError
 from bpnet.fileio import atomic_path
+from bpnet.limits import stages_problem
 from bpnet.model_safety import check_model_file
 from bpnet.preprocess import check_input_hw
 
@@ -116,8 +117,8 @@ def build_model(model_spec, input_hw=None):
     """
     if input_hw is not None:
         check_input_hw(input_hw, "input_hw")
-    if not 2 <= model_spec.stages <= 7:
-        raise BpnetError(f"model.stages: {model_spec.stages} is outside the allowed range 2..7")
+    if stages_problem(model_spec.stages):
+        raise BpnetError(f"model.stages: {stages_problem(model_spec.stages)}")
     layers = _LayerFactory(model_spec)
     image = tf.keras.Input(shape=(None, None, 3), name="input")
     features = _backbone(layers, image)

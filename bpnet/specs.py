@@ -13,7 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bpnet.errors import BpnetError
-from bpnet.preprocess import DEFAULT_IMAGE_OFFSET, DEFAULT_IMAGE_SCALE, STRIDE
+from bpnet.limits import DEFAULT_STAGES, MAX_STAGES, STRIDE, stages_problem
+from bpnet.preprocess import DEFAULT_IMAGE_OFFSET, DEFAULT_IMAGE_SCALE
 
 
 class Strict(BaseModel):
@@ -72,13 +73,20 @@ class DataloaderSpec(Strict):
 class ModelSpec(Strict):
     backbone: Literal["vgg"] = "vgg"
     backbone_width: float = Field(1.0, gt=0, le=2)   # channel multiplier; 0.25 = narrow CPU model
-    stages: int = Field(3, ge=2, le=7)
+    stages: int = DEFAULT_STAGES                      # MIN_STAGES..MAX_STAGES (bpnet.limits)
     heat_channels: int = 19
     paf_channels: int = 38
     use_bias: bool = True
     use_batch_norm: bool = False
     regularization_type: Literal["l1", "l2", "none"] = "l1"
     kernel_regularization_factor: float = Field(5e-4, ge=0)
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_range(cls, value):
+        if stages_problem(value):
+            raise ValueError(stages_problem(value))
+        return value
 
 
 class LRScheduleSpec(Strict):
@@ -113,7 +121,7 @@ class TrainSpec(Strict):
 class InferSpec(Strict):
     input_shape: tuple[int, int] = (288, 384)
     keep_aspect_ratio_mode: Literal["pad_image_input", "adjust_network_input"] = "pad_image_input"
-    output_stage_to_use: Optional[int] = Field(None, ge=1, le=7)   # null = the last stage
+    output_stage_to_use: Optional[int] = Field(None, ge=1, le=MAX_STAGES)   # null = the last stage
     output_upsampling_factor: tuple[int, int] = (8, 8)
     heatmap_threshold: float = Field(0.1, ge=0, le=1)
     paf_threshold: float = Field(0.05, ge=0, le=1)

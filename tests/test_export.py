@@ -31,7 +31,7 @@ def keras_outputs(model_path, stage, batch):
 
 
 def onnx_outputs(path, batch):
-    from bpnet.export import onnx_session
+    from bpnet.onnx_graph import onnx_session
 
     return onnx_session(path).run(["heatmaps", "pafs"], {"input": batch})
 
@@ -90,7 +90,8 @@ def test_pruned_model_exports(two_stage_model, tmp_path):
 
 def test_int8_export_writes_cache_and_qdq_models_close_to_fp32(two_stage_model, tmp_path, coco_mini):
     from bpnet import calibrate
-    from bpnet.export import export_model, onnx_precision
+    from bpnet.export import export_model
+    from bpnet.onnx_graph import onnx_precision
 
     _, images = coco_mini
     out = tmp_path / "m.onnx"
@@ -140,7 +141,8 @@ def test_second_int8_export_reuses_the_tensor_file(two_stage_model, tmp_path, co
 
 
 def test_fp16_export_is_detected_and_close(two_stage_model, tmp_path):
-    from bpnet.export import export_model, onnx_precision, parity_batch
+    from bpnet.export import export_model, parity_batch
+    from bpnet.onnx_graph import onnx_precision
 
     report = export_model(two_stage_model, tmp_path / "m.onnx", HW, data_type="fp16")
     assert onnx_precision(report["fp16_onnx"]) == "fp16"
@@ -162,7 +164,8 @@ def test_fp16_onnx_is_valid_topologically_sorted_and_sized(two_stage_model, tmp_
 
 
 def test_sdk_variant_is_nchw_upsampled_with_nms_peaks(two_stage_model, tmp_path):
-    from bpnet.export import export_onnx, onnx_session, parity_batch
+    from bpnet.export import export_onnx, parity_batch
+    from bpnet.onnx_graph import onnx_session
 
     plain, sdk = tmp_path / "plain.onnx", tmp_path / "sdk.onnx"
     export_onnx(two_stage_model, plain, HW)

@@ -34,14 +34,13 @@ import yaml
 from bpnet.errors import BpnetError
 from worker import artifacts, costs, scheduler
 from worker.config import load_config
+from worker.kinds.evaluate import RESULT_FIELDS as EVALUATION_RESULT_FIELDS
 from worker.runs import dataset_label, expand_run, parse_run_spec
 from worker.store import STAGE_DONE, open_store
 
-RESULT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-RESULT_FIELDS = RESULT_METRICS + (
-    "precision", "input_hw", "resolution", "pth", "stages", "latency_ms", "latency_p95_ms",
-    "throughput", "cnn_ms_per_image", "decode_ms_per_image", "params", "gflops", "size_bytes",
-    "backend", "device", "num_images", "model_artifact_id", "artifact_ids", "branch")
+# The fields of one evaluated model (worker.kinds.evaluate.EvaluationResult): what the evaluate
+# stage stores, what list_results returns and what the Compare charts read.
+RESULT_FIELDS = EVALUATION_RESULT_FIELDS
 
 
 def _cfg(config):
@@ -75,6 +74,13 @@ def validate_run_spec(spec, base_dir=None, source="run spec"):
     """Parse and check a run spec (dict or YAML text): the RunSpec, or a BpnetError listing every
     problem (field, value, what is allowed; missing files; too few calibration images)."""
     return parse_run_spec(_as_dict(spec, source), source, base_dir)
+
+
+def run_spec_problems(spec):
+    """[(field path, message)] of the fields of a run spec dict the RunSpec refuses."""
+    from worker.runs import run_spec_problems as problems
+
+    return problems(_as_dict(spec, "run spec"))
 
 
 def preview_run(spec, base_dir=None, config=None):
@@ -213,7 +219,8 @@ def run_events(run_id, stage_id=None, since_id=0, limit=500, config=None):
 
 
 def loss_curve(run_id, config=None):
-    """Training loss points of a run: [{stage_id, stage_label, epoch, step, loss, time}]."""
+    """Training loss points of a run: [{stage_id, stage_label, event (step | epoch_end | done ...),
+    epoch, step, loss, time}]."""
     store = get_store(config)
     labels = {st["id"]: st["label"] for st in store.stages(run_id)}
     points = []
@@ -224,7 +231,8 @@ def loss_curve(run_id, config=None):
             break
         since = batch[-1]["id"]
         points += [{"stage_id": e["stage_id"], "stage_label": labels.get(e["stage_id"]),
-                    "epoch": e["epoch"], "step": e["step"], "loss": e["loss"], "time": e["time"]}
+                    "event": e["event"], "epoch": e["epoch"], "step": e["step"], "loss": e["loss"],
+                    "time": e["time"]}
                    for e in batch if e["loss"] is not None]
     return points
 
@@ -389,13 +397,26 @@ def _versions():
 def list_workers(config=None):
     """Registered workers: id, hostname, pid, queues (list), capabilities (dict: cpu_count,
     gpus, tensorflow_gpu, tensorrt, onnxruntime_providers, ...), started_at, heartbeat_at,
-    status, current_stage_id, alive (heartbeat within the last minute)."""
+    status, current_stage_id, current_stage (its label), current_run_id, current_run_name,
+    alive (heartbeat within the last minute)."""
     now = time.time()
-    rows = get_store(config).workers()
+    store = get_store(config)
+    rows = store.workers()
     for w in rows:
         w["queues"] = [q for q in w["queues"].split(",") if q]
         w["alive"] = w["status"] == "online" and now - w["heartbeat_at"] < scheduler.HEARTBEAT_FRESH_S
+        w.update(_current_stage(store, w.get("current_stage_id")))
     return rows
+
+
+def _current_stage(store, stage_id):
+    """The running stage of a worker by name: current_stage (label), current_run_id, current_run_name."""
+    stage = store.stage(stage_id) if stage_id else None
+    if stage is None:
+        return {"current_stage": None, "current_run_id": None, "current_run_name": None}
+    run = store.get_run(stage["run_id"])
+    return {"current_stage": stage["label"], "current_run_id": stage["run_id"],
+            "current_run_name": run["name"] if run else None}
 
 
 __all__ = ["validate_run_spec", "preview_run", "submit_run", "cancel_run", "rerun", "list_runs",
