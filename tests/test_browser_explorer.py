@@ -8,11 +8,17 @@ Screenshots go to test-artifacts/browser/."""
 import pytest
 
 from tests.conftest import COCO_ANNOTATIONS, COCO_IMAGES
-from tests.test_browser import RUN_TIMEOUT_S, UI_TIMEOUT_MS, launch_chromium, shot, studio  # noqa: F401  (fixture)
+from tests.test_browser import SHOTS, RUN_TIMEOUT_S, UI_TIMEOUT_MS, launch_chromium, studio  # noqa: F401  (fixture)
 from worker import client
 from worker.config import load_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+SCREENSHOT_TIMEOUT_MS = 120_000   # a full-page picture of a long page on a loaded machine
+
+
+def shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True, timeout=SCREENSHOT_TIMEOUT_MS)
 
 
 def test_explorer_charts_render_for_a_finished_explorer_run(studio, tmp_path):  # noqa: F811

@@ -94,7 +94,8 @@ def test_an_export_run_at_a_stage_exit_exports_and_evaluates_that_stage(tiny3):
 def test_an_explorer_point_becomes_a_compare_row(tmp_path):
     """explore_point reads its point from the explore stage's explorer.json: the row carries the
     stage exit and resolution, its model file is named relative to the explore folder."""
-    from worker.stages import run_explore_point
+    from worker.kinds import explore, explore_point
+    from worker.stages import parent_of
 
     explore_dir = tmp_path / "explore"
     (explore_dir / "stage2_64x96").mkdir(parents=True)
@@ -106,21 +107,25 @@ def test_an_explorer_point_becomes_a_compare_row(tmp_path):
              "AP50": 0.5, "pre_ms": 1.5, "cnn_ms": 4.0, "decode_ms": 2.5, "latency_ms": 8.0,
              "model_file": str(model), "results_file": str(detections)}
     (explore_dir / "explorer.json").write_text(json.dumps({"points": [point], "num_images": 8}))
+    parent = parent_of(explore.KIND, explore_dir, {"report": "explorer.json", "num_stages": 3})
     out = tmp_path / "point"
     out.mkdir()
     events = []
-    outputs, result, metrics = run_explore_point(
-        {"input_hw": [64, 96], "stage": 2, "precision": "int8"}, explore_dir,
-        {"report": "explorer.json", "num_stages": 3}, out, events.append)
-    assert outputs == {"model": "stage2_64x96/model.int8.onnx", "num_stages": 2}
-    assert result["stage_exit"] == 2 and result["stages"] == 2 and result["resolution"] == "64x96"
-    assert result["branch"] == "explore" and result["latency_ms"] == 4.0
-    assert result["pipeline_ms_per_image"] == 8.0 and result["size_bytes"] == len(b"onnx bytes")
-    assert metrics["AP"] == 0.25
+
+    def params(hw):
+        return explore_point.Params(input_hw=hw, stage=2, precision="int8", annotations="a.json", images="img")
+
+    done = explore_point.run(params((64, 96)), parent, out, events.append)
+    assert done.outputs.dump() == {"model": "stage2_64x96/model.int8.onnx", "results": "results.json",
+                                   "num_stages": 2}
+    row = done.result
+    assert row["stage_exit"] == 2 and row["stages"] == 2 and row["resolution"] == "64x96"
+    assert row["branch"] == "explore" and row["latency_ms"] == 4.0
+    assert row["pipeline_ms_per_image"] == 8.0 and row["size_bytes"] == len(b"onnx bytes")
+    assert done.metrics["AP"] == 0.25
     assert (out / "results.json").read_text() == "[]"
     with pytest.raises(BpnetError, match="no point"):
-        run_explore_point({"input_hw": [64, 64], "stage": 2, "precision": "int8"}, explore_dir,
-                          {"report": "explorer.json"}, out, events.append)
+        explore_point.run(params((64, 64)), parent, out, events.append)
 
 
 def test_an_explorer_points_export_run_is_a_valid_run_spec(tiny3):

@@ -36,7 +36,8 @@ def export_run_spec(explore_spec, point):
     precision and stage exit (`output_stage`), evaluated on the same data; no pruning."""
     h, w = point["resolution"]
     spec = {"name": f"export {h}x{w} stage {point['stage'] or 'last'} {point['precision']}",
-            "kind": "sweep", "dataset": dict(explore_spec["dataset"]), "model": explore_spec["model"],
+            "kind": "sweep", "dataset": {k: v for k, v in explore_spec["dataset"].items() if v is not None},
+            "model": explore_spec["model"],
             "resolutions": [[h, w]], "precisions": [point["precision"]], "prune_thresholds": [],
             "evaluate_unpruned": True}
     if point["stage"] is not None:
@@ -45,7 +46,7 @@ def export_run_spec(explore_spec, point):
         if explore_spec.get(key) is not None:
             spec[key] = explore_spec[key]
     if point["precision"] == "int8" and explore_spec.get("calibration"):
-        spec["calibration"] = dict(explore_spec["calibration"])
+        spec["calibration"] = {k: v for k, v in explore_spec["calibration"].items() if v not in (None, [], 0)}
     return spec
 
 
