@@ -217,3 +217,79 @@ def draw_truth_and_prediction(image_bgr, gt_people, detections, min_score=0.0, s
 def truth_and_prediction_image(images_dir, file_name, gt_people, detections, min_score=0.0):
     """Read one dataset image and draw ground truth against prediction on it (see above)."""
     return draw_truth_and_prediction(read_image(Path(images_dir) / file_name), gt_people, detections, min_score)
+
+
+# ------------------------------------------------------------------ heatmap and PAF overlays
+
+def read_sample_maps(path):
+    """The evaluate stage's sample_maps.npz -> [{image_id, file_name, heatmaps, pafs, scale,
+    image_hw, input_hw}] (maps (h, w, C) on the network's output grid)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [{"image_id": int(data["image_ids"][k]), "file_name": str(data["file_names"][k]),
+                     "heatmaps": data[f"heatmaps_{k}"], "pafs": data[f"pafs_{k}"],
+                     "scale": float(data["scales"][k]), "image_hw": tuple(int(v) for v in data["image_hw"][k]),
+                     "input_hw": tuple(int(v) for v in data["input_hw"][k])}
+                    for k in range(len(data["image_ids"]))]
+    except (OSError, KeyError, ValueError) as err:
+        raise BpnetError(f"sample maps {path} cannot be read ({err})") from None
+
+
+def map_on_image(grid_map, scale, image_hw, input_hw):
+    """One (h, w) output-grid map -> the original image's pixels (undo the letterbox: the image
+    fills the input's top-left round(h*scale) x round(w*scale), the rest is padding)."""
+    H, W = input_hw
+    h, w = image_hw
+    full = cv2.resize(np.asarray(grid_map, np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+    crop = full[:max(1, min(H, round(h * scale))), :max(1, min(W, round(w * scale)))]
+    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def paf_magnitude(pafs, limb):
+    """|PAF| of one limb: the length of its (x, y) field, channels 2*limb and 2*limb+1."""
+    pafs = np.asarray(pafs, np.float32)
+    return np.hypot(pafs[..., 2 * limb], pafs[..., 2 * limb + 1])
+
+
+def lost_parts(on_image, points, floor):
+    """Per ground-truth point (x, y): True when the map at that pixel is below `floor`."""
+    h, w = on_image.shape[:2]
+    lost = []
+    for x, y in points:
+        xi, yi = min(w - 1, max(0, int(round(x)))), min(h - 1, max(0, int(round(y))))
+        lost.append(bool(on_image[yi, xi] < floor))
+    return lost
+
+
+def draw_map(image_bgr, on_image, points=(), lost=(), alpha=0.55):
+    """RGB picture of a map blended on the image (colour = map value, clipped to 0..1), ground
+    truth points ringed green when the map has them and red when it lost them."""
+    heat = cv2.applyColorMap((np.clip(on_image, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    canvas = cv2.addWeighted(image_bgr, 1 - alpha, heat, alpha, 0)
+    radius = max(4, round(max(image_bgr.shape[:2]) / 80))
+    for (x, y), is_lost in zip(points, lost):
+        color = LOST_COLOR_BGR if is_lost else GT_COLOR_BGR
+        cv2.circle(canvas, (int(x), int(y)), radius, color, max(2, radius // 3), cv2.LINE_AA)
+    return cv2.cvtColor(_shrink(canvas), cv2.COLOR_BGR2RGB)
+
+
+def map_picture(images_dir, sample, gt_people, channel, kind, floor, skeleton=None):
+    """(RGB picture, number of lost GT points) of one sample image: the heatmap of part
+    `channel` (kind "part") or the PAF magnitude of limb `channel` (kind "limb"), with the
+    ground truth of that part (or both ends of that limb) ringed: red where the map is below
+    `floor` at the labelled point (the model lost it)."""
+    skeleton = skeleton or load_skeleton()
+    image = read_image(Path(images_dir) / sample["file_name"])
+    if kind == "part":
+        grid = np.asarray(sample["heatmaps"][..., channel], np.float32)
+        wanted = [channel]
+    else:
+        grid = paf_magnitude(sample["pafs"], channel)
+        wanted = list(skeleton.limbs[channel])
+    on_image = map_on_image(grid, sample["scale"], sample["image_hw"], sample["input_hw"])
+    points = []
+    for person in gt_people:
+        parts = skeleton.coco_to_parts(np.asarray(person["xyv"], np.float32))
+        points += [(float(parts[p, 0]), float(parts[p, 1])) for p in wanted if parts[p, 2] > 0]
+    lost = lost_parts(on_image, points, floor)
+    return draw_map(image, on_image, points, lost), sum(lost)

@@ -39,7 +39,8 @@ from worker.store import STAGE_DONE, open_store
 
 RESULT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 RESULT_FIELDS = RESULT_METRICS + (
-    "precision", "input_hw", "resolution", "pth", "stages", "latency_ms", "latency_p95_ms",
+    "precision", "input_hw", "resolution", "pth", "stages", "latency_ms", "latency_p5_ms", "latency_p95_ms",
+    "latency_runs",
     "throughput", "cnn_ms_per_image", "decode_ms_per_image", "params", "gflops", "size_bytes",
     "backend", "device", "num_images", "model_artifact_id", "artifact_ids", "branch")
 

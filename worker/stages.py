@@ -304,6 +304,8 @@ def run_evaluate(params, parent_dir, parent_outputs, out_dir, progress):
     bench = benchmark_model(model_path, tuple(params["input_hw"]), bench_opts["batch_size"],
                             bench_opts["runs"], bench_opts["warmup"])
     write_json_atomic(out_dir / "benchmark.json", bench)
+    from bpnet.sample_maps import SAMPLE_MAPS, save_sample_maps
+    save_sample_maps(model_path, params["annotations"], params["images"], infer, out_dir / SAMPLE_MAPS)  # overlays
     result = result_row(params, parent_outputs, model_path, metrics, bench)
     numbers = {k: v for k, v in result.items()
                if k in METRIC_KEYS + ("latency_ms", "latency_p95_ms", "throughput", "params",
@@ -334,6 +336,7 @@ def result_row(params, parent_outputs, model_path, metrics, bench):
         "stages": parent_outputs.get("num_stages"),
         "latency_ms": _first(bench, "median_ms", "latency_ms", "latency_median_ms"),
         "latency_p95_ms": _first(bench, "p95_ms", "latency_p95_ms"),
+        "latency_p5_ms": bench.get("p5_ms"), "latency_runs": bench.get("runs"),
         "throughput": _first(bench, "images_per_s", "throughput"),
         "cnn_ms_per_image": timing.get("cnn_ms_per_image"),
         "decode_ms_per_image": timing.get("decode_ms_per_image"),
