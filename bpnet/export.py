@@ -87,20 +87,24 @@ def max_output_difference(keras_model, model_proto, batch):
 
 
 def export_onnx(model_path, output_path, input_hw, stage=None, batch_size=None, opset=OPSET,
-                sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None):
+                sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None,
+                channels_first=False):
     """Write the ONNX of one stage of the Keras model at `model_path`; returns a summary dict
     (with `max_abs_diff`, the largest output difference from Keras on a test batch)."""
     from bpnet.model import load_model
 
     emit(progress, "export", "phase", message="loading the Keras model")
     summary = export_keras(load_model(model_path), output_path, input_hw, stage, batch_size, opset,
-                           sdk_compatible, upsample_ratio, progress)
+                           sdk_compatible, upsample_ratio, progress, channels_first)
     return {"model": str(model_path), **summary}
 
 
 def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opset=OPSET,
-                 sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None):
-    """`export_onnx` for a BodyPoseNet already in memory (all stages; `stage` picks one)."""
+                 sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None,
+                 channels_first=False):
+    """`export_onnx` for a BodyPoseNet already in memory (all stages; `stage` picks one).
+    `channels_first` (TAO's `--data_format channels_first`) makes the input NCHW (N, 3, H, W);
+    the SDK variant is always NCHW."""
     import onnx
 
     input_hw = check_input_hw(input_hw, "input_hw")
@@ -114,6 +118,8 @@ def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opse
                          f"{PARITY_TOLERANCE:.0e}); the conversion is wrong for this model")
     if sdk_compatible:
         proto = make_sdk_model(proto, upsample_ratio)
+    elif channels_first:
+        nchw_input(proto.graph)
     # The ONNX Runtime backend reads which stage the file holds from here.
     onnx.helper.set_model_props(proto, {"bpnet_stage": str(stage or stages),
                                         "bpnet_input_hw": f"{input_hw[0]},{input_hw[1]}",
@@ -123,6 +129,7 @@ def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opse
     return {"onnx": str(output_path), "input_hw": list(input_hw), "stage": stage or stages,
             "num_stages": stages, "opset": opset, "batch_size": batch_size or "dynamic",
             "max_abs_diff": diff, "sdk_compatible": bool(sdk_compatible),
+            "input_layout": "NCHW" if sdk_compatible or channels_first else "NHWC",
             "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -164,13 +171,7 @@ def make_sdk_model(model_proto, upsample_ratio=DEFAULT_UPSAMPLE_RATIO):
     graph = model_proto.graph
     # (N, H/8, W/8, C) outputs: C was set by the model from its skeleton
     channels_of = {o.name: o.type.tensor_type.shape.dim[3].dim_value for o in graph.output}
-    old_input = graph.input[0]
-    dims = [d.dim_param or d.dim_value for d in old_input.type.tensor_type.shape.dim]   # (N, H, W, 3)
-    nhwc_name = "input_nhwc"
-    for node in graph.node:
-        node.input[:] = [nhwc_name if name == old_input.name else name for name in node.input]
-    graph.node.insert(0, helper.make_node("Transpose", ["input"], [nhwc_name], perm=[0, 2, 3, 1],
-                                          name="sdk_input_to_nhwc"))
+    batch, height, width = nchw_input(graph)
     new_nodes = []
     graph.initializer.append(helper.make_tensor("sdk_scales", TensorProto.FLOAT, [4], [1.0, 1.0, ratio, ratio]))
     outputs = []
@@ -191,15 +192,29 @@ def make_sdk_model(model_proto, upsample_ratio=DEFAULT_UPSAMPLE_RATIO):
     ]
     outputs.append(("heatmap_peaks", channels_of["heatmaps"]))
     graph.node.extend(new_nodes)
-    batch, height, width = dims[0], dims[1], dims[2]
-    graph.input.remove(old_input)
-    graph.input.append(helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, height, width]))
     out_hw = [height // STRIDE * ratio, width // STRIDE * ratio]
     del graph.output[:]
     for name, channels in outputs:
         graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, channels, *out_hw]))
     onnx.checker.check_model(model_proto)
     return model_proto
+
+
+def nchw_input(graph):
+    """Make the graph's NHWC input `input` an NCHW one (a Transpose in front); returns (N, H, W)."""
+    from onnx import TensorProto, helper
+
+    old_input = graph.input[0]
+    dims = [d.dim_param or d.dim_value for d in old_input.type.tensor_type.shape.dim]   # (N, H, W, 3)
+    nhwc_name = "input_nhwc"
+    for node in graph.node:
+        node.input[:] = [nhwc_name if name == old_input.name else name for name in node.input]
+    graph.node.insert(0, helper.make_node("Transpose", ["input"], [nhwc_name], perm=[0, 2, 3, 1],
+                                          name="sdk_input_to_nhwc"))
+    batch, height, width = dims[0], dims[1], dims[2]
+    graph.input.remove(old_input)
+    graph.input.append(helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, height, width]))
+    return batch, height, width
 
 
 # ---------------------------------------------------------------- the whole verb
@@ -218,7 +233,8 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
                  cal_cache_file=None, batch_size=1, batches=10, normalization=None,
                  engine_file=None, max_batch_size=None, max_workspace_size=None,
                  sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO,
-                 static_batch_size=None, progress=None):
+                 static_batch_size=None, progress=None, channels_first=False, strict_types=False,
+                 opt_batch_size=None):
     """`bpnet export`: every check that needs no work first, then ONNX -> FP16/INT8 -> engine.
     Returns the report (also written to OUTPUT.export.json)."""
     if data_type not in DATA_TYPES:
@@ -252,7 +268,7 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
     report = {"model": str(model_path), "data_type": data_type}
     report["export"] = export_onnx(model_path, output_path, input_hw, stage, static_batch_size,
                                    sdk_compatible=sdk_compatible, upsample_ratio=upsample_ratio,
-                                   progress=progress)
+                                   progress=progress, channels_first=channels_first)
     engine_source = Path(output_path)
     if data_type == "fp16":
         report["fp16_onnx"] = str(to_fp16(output_path, paths["fp16"]))
@@ -270,7 +286,8 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
             precision=data_type, input_hw=input_hw, max_batch_size=max_batch_size or max(1, int(batch_size)),
             max_workspace_size=max_workspace_size, cal_cache_file=cal_cache_file,
             cal_data_file=cal_data_file, batch_size=batch_size, batches=batches,
-            nchw_input=sdk_compatible, stage=report["export"]["stage"])
+            nchw_input=sdk_compatible or channels_first, stage=report["export"]["stage"],
+            strict_types=strict_types, opt_batch_size=opt_batch_size)
     write_json_atomic(paths["report"], report)
     report["report"] = str(paths["report"])
     return report

@@ -25,6 +25,12 @@ DEFAULT_PERCENTILE = 99.99
 MAX_CALIBRATION_BATCH_SIZE = 256
 MAX_CALIBRATION_BATCHES = 10000
 
+# `bpnet sample-calibration` (TAO's sample_calibration_images.py defaults, which the workflow
+# uses): 500 images with at least one person, a person counting with 5 labelled keypoints.
+DEFAULT_CALIBRATION_IMAGES = 500
+DEFAULT_CALIBRATION_MIN_PERSONS = 1
+DEFAULT_CALIBRATION_MIN_KEYPOINTS = 5
+
 # Pruning (TAO's `prune` options).
 EQUALIZATIONS = ("union", "intersection", "arithmetic_mean", "geometric_mean")
 NORMALIZERS = ("max", "L2")
@@ -33,6 +39,11 @@ MAX_PRUNE_THRESHOLD = 10.0
 USEFUL_PRUNE_THRESHOLDS = "0.05-3.0"
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+# `bpnet export` input size when neither -d nor an inference spec gives one: the workflow's
+# deployment size (its INT8 export and strict evaluation use 288x384). TAO's own default was the
+# training size 256x256, which the workflow overrode every time.
+DEFAULT_EXPORT_HW = (288, 384)
 
 
 def stages_problem(value):

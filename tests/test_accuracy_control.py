@@ -12,6 +12,9 @@ from bpnet.guide.accuracy_control import (AccuracyControlOptions, best_calibrato
                                           cache_tensors_for, check_calibration_people, evaluation_subset,
                                           parse_calibrator)
 from bpnet.specs import parse_spec
+from tests.tiny_models import CHAIN_DEPTH as DEPTH
+from tests.tiny_models import CHAIN_HARMFUL as HARMFUL
+from tests.tiny_models import build_chain_onnx
 
 # ---------------------------------------------------------------- the bisection alone
 
@@ -111,43 +114,6 @@ def test_cache_keeps_tensors_of_int8_layers_only():
 
 
 # ---------------------------------------------------------------- the whole loop on a small graph
-
-DEPTH, WIDTH, HARMFUL = 12, 8, (4, 9)
-
-
-def build_chain_onnx(path, seed=0):
-    """NHWC input -> DEPTH x (3x3 Conv + Relu) -> output. Before each layer in HARMFUL, one
-    channel carries a huge constant (bias 400) that the next layer ignores (zero weights): in
-    float nothing changes, in INT8 the tensor's one per-tensor scale is so coarse that the useful
-    channels round to a few levels - the reading layer is harmful, the others are not."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("Transpose", ["input"], ["x0"], perm=[0, 3, 1, 2], name="to_nchw")]
-    inits = []
-    for k in range(DEPTH):
-        c_in = 3 if k == 0 else WIDTH
-        c_out = 4 if k == DEPTH - 1 else WIDTH
-        w = rng.normal(0, 1.0 / np.sqrt(9 * c_in), size=(c_out, c_in, 3, 3)).astype(np.float32)
-        b = rng.normal(0, 0.05, size=c_out).astype(np.float32)
-        if k + 1 in HARMFUL:
-            b[0] = 400.0                      # the outlier channel of this layer's output
-            w[0] = 0.0
-        if k in HARMFUL:
-            w[:, 0] = 0.0                     # ... which the next layer does not read
-        inits += [numpy_helper.from_array(w, f"w{k}"), numpy_helper.from_array(b, f"b{k}")]
-        conv_out = "output" if k == DEPTH - 1 else f"c{k}"
-        nodes.append(helper.make_node("Conv", [f"x{k}", f"w{k}", f"b{k}"], [conv_out], pads=[1, 1, 1, 1],
-                                      name=f"conv{k}"))
-        if k < DEPTH - 1:
-            nodes.append(helper.make_node("Relu", [conv_out], [f"x{k + 1}"], name=f"relu{k}"))
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                              ["N", 16, 16, 3])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
-
 
 def images(count, seed=1):
     return np.random.default_rng(seed).uniform(-0.5, 0.5, size=(count, 16, 16, 3)).astype(np.float32)
@@ -249,3 +215,34 @@ def test_quantize_bad_inputs_are_clear_errors(coco_mini, tmp_path, capsys):
         (cal / name).symlink_to(images_dir / name)
     assert main(["quantize", "-a", str(annotations), *common, "--cal_image_dir", str(cal)]) == 2
     assert "none of the 3 calibration images" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the command end to end (tiny Keras model)
+
+@pytest.mark.slow
+def test_quantize_command_on_a_tiny_model(coco_mini, tmp_path, capsys):
+    """An untrained model scores AP 0 in float and INT8: within any budget, so the plain INT8
+    model of the best calibrator comes back after one evaluation per calibrator, flagged."""
+    from bpnet.cli import main
+    from tests.tiny_models import save_tiny_model
+
+    annotations, images_dir = coco_mini
+    model = save_tiny_model(tmp_path / "tiny.hdf5", bias=0.01)
+    infer = tmp_path / "infer.yaml"
+    infer.write_text("input_shape: [32, 32]\n")
+    out = tmp_path / "q"
+    code = main(["quantize", "-m", str(model), "-a", str(annotations), "-i", str(images_dir), "--infer_spec",
+                 str(infer), "-r", str(out), "--num_cal_images", "4", "--max_eval_images", "6",
+                 "--calibrators", "entropy,percentile:99.999", "--latency_runs", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads((out / "accuracy_control.json").read_text())
+    assert report["num_evaluations"] == 2 and report["final"]["float_layers"] == 0
+    assert report["bisection"] is None and any("AP 0" in w for w in report["warnings"])
+    calibration = set(report["calibration"]["files"])
+    evaluated = {im["file_name"] for im in json.loads((out / "eval_annotations.json").read_text())["images"]}
+    assert len(calibration) == 4 and len(evaluated) == 6 and not calibration & evaluated
+    for name in ("model.int8.onnx", "model.int8_trt.onnx", "model.cal.bin"):
+        assert (out / name).is_file()
+    assert report["gate"]["status"] and "plain" in report["divergence"]
+    assert "percentile:99.999" in printed and "gate" in printed

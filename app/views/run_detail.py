@@ -13,6 +13,7 @@ import yaml
 
 from app import charts, present, state
 from app import widgets
+from app.views import quantize_section
 from app.widgets import run_action_buttons
 from bpnet.errors import BpnetError
 
@@ -173,6 +174,9 @@ for row in gated:
         st.success(f"{text}\n{reasons}", icon=":material/verified:")
     else:
         st.info(f"{text}\n{reasons}", icon=":material/hourglass:")
+
+# ---------------------------------------------------------------- INT8 with accuracy control
+quantize_section.render(run, state.artifact_path)
 
 # ---------------------------------------------------------------- training loss
 st.subheader("Training loss")

@@ -1,5 +1,7 @@
-"""The calibration tensor file (.npy, NHWC float32): the calibration images preprocessed once,
-exactly like inference, and reused by later runs (TAO's `--cal_data_file`)."""
+"""The calibration tensor file: the calibration images preprocessed once, exactly like inference,
+and reused by later runs (TAO's `--cal_data_file`). A `.npy` name is a NumPy NHWC float32 array;
+any other name TAO's TensorFile layout (bpnet/tensorfile.py), so a TAO user's existing
+`.tensorfile` is read as it is."""
 
 from pathlib import Path
 
@@ -39,11 +41,17 @@ def _images_needed(batch_size, batches):
 
 def load_calibration_tensor(path, input_hw, batch_size, batches):
     """A tensor file written earlier, checked against the requested shape and image count."""
+    from bpnet.tensorfile import is_tensorfile, read_tensorfile
+
     path = Path(path)
-    try:
-        data = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise BpnetError(f"--cal_data_file: {path} is not a readable .npy tensor file ({err})") from None
+    if is_tensorfile(path):
+        data = read_tensorfile(path)
+    else:
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise BpnetError(f"--cal_data_file: {path} is neither a TAO TensorFile nor a readable .npy "
+                             f"tensor file ({err})") from None
     needed = _images_needed(batch_size, batches)
     if data.ndim != 4 or tuple(data.shape[1:]) != (*input_hw, 3):
         raise BpnetError(f"--cal_data_file: {path} holds shape {tuple(data.shape)}, expected "
@@ -65,8 +73,16 @@ def calibration_tensor(input_hw, batch_size, batches, image_dir=None, data_file=
         raise BpnetError(f"INT8 calibration needs calibration images: give --cal_image_dir{where}")
     data = build_calibration_tensor(image_dir, input_hw, batch_size, batches, normalization, progress)
     if data_file is not None:
-        if Path(data_file).suffix != ".npy":
-            raise BpnetError(f"--cal_data_file: {data_file} must end in .npy (a NumPy tensor file)")
-        with atomic_path(data_file) as tmp:
-            np.save(tmp, data)
+        save_calibration_tensor(data_file, data, batch_size)
     return data, False
+
+
+def save_calibration_tensor(path, data, batch_size):
+    """`.npy`: one NumPy array; any other name (TAO's `.tensorfile`): TAO's TensorFile layout."""
+    if Path(path).suffix.lower() == ".npy":
+        with atomic_path(path) as tmp:
+            np.save(tmp, data)
+    else:
+        from bpnet.tensorfile import write_tensorfile
+
+        write_tensorfile(path, data, batch_size)

@@ -37,6 +37,7 @@ from bpnet.guide.accuracy_control import (AccuracyControlOptions, ap_drop, best_
 
 STAGE = "quantize"
 REPORT_NAME = "accuracy_control.json"
+DIVERGENCE_IMAGES = 4
 
 
 def slug(label):
@@ -193,6 +194,11 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
                                          source=f"-a/--annotations {annotations}")
     subset_path = out_dir / "eval_annotations.json"
     write_json_atomic(subset_path, subset)
+    if cal_names:
+        from bpnet.sampling import compare_mix, mix_warnings
+
+        cal_info["mix"] = compare_mix(coco, cal_names, subset)        # against what is scored
+        cal_info["mix_warnings"] = mix_warnings(cal_info["mix"]["calibration"], cal_info["mix"]["evaluation"])
     float_onnx = float_onnx_of(model_path, out_dir / "model.onnx", input_hw, infer_spec.output_stage_to_use,
                                progress)
     data_file = Path(cal_data_file) if cal_data_file else out_dir / "calibration_tensor.npy"
@@ -220,6 +226,7 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
     ranking_data = np.concatenate(agreement_batch(subset_path, images_dir, infer_spec, image_ids,
                                                   count=options.ranking_images))
     report = control_loop(float_onnx, cal_data, ranking_data, score, out_dir, options, parent["AP"], progress)
+    report["divergence"] = divergences(report, float_onnx, ranking_data[:DIVERGENCE_IMAGES], out_dir)
     report["artifacts"] = write_final_artifacts(report, float_onnx, out_dir)
     report.update(model=str(model_path), float_onnx=str(float_onnx), parent=parent,
                   evaluation={"annotations": str(subset_path), "images": str(images_dir),
@@ -231,6 +238,19 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
     write_json_atomic(out_dir / REPORT_NAME, report)
     emit(progress, STAGE, "done", fraction=1.0, message=report["summary"])
     return report
+
+
+def divergences(report, float_onnx, data, out_dir):
+    """Layer-by-layer agreement with the float model of the plain best INT8 model and, when
+    layers went back to float, of the chosen one (full reports beside the summary)."""
+    from bpnet.guide.divergence import find_divergence, summary
+
+    plain = next(c["model"] for c in report["calibrators"] if c["calibrator"] == report["best_calibrator"])
+    found = {"plain": summary(find_divergence(float_onnx, plain, data, out_path=out_dir / "divergence_plain.json"))}
+    if report["final"]["float_layers"]:
+        found["final"] = summary(find_divergence(float_onnx, report["final"]["model"], data,
+                                                 out_path=out_dir / "divergence_final.json"))
+    return found
 
 
 def float_onnx_of(model_path, onnx_path, input_hw, stage, progress):
