@@ -64,6 +64,7 @@ def show_error(slot, errors, key):
 
 
 st.title("New run")
+submitted_slot = st.container()   # "submitted" goes at the top, where the user looks after clicking
 st.caption("A run trains (or reuses) a base model, prunes it at every threshold, retrains, exports at "
            "every resolution and precision and evaluates each result. Stages already computed by any "
            "run are reused.")
@@ -122,11 +123,10 @@ if base == "train":
     train_epochs = c1.number_input("Training epochs", min_value=1, max_value=1000, value=4, key="train_epochs",
                                    help="epochs of the base model on the chosen data (small CPU spec: "
                                         "narrow backbone, 128×128 training input)")
-    stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES, value=2, key="stages",
+    stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES,
+                       value=int(advice["model.stages"].value), key="stages",
                        help=forms.advice_text(advice["model.stages"]))
     st.caption(f"Stages: {forms.advice_text(advice['model.stages'])}")
-    st.caption(f"Regularization: {forms.advice_text(advice['model.regularization_type'])} — the small "
-               f"training spec used here trains with L1.")
 else:
     train_epochs, stages = 1, 2
     models = trained_models()
@@ -270,7 +270,11 @@ if st.button("Submit run", type="primary", disabled=spec is None, key="submit"):
         preview.clear()
 if st.session_state.get("last_submitted"):
     run_id = st.session_state["last_submitted"]
-    st.success(f"Run `{run_id}` submitted.", icon=":material/rocket_launch:")
-    st.page_link("views/run_detail.py", label="Open its details", icon=":material/arrow_forward:",
-                 query_params={"run": run_id})
-    st.page_link("views/runs.py", label="See all runs", icon=":material/list:")
+    with submitted_slot:
+        st.success(f"Run `{run_id}` submitted.", icon=":material/rocket_launch:")
+        c1, c2, _ = st.columns([1, 1, 3])
+        with c1:
+            st.page_link("views/run_detail.py", label="Open the run", icon=":material/arrow_forward:",
+                         query_params={"run": run_id})
+        with c2:
+            st.page_link("views/runs.py", label="See all runs", icon=":material/list:")
