@@ -55,8 +55,12 @@ def main(argv=None):
     from bpnet.commands.tao_flags import log_file_copy
 
     args = build_parser().parse_args(argv)
-    with log_file_copy(getattr(args, "log_file", None)):
-        return _run(args)
+    try:
+        with log_file_copy(getattr(args, "log_file", None)):
+            return _run(args)
+    except BpnetError as err:      # the log file itself (_run reports the verb's errors)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def _run(args):

@@ -276,7 +276,7 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
     if data_type == "int8":
         report["int8"] = int8_artifacts(output_path, input_hw, calibrator, percentile, cal_image_dir,
                                         cal_data_file, cal_cache_file, batch_size, batches,
-                                        normalization, paths, progress)
+                                        normalization, paths, progress, channels_first)
         engine_source = paths["int8_tensorrt"]
     if engine_file is not None:
         from bpnet.backends.trt_backend import build_engine
@@ -294,7 +294,8 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
 
 
 def int8_artifacts(onnx_path, input_hw, calibrator, percentile, cal_image_dir, cal_data_file,
-                   cal_cache_file, batch_size, batches, normalization, paths, progress=None):
+                   cal_cache_file, batch_size, batches, normalization, paths, progress=None,
+                   channels_first=False):
     """Calibration tensor (reused if it exists) -> thresholds -> cache + Q/DQ ONNX models."""
     from bpnet.calibrate.graph_stats import calibrate_onnx
     from bpnet.calibrate.qdq import write_qdq_onnx
@@ -303,7 +304,7 @@ def int8_artifacts(onnx_path, input_hw, calibrator, percentile, cal_image_dir, c
 
     started = time.perf_counter()
     data, reused = calibration_tensor(input_hw, batch_size, batches, cal_image_dir, cal_data_file,
-                                      normalization, progress)
+                                      normalization, progress, channels_first)
     prepared = time.perf_counter() - started
     calibration = calibrate_onnx(onnx_path, data, (calibrator,), percentile, progress=progress)[calibrator]
     write_trt_cache(cal_cache_file, calibration)

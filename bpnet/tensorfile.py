@@ -12,8 +12,9 @@ calibration batches in an HDF5 file laid out as:
 Each batch is the images resized to H x W, RGB, normalised with the training spec's
 `image_offset`/`image_scale` (pixel / scale - offset, bpnet's normalisation too). bpnet
 letterboxes instead of stretching when it writes the file; for calibration ranges the two are
-interchangeable. Batches are read in order and joined into one (N, H, W, 3) float32 array
-(NCHW batches are transposed), the form the rest of calibration uses.
+interchangeable. bpnet writes NHWC batches (NCHW for a channels_first export, as TAO). Batches
+are read in order and joined into one (N, H, W, 3) float32 array (NCHW batches transposed), the
+form the rest of calibration uses.
 
 Only arrays are read: h5py gives datasets, and nothing in the file is executed.
 """

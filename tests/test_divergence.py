@@ -111,3 +111,17 @@ def test_divergence_command(chain, coco_mini, tmp_path, capsys):
     assert f"first layer beyond tolerance: conv{CHAIN_HARMFUL[0]}" in capsys.readouterr().out
     assert main([*args, "-m", str(float_path)]) == 0
     assert "all tensors within tolerance" in capsys.readouterr().out
+
+
+def test_layers_back_in_float_are_compared_as_their_readers_see_them(chain):
+    """Returning a layer to float rewires it to the pre-Q tensor, which ONNX Runtime's quantizer
+    left un-clamped (it folded the Relu into the Q): the comparison must clamp it again, or the
+    tensor looks broken although the model is fine."""
+    from bpnet.guide.sensitivity import keep_layers_float
+
+    float_path, int8_path, folder = chain
+    repaired = keep_layers_float(int8_path, folder / "repaired.onnx", [f"conv{k}" for k in CHAIN_HARMFUL],
+                                 float_path=float_path)
+    report = find_divergence(float_path, repaired, images(4, seed=3))
+    assert report["first_divergence"] is None, report["first_divergence"]
+    assert report["num_compared"] >= 12

@@ -18,7 +18,7 @@ import yaml
 
 from bpnet.cli import main
 from bpnet.errors import BpnetError
-from tests.conftest import COCO_MINI
+from tests.conftest import COCO_IMAGES, COCO_MINI
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tao"
 TAO_EXPERIMENT = "/workspace/tao-experiments/bpnet"
@@ -151,13 +151,67 @@ def test_uff_backend_is_refused_with_the_reason(tmp_path, capsys):
     assert "TensorRT 9 removed" in capsys.readouterr().err
 
 
-def test_launcher_flags_and_log_file(tmp_path, capsys):
+def test_launcher_flags_and_log_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")     # restored after the test
     log = tmp_path / "logs" / "run.log"
     code = main(["dataset-stats", "-a", str(COCO_MINI / "annotations" / "person_keypoints_train2017.json"),
                  "--gpus", "2", "--gpu_index", "0", "--use_amp", "--log_file", str(log)])
     assert code == 0 and os.environ.get("CUDA_VISIBLE_DEVICES") == "0"
     text = log.read_text()
     assert "note: --gpus 2" in text and "--use_amp is not used" in text and "people per image" in text
+
+
+def test_tao_spellings_of_evaluate_and_inference_inputs(tmp_path):
+    from types import SimpleNamespace
+
+    from bpnet.commands.evaluate import spec_given_as_images
+    from bpnet.commands.inference import check_input_type
+
+    args = SimpleNamespace(images="specs/infer_spec.yaml", inference_spec=None)
+    spec_given_as_images(args)                  # TAO's -i is the inference spec
+    assert (args.inference_spec, args.images) == ("specs/infer_spec.yaml", None)
+    both = SimpleNamespace(images="a.yaml", inference_spec="b.yaml")
+    with pytest.raises(BpnetError, match="-i a.yaml looks like an inference spec"):
+        spec_given_as_images(both)
+    (tmp_path / "list.json").write_text("[]")
+    check_input_type(tmp_path / "list.json", "json")
+    check_input_type(tmp_path, "dir")
+    with pytest.raises(BpnetError, match="--input_type image: .* is not an image file"):
+        check_input_type(tmp_path, "image")
+
+
+def test_export_output_names_follow_tao(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from bpnet.commands.export import output_path
+
+    assert output_path(SimpleNamespace(output_file=None, model="m/bpnet_model.hdf5")) == Path("m/bpnet_model.onnx")
+    assert output_path(SimpleNamespace(output_file="out/model.etlt", model="x")) == Path("out/model.onnx")
+    assert "not an encrypted .etlt" in capsys.readouterr().out
+    assert output_path(SimpleNamespace(output_file="out/model", model="x")) == Path("out/model.onnx")
+
+
+@pytest.mark.slow
+def test_channels_first_export_has_an_nchw_input_and_the_same_outputs(tmp_path):
+    from bpnet.onnx_graph import onnx_session
+    from tests.tiny_models import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "m.hdf5", stages=2, seed=2, bias=0.01)
+    assert main(["export", "-m", str(model), "-o", str(tmp_path / "nhwc.onnx"), "-d", "32,48,3"]) == 0
+    assert main(["export", "-m", str(model), "-o", str(tmp_path / "nchw.onnx"), "-d", "3,32,48",
+                 "--data_format", "channels_first", "--data_type", "int8", "--cal_image_dir", str(COCO_IMAGES),
+                 "--batches", "2", "--cal_data_file", str(tmp_path / "cal.tensorfile")]) == 0
+    import h5py
+
+    with h5py.File(tmp_path / "cal.tensorfile", "r") as f:     # NCHW batches, as TAO's channels_first
+        assert tuple(f.attrs["shape"]) == (1, 3, 32, 48)
+    batch = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 32, 48, 3)).astype(np.float32)
+    nhwc = onnx_session(tmp_path / "nhwc.onnx").run(None, {"input": batch})
+    nchw_session = onnx_session(tmp_path / "nchw.onnx")
+    assert [d for d in nchw_session.get_inputs()[0].shape[1:]] == [3, 32, 48]
+    nchw = nchw_session.run(None, {"input": batch.transpose(0, 3, 1, 2)})
+    for a, b in zip(nhwc, nchw):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
 
 
 # ---------------------------------------------------------------- TensorFile

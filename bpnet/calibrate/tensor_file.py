@@ -63,9 +63,10 @@ def load_calibration_tensor(path, input_hw, batch_size, batches):
 
 
 def calibration_tensor(input_hw, batch_size, batches, image_dir=None, data_file=None,
-                       normalization=None, progress=None):
+                       normalization=None, progress=None, channels_first=False):
     """(data, reused): the tensor file's content when it exists, else the preprocessed images
-    (saved to `data_file` when one is given, so the next run skips preprocessing)."""
+    (saved to `data_file` when one is given, so the next run skips preprocessing). The data is
+    NHWC; `channels_first` writes a TensorFile's batches NCHW, as TAO's channels_first export."""
     if data_file is not None and Path(data_file).is_file():
         return load_calibration_tensor(data_file, input_hw, batch_size, batches), True
     if image_dir is None:
@@ -73,11 +74,11 @@ def calibration_tensor(input_hw, batch_size, batches, image_dir=None, data_file=
         raise BpnetError(f"INT8 calibration needs calibration images: give --cal_image_dir{where}")
     data = build_calibration_tensor(image_dir, input_hw, batch_size, batches, normalization, progress)
     if data_file is not None:
-        save_calibration_tensor(data_file, data, batch_size)
+        save_calibration_tensor(data_file, data, batch_size, channels_first)
     return data, False
 
 
-def save_calibration_tensor(path, data, batch_size):
+def save_calibration_tensor(path, data, batch_size, channels_first=False):
     """`.npy`: one NumPy array; any other name (TAO's `.tensorfile`): TAO's TensorFile layout."""
     if Path(path).suffix.lower() == ".npy":
         with atomic_path(path) as tmp:
@@ -85,4 +86,4 @@ def save_calibration_tensor(path, data, batch_size):
     else:
         from bpnet.tensorfile import write_tensorfile
 
-        write_tensorfile(path, data, batch_size)
+        write_tensorfile(path, data, batch_size, channels_first)

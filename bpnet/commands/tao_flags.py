@@ -89,8 +89,12 @@ def log_file_copy(path):
     if not path:
         yield
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as log:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(path, "a", encoding="utf-8")
+    except OSError as err:
+        raise BpnetError(f"--log_file: cannot write {path} ({err.strerror})") from None
+    with log:
         streams = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(streams[0], log), _Tee(streams[1], log)
         try:

@@ -134,9 +134,10 @@ def monotonic_violations(drops):
 
 
 def curve_points(parent_ap, measured):
-    """The AP/latency-vs-float-layers curve, sorted by k: `measured` is {k: {"AP", "latency_ms"}}."""
+    """The AP/latency-vs-float-layers curve, sorted by k: `measured` is {k: {"AP", "latency_ms",
+    "model"}}."""
     return [{"float_layers": k, "AP": m["AP"], "ap_drop": ap_drop(parent_ap, m["AP"]),
-             "latency_ms": m.get("latency_ms")} for k, m in sorted(measured.items())]
+             "latency_ms": m.get("latency_ms"), "model": m.get("model")} for k, m in sorted(measured.items())]
 
 
 def evaluation_subset(coco, exclude_file_names=(), max_images=DEFAULT_MAX_EVAL_IMAGES, min_keypoints=1,

@@ -104,16 +104,33 @@ def graph_order(onnx_path):
 
 
 def as_consumed(onnx_path):
-    """{tensor: the tensor its readers actually read}: in a Q/DQ graph a quantized tensor reaches
-    the next layer as its DequantizeLinear output (clamped and rounded), which is what to compare;
-    ONNX Runtime's quantizer also folds a Relu into the Q, leaving the pre-Relu values under the
-    Relu's output name."""
+    """({tensor: the tensor its readers actually read}, {tensor: producing op type}) of a graph.
+
+    In a Q/DQ graph a quantized tensor reaches the next layer as its DequantizeLinear output
+    (clamped and rounded), which is what to compare. ONNX Runtime's quantizer also folds a Relu
+    into the Q, leaving the pre-Relu values under the Relu's output name; where a layer was
+    returned to float (`bpnet.guide.sensitivity`) a `<tensor>__relu` node clamps them again."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     dq_of = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    return {n.input[0]: dq_of[n.output[0]] for n in model.graph.node
-            if n.op_type == "QuantizeLinear" and n.output[0] in dq_of}
+    seen = {n.input[0]: n.output[0] for n in model.graph.node
+            if n.op_type == "Relu" and n.output[0] == f"{n.input[0]}__relu"}
+    seen.update({n.input[0]: dq_of[n.output[0]] for n in model.graph.node
+                 if n.op_type == "QuantizeLinear" and n.output[0] in dq_of})
+    op_types = {out: n.op_type for n in model.graph.node for out in n.output}
+    return seen, op_types
+
+
+def candidate_value(tensor, reference_op, candidate, consumed, candidate_ops):
+    """The candidate's value of `tensor` as its readers see it (None when it has none)."""
+    name = consumed.get(tensor, tensor)
+    if name not in candidate:
+        return None
+    value = np.asarray(candidate[name])
+    if name == tensor and reference_op == "Relu" and candidate_ops.get(tensor) not in (None, "Relu"):
+        value = np.maximum(value, 0)             # a folded Relu nobody re-applied (output unread)
+    return value
 
 
 def input_feed(onnx_path, data):
@@ -196,18 +213,18 @@ def find_divergence(reference_model, candidate_model, data, max_relative_error=D
     reference = all_tensors(reference_model, data, reference_backend)
     candidate = all_tensors(candidate_model, data, candidate_backend)
     order, inputs_of = graph_order(reference_model)
-    consumed = as_consumed(candidate_model) if Path(candidate_model).suffix == ".onnx" else {}
+    consumed, candidate_ops = as_consumed(candidate_model)
     rows = []
     for tensor, node, op_type, layer in order:
-        seen = consumed.get(tensor, tensor)
-        if seen not in candidate or tensor not in reference:
+        value = candidate_value(tensor, op_type, candidate, consumed, candidate_ops)
+        if value is None or tensor not in reference:
             continue
-        if np.shape(reference[tensor]) != np.shape(candidate[seen]):
+        if np.shape(reference[tensor]) != np.shape(value):
             continue                          # e.g. a layout the other graph computes differently
         if not np.issubdtype(np.asarray(reference[tensor]).dtype, np.floating):
             continue
         rows.append({"tensor": tensor, "node": node, "op_type": op_type, "layer": layer,
-                     **tensor_agreement(reference[tensor], candidate[seen])})
+                     **tensor_agreement(reference[tensor], value)})
     if not rows:
         raise BpnetError(f"{candidate_model} and {reference_model} share no tensor names; compare two versions "
                          f"of one network (its FP32, FP16 and INT8 exports)")
