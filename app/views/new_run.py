@@ -6,7 +6,7 @@ import json
 import streamlit as st
 import yaml
 
-from app import forms, state
+from app import forms, present, state
 from bpnet.errors import BpnetError
 
 TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
@@ -56,6 +56,42 @@ def trained_models():
         return state.trained_models()
     except BpnetError:
         return []
+
+
+@st.cache_data(show_spinner="reading the base model's weights…", max_entries=16)
+def pruning_dry_run(model, _mtime, thresholds, prune_json):
+    try:
+        return state.preview_prune(model, thresholds, json.loads(prune_json)), None
+    except BpnetError as err:
+        return None, str(err)
+
+
+def prune_preview(spec):
+    """Parameters each threshold keeps on the chosen base model, before anything is submitted."""
+    chosen = tuple(spec.get("prune_thresholds") or ())
+    model = spec.get("model")
+    if not chosen:
+        return
+    if not model:
+        st.caption("What each threshold keeps is shown here once the base model exists (an existing or "
+                   "pretrained model); a model trained by this run is measured after training.")
+        return
+    grid = tuple(sorted(set(present.PRUNE_GRID) | set(chosen)))
+    rows, error = pruning_dry_run(str(model), modification_time(model), grid,
+                                  json.dumps(spec.get("prune") or {}, sort_keys=True))
+    if error:
+        st.warning(f"No pruning preview: {error}", icon=":material/warning:")
+        return
+    useless = [r["threshold"] for r in rows if r["threshold"] in chosen and r["threshold"] not in
+               present.useful_thresholds(rows)]
+    useful = present.useful_thresholds(rows)
+    with st.expander("Parameters each prune threshold keeps on this base model (dry run of the pruning "
+                     "decision on its weights)", expanded=bool(useless)):
+        st.dataframe(present.prune_preview_rows(rows, chosen), hide_index=True, key="prune_preview")
+    if useless:
+        hint = f"; the lowest that removes parameters is {useful[0]:g}" if useful else ""
+        st.warning(f"Threshold(s) {', '.join(f'{t:g}' for t in useless)} prune nothing on this model{hint}.",
+                   icon=":material/content_cut:")
 
 
 def show_error(slot, errors, key):
@@ -254,6 +290,7 @@ else:
         if result["cached"]:
             with st.expander(f"{len(result['cached'])} stage(s) already computed, reused"):
                 st.write("\n".join(f"- {label}" for label in result["cached"]))
+        prune_preview(spec)
         names = [f"{w['id']} ({', '.join(w['queues'])})" for w in result["workers"]]
         if names:
             st.success("Workers that can run it: " + "; ".join(names), icon=":material/dns:")
