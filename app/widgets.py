@@ -30,22 +30,9 @@ def run_action_buttons(run_id, status, cancel_slot, rerun_slot, key):
                          query_params={"run": new_id})
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
-def detections(results_file, _mtime_ns):
-    """People per image of a results.json (cached: the live pages redraw every few seconds)."""
-    return overlay.read_results(results_file)
-
-
 @st.cache_data(max_entries=16, show_spinner=False)
 def image_names(annotations, _mtime_ns):
     return overlay.image_paths_by_id(annotations)
-
-
-@st.cache_data(max_entries=128, show_spinner=False)
-def skeleton_picture(images_dir, file_name, results_file, _mtime_ns, image_id):
-    """One dataset image with the people a result found on it (RGB)."""
-    people = detections(results_file, _mtime_ns).get(image_id, [])
-    return overlay.overlay_image(images_dir, file_name, people)
 
 
 def mtime_ns(path):

@@ -1,5 +1,5 @@
 """Issue 12 in a real browser (headless Debian Chromium on `bpnet-studio up`, fixtures of
-test_browser.py): `/runs` opens Runs; a tiny real run (64x64, a few training steps: AP 0) shows
+test_browser.py): `/runs` opens Runs and a click on a row opens its run; a tiny real run (64x64, a few training steps: AP 0) shows
 the "untrained" guard instead of a Pareto front and, on its result, ground truth and prediction
 drawn in two colours on an image with annotated people; on synthetic results (bench/seed_store.py)
 a click on a Compare point opens that result and the config diff lists only what differs.
@@ -44,7 +44,12 @@ def test_runs_path_guard_and_ground_truth_pictures(studio, tmp_path):  # noqa: F
             expect(page.get_by_text("Page not found")).to_have_count(0)
             shot(page, "dash-1-runs-path")
 
-            page.goto(f"{studio}/run?run={run_id}")
+            # a click on the run's row (its row marker: the table is a canvas) opens its Run detail
+            grid = page.get_by_test_id("stDataFrame").first
+            expect(glide_cells(page, "browser untrained").first).to_be_attached()
+            box = grid.bounding_box()
+            page.mouse.click(box["x"] + 15, box["y"] + 55)
+            page.wait_for_url(f"**/run?run={run_id}*")
             expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed",
                                                                            timeout=RUN_TIMEOUT_S * 1000)
             expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
