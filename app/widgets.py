@@ -31,7 +31,7 @@ def run_action_buttons(run_id, status, cancel_slot, rerun_slot, key):
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def image_names(annotations, _mtime_ns):
+def image_names(annotations, modified_ns):
     return overlay.image_paths_by_id(annotations)
 
 
@@ -40,22 +40,22 @@ def mtime_ns(path):
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def ground_truth(annotations, _mtime_ns):
+def ground_truth(annotations, modified_ns):
     """Labelled people per image of a COCO file (cached per file and modification time)."""
     return overlay.read_ground_truth(annotations)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def scored_detections(results_file, _mtime_ns):
+def scored_detections(results_file, modified_ns):
     """Detections with their scores per image of a results.json (cached)."""
     return overlay.read_detections(results_file)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def truth_picture(images_dir, file_name, annotations, results_file, _stamps, image_id, min_score):
+def truth_picture(images_dir, file_name, annotations, results_file, stamps, image_id, min_score):
     """(RGB picture, OKS per person) of one image: ground truth against one result's prediction."""
-    gt = ground_truth(annotations, _stamps[0]).get(image_id, [])
-    found = scored_detections(results_file, _stamps[1]).get(image_id, [])
+    gt = ground_truth(annotations, stamps[0]).get(image_id, [])
+    found = scored_detections(results_file, stamps[1]).get(image_id, [])
     return overlay.truth_and_prediction_image(images_dir, file_name, gt, found, min_score)
 
 
@@ -108,7 +108,7 @@ def truth_gallery(run, row, stage_id, count, worst=False, columns=2):
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def sample_maps(path, _mtime_ns):
+def sample_maps(path, modified_ns):
     return overlay.read_sample_maps(path)
 
 

@@ -13,8 +13,10 @@ TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
 PREVIEW_TTL_S = 10
 
 
+# `modified_ns` is part of the cache key on purpose (Streamlit leaves `_`-named arguments out of
+# it), so an edited file is read again.
 @st.cache_data(show_spinner="checking the dataset…", max_entries=32)
-def inspect_dataset(annotations, images, bundled, _mtime):
+def inspect_dataset(annotations, images, bundled, modified_ns):
     """(DatasetInfo, None) or (None, message); cached per path and modification time because a
     real COCO annotations file takes seconds to parse."""
     try:
@@ -32,7 +34,7 @@ def modification_time(path):
 
 
 @st.cache_data(show_spinner="computing the dataset statistics…", max_entries=16)
-def dataset_statistics(annotations, _mtime):
+def dataset_statistics(annotations, modified_ns):
     """(statistics, None) or (None, message) of a COCO file (pure, but seconds on a real COCO file)."""
     from bpnet.guide.dataset_stats import dataset_stats_file
 
@@ -59,7 +61,7 @@ def trained_models():
 
 
 @st.cache_data(show_spinner="reading the base model's weights…", max_entries=16)
-def pruning_dry_run(model, _mtime, thresholds, prune_json):
+def pruning_dry_run(model, modified_ns, thresholds, prune_json):
     try:
         return state.preview_prune(model, thresholds, json.loads(prune_json)), None
     except BpnetError as err:
@@ -255,9 +257,14 @@ form = {"dataset": source, "base": base, "existing_model": existing_model, "trai
         "retrain_epochs": retrain_epochs, "name": name, "eval_annotations": eval_annotations,
         "eval_images": eval_images, "kind": kind, "budget_ap": budget_ap, "objective": objective,
         "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop}
-request, errors = forms.validate_new_run(form, info)
+request, errors = forms.validate_new_run(form, info)   # widget text -> values
 if dataset_error:
     errors["dataset"] = dataset_error
+
+spec = None
+if not errors:   # the run spec itself, validated by RunSpec: its messages go under the widgets too
+    spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
+    errors = forms.errors_by_widget(state.run_spec_problems(spec))   # the RunSpec's own checks
 for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_slot, "base"),
                   (resolution_slot, "resolution"),
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
@@ -266,11 +273,10 @@ for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_
     show_error(slot, errors, key)
 
 st.subheader("4 · Preview")
-spec = None
 if errors:
+    spec = None
     st.info(f"Fix the {len(errors)} problem(s) above to see the preview and submit.", icon=":material/pan_tool:")
 else:
-    spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
     result, preview_error = preview(json.dumps(spec, sort_keys=True))
     if preview_error:
         st.error(preview_error, icon=":material/block:")

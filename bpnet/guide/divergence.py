@@ -192,7 +192,7 @@ def _tensorrt_tensors(path, feed, mark_all):
         raise BpnetError(TENSORRT_MISSING) from None
     from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, ModifyNetworkOutputs,
                                         NetworkFromOnnxPath, TrtRunner)
-    from bpnet.export import onnx_precision
+    from bpnet.onnx_graph import onnx_precision
 
     precision = onnx_precision(path)
     network = ModifyNetworkOutputs(NetworkFromOnnxPath(str(path)), outputs=mark_all)
