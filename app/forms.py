@@ -39,7 +39,7 @@ class DatasetInfo:
 
 @dataclass
 class RunRequest:
-    """A validated New-run form; `state.submit_run` turns it into the job system's run spec."""
+    """A validated New-run form; `jobs.submit_run` turns it into the job system's run spec."""
     name: str
     dataset: DatasetInfo
     base_model: str | None            # None = train a new model; else an existing model's id/path

@@ -1,10 +1,10 @@
-"""Streamlit pieces more than one page uses (the pure logic stays in state/forms/charts)."""
+"""Streamlit pieces more than one page uses (the pure logic stays in jobs/present/forms/charts)."""
 
 from pathlib import Path
 
 import streamlit as st
 
-from app import overlay, state
+from app import jobs, overlay
 from bpnet.errors import BpnetError
 
 ERROR_ICON = ":material/block:"
@@ -15,13 +15,13 @@ def run_action_buttons(run_id, status, cancel_slot, rerun_slot, key):
     if cancel_slot.button("Cancel run", key=f"cancel-{key}", disabled=status not in ("queued", "running"),
                           help="queued stages are dropped; running ones stop at their next step"):
         try:
-            stopped = state.cancel_run(run_id)
+            stopped = jobs.cancel_run(run_id)
             st.toast("run cancelled" if stopped else "the run had already finished")
         except BpnetError as err:
             st.error(str(err), icon=ERROR_ICON)
     if rerun_slot.button("Re-run", key=f"rerun-{key}", help="the same spec as a new run; finished stages are reused"):
         try:
-            new_id = state.rerun(run_id)
+            new_id = jobs.rerun(run_id)
         except BpnetError as err:
             st.error(f"Re-run refused: {err}", icon=ERROR_ICON)
         else:
@@ -62,7 +62,7 @@ def truth_picture(images_dir, file_name, annotations, results_file, stamps, imag
 def result_file(run, stage_id, name):
     """Path of one named artifact of a result's stage in a run (None when it has none)."""
     art = next((a for a in run["artifacts"] if a["stage_id"] == stage_id and a["name"] == name), None)
-    return state.artifact_path(art["id"]) if art else None
+    return jobs.artifact_path(art["id"]) if art else None
 
 
 def keypoint_floor(run, stage_id):

@@ -6,7 +6,7 @@ import json
 import streamlit as st
 import yaml
 
-from app import forms, present, state
+from app import forms, jobs, present
 from bpnet.errors import BpnetError
 
 TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
@@ -47,7 +47,7 @@ def dataset_statistics(annotations, modified_ns):
 @st.cache_data(ttl=PREVIEW_TTL_S, show_spinner="previewing the sweep…", max_entries=16)
 def preview(spec_json):
     try:
-        return state.preview_run(json.loads(spec_json)), None
+        return jobs.preview_run(json.loads(spec_json)), None
     except BpnetError as err:
         return None, str(err)
 
@@ -55,7 +55,7 @@ def preview(spec_json):
 @st.cache_data(ttl=30, show_spinner=False)
 def trained_models():
     try:
-        return state.trained_models()
+        return jobs.trained_models()
     except BpnetError:
         return []
 
@@ -63,7 +63,7 @@ def trained_models():
 @st.cache_data(show_spinner="reading the base model's weights…", max_entries=16)
 def pruning_dry_run(model, modified_ns, thresholds, prune_json):
     try:
-        return state.preview_prune(model, thresholds, json.loads(prune_json)), None
+        return jobs.preview_prune(model, thresholds, json.loads(prune_json)), None
     except BpnetError as err:
         return None, str(err)
 
@@ -264,7 +264,7 @@ if dataset_error:
 spec = None
 if not errors:   # the run spec itself, validated by RunSpec: its messages go under the widgets too
     spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
-    errors = forms.errors_by_widget(state.run_spec_problems(spec))   # the RunSpec's own checks
+    errors = forms.errors_by_widget(jobs.run_spec_problems(spec))   # the RunSpec's own checks
 for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_slot, "base"),
                   (resolution_slot, "resolution"),
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
@@ -287,12 +287,12 @@ else:
                                                          "each at every resolution and precision")
         c2.metric("stages to compute", result["to_compute"])
         c3.metric("stages cached", len(result["cached"]))
-        c4.metric("time estimate", state.format_duration(result["estimate_s"]) if result["estimate_s"] is not None
+        c4.metric("time estimate", jobs.format_duration(result["estimate_s"]) if result["estimate_s"] is not None
                   else "unknown")
         st.caption(f"Estimate: {result['estimate_basis']}.")
         if result["estimate_stages"]:
             with st.expander("Cost per stage (from past stages on the same worker kind)"):
-                st.dataframe(state.cost_rows(result["estimate_stages"]), hide_index=True, key="cost_df")
+                st.dataframe(jobs.cost_rows(result["estimate_stages"]), hide_index=True, key="cost_df")
         if result["cached"]:
             with st.expander(f"{len(result['cached'])} stage(s) already computed, reused"):
                 st.write("\n".join(f"- {label}" for label in result["cached"]))
@@ -305,7 +305,7 @@ else:
 
 if st.button("Submit run", type="primary", disabled=spec is None, key="submit"):
     try:
-        run_id = state.submit_run(spec)
+        run_id = jobs.submit_run(spec)
     except BpnetError as err:
         st.error(f"Not submitted: {err}", icon=":material/block:")
     else:

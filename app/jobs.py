@@ -30,10 +30,11 @@ def call(fn, *args, **kwargs):
     except BpnetError:
         raise
     except Exception as err:   # noqa: BLE001 - any store/driver failure is shown, not raised
-        from worker.config import load_config
+        from worker.config import load_config, mask_secrets, mask_url
         url = load_config().database_url
-        raise StoreUnavailable(f"the job store at {url} cannot be read ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0] if str(err) else 'no detail'}). Is "
+        detail = mask_secrets(str(err).splitlines()[0] if str(err) else "no detail", [url])
+        raise StoreUnavailable(f"the job store at {mask_url(url)} cannot be read ({type(err).__name__}: "
+                               f"{detail}). Is "
                                "BPNET_STUDIO_HOME / DATABASE_URL right, and the database running?") from None
 
 
