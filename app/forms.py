@@ -12,8 +12,9 @@ from pathlib import Path
 
 from bpnet.errors import BpnetError
 from bpnet.image_files import count_images
-from bpnet.limits import MAX_SIDE_PX, MAX_STAGES, MIN_STAGES, PRECISIONS as RUN_PRECISIONS, STRIDE
-from bpnet.limits import prune_threshold_problem, stages_problem
+from bpnet.limits import (MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_SIDE_PX, MAX_STAGES, MIN_STAGES,
+                          PRECISIONS as RUN_PRECISIONS, STRIDE)
+from bpnet.limits import calibration_count_problem, prune_threshold_problem, stages_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
@@ -225,16 +226,15 @@ def parse_float(value, what, low, high):
 
 def check_calibration(images_dir, batches, batch_size):
     """The seed's rule: calibration needs at least batch_size × batches images in its folder."""
-    batches = parse_int(batches, "calibration batches", 1, 10_000)
-    batch_size = parse_int(batch_size, "calibration batch size", 1, 256)
+    batches = parse_int(batches, "calibration batches", 1, MAX_CALIBRATION_BATCHES)
+    batch_size = parse_int(batch_size, "calibration batch size", 1, MAX_CALIBRATION_BATCH_SIZE)
     folder = Path(str(images_dir or "").strip()).expanduser()
     if not str(images_dir or "").strip() or not folder.is_dir():
         raise BpnetError(f"calibration images: folder {str(images_dir or '')!r} does not exist; "
                          "give a folder of images like the deployment's (default: the training images)")
-    have = count_images(folder)
-    if have < batches * batch_size:
-        raise BpnetError(f"calibration: {folder} has {have} images, fewer than batch size × batches = "
-                         f"{batch_size} × {batches} = {batch_size * batches}; lower the batches or add images")
+    problem = calibration_count_problem(count_images(folder), batch_size, batches)   # the run spec's rule
+    if problem:
+        raise BpnetError(f"calibration: {folder} {problem}; add images or lower the batches")
     return folder.resolve(), batches, batch_size
 
 

@@ -49,7 +49,7 @@ def test_thresholds_parse_sorted_unique_and_reject_bad_lists():
 
 def test_calibration_follows_the_seed_rule(coco_mini, tmp_path):
     assert forms.check_calibration(coco_mini[1], 10, 8) == (coco_mini[1].resolve(), 10, 8)
-    with pytest.raises(BpnetError, match="80 images, fewer than .* 9 × 9 = 81"):
+    with pytest.raises(BpnetError, match="80 images, fewer than .* 9 x 9 = 81"):
         forms.check_calibration(coco_mini[1], 9, 9)
     with pytest.raises(BpnetError, match="does not exist"):
         forms.check_calibration(tmp_path / "none", 1, 1)
