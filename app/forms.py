@@ -406,16 +406,30 @@ def stats_rows(stats):
 
 
 def advice_text(advice):
-    """'recommended 0.05-3.0: reason; reason' for a field's help and caption."""
+    """A field's recommendation as a sentence: 'recommended: 3 (2–7 work): reason; reason',
+    'recommended: 16: …' (not '16–16'), 'FP32, FP16 or INT8; recommended: INT8: …'."""
     value_range = advice.recommended_range
+    value = _shown(advice.value)
     if isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
-            isinstance(v, (int, float)) for v in value_range):
-        shown = f"recommended {value_range[0]:g}–{value_range[1]:g}"
-    elif isinstance(value_range, (tuple, list)):
-        shown = f"options {', '.join(map(str, value_range))}; recommended {advice.value}"
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range):
+        low, high = value_range
+        shown = f"recommended: {value}" + ("" if low == high else f" ({low:g}–{high:g} work)")
+    elif isinstance(value_range, (tuple, list)) and value_range:
+        options = [_shown(v) for v in value_range]
+        listed = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+        shown = f"{listed}; recommended: {value}"
     else:
-        shown = f"recommended {advice.value}"
+        shown = f"recommended: {value}"
     return f"{shown}: " + "; ".join(advice.reasons)
+
+
+def _shown(value):
+    """Precisions in capitals (FP32), numbers without trailing zeros, anything else as written."""
+    if isinstance(value, str) and value.lower() in ("fp32", "fp16", "int8"):
+        return value.upper()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def static_advice():
