@@ -22,11 +22,14 @@ VERBS = {
     "dataset-stats": "People, keypoints and sizes of a COCO dataset, with recommended settings.",
     "search": "Find the smallest pruned model within an AP budget (prune-retrain-evaluate loop).",
     "gate": "Check an INT8/FP16 model against its float parent; exit 1 when it lost too much.",
+    "import": "Import a pretrained pose network (TFLite, frozen .pb, ONNX, TAO .hdf5) with its model card.",
 }
+MODULE_NAMES = {"import": "import_"}   # `import` is a Python keyword
 
 
 def _module(verb):
-    return importlib.import_module(f"bpnet.commands.{verb.replace('-', '_')}")
+    name = MODULE_NAMES.get(verb, verb.replace("-", "_"))
+    return importlib.import_module(f"bpnet.commands.{name}")
 
 
 def build_parser():
