@@ -17,7 +17,7 @@ from bpnet.draw import draw_skeletons
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic
-from bpnet.preprocess import STRIDE, prepare_batch, read_image
+from bpnet.preprocess import STRIDE, normalization_for, prepare_batch, read_image
 from bpnet.skeleton import load_skeleton
 from bpnet.specs import spec_to_yaml
 
@@ -103,7 +103,8 @@ def predict_maps(backend, images, spec):
     to within the rounding of the image size to whole pixels.
     """
     scales = spec.scales if spec.multi_scale_inference else (1.0,)
-    norm = spec.normalization
+    norm = normalization_for(spec.normalization, backend.normalization,
+                             "normalization" in spec.model_fields_set, "inference spec normalization")
     base, letterboxes = prepare_batch(images, spec.input_shape, spec.keep_aspect_ratio_mode,
                                       norm.image_scale, norm.image_offset)
     grid_hw = (base.shape[1] // STRIDE, base.shape[2] // STRIDE)

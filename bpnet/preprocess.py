@@ -95,6 +95,24 @@ def normalize(images, image_scale=DEFAULT_IMAGE_SCALE, image_offset=DEFAULT_IMAG
     return images / np.asarray(image_scale, np.float32) - np.asarray(image_offset, np.float32)
 
 
+def normalization_for(spec_normalization, card_normalization, spec_sets_it, where="normalization"):
+    """The normalisation to use: the model card's when the model has one, else the spec's.
+
+    An imported network was trained with one preprocessing, written in its model card; a spec
+    that sets a different one explicitly is an error rather than silently wrong maps.
+    """
+    if card_normalization is None:
+        return spec_normalization
+    same = (tuple(spec_normalization.image_scale) == tuple(card_normalization.image_scale)
+            and tuple(spec_normalization.image_offset) == tuple(card_normalization.image_offset))
+    if spec_sets_it and not same:
+        raise BpnetError(f"{where}: image_scale {list(spec_normalization.image_scale)} / image_offset "
+                         f"{list(spec_normalization.image_offset)} disagree with the model card's "
+                         f"{list(card_normalization.image_scale)} / {list(card_normalization.image_offset)}; "
+                         "remove normalization from the spec (the card's is used) or set the card's values")
+    return card_normalization
+
+
 def prepare_batch(images, input_hw, mode="pad_image_input",
                   image_scale=DEFAULT_IMAGE_SCALE, image_offset=DEFAULT_IMAGE_OFFSET):
     """A list of BGR images -> (float32 (N, H, W, 3) batch, [Letterbox]).

@@ -155,6 +155,14 @@ def write_card_into_hdf5(path, card):
         f.attrs[CARD_KEY] = card_to_yaml(card)
 
 
+def copy_card_into_hdf5(source_model, target_path):
+    """Give `target_path` (an HDF5 being written) the card of `source_model`, if it has one."""
+    card = read_model_card(source_model)
+    if card is not None:
+        write_card_into_hdf5(target_path, card)
+    return card
+
+
 def set_onnx_card(proto, card):
     """Store `card` in an ONNX ModelProto's metadata (replacing an older one)."""
     keep = [p for p in proto.metadata_props if p.key != CARD_KEY]

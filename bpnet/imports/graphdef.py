@@ -174,7 +174,9 @@ class _Reader:
         return next((n for n in self.nodes if n.output == tensor), None)
 
     def _readers(self, tensor):
-        return [n for n in self.tf_nodes.values() if tensor in [self.resolve(i) for i in n.input]]
+        """TF nodes reading `tensor`, not counting those already folded into it (aliases)."""
+        return [n for n in self.tf_nodes.values() if self.resolve(n.name) != tensor
+                and tensor in [self.resolve(i) for i in n.input]]
 
     # -- layers
     def _conv2d(self, tf_node, name, ins, data, values, where, kind="conv"):

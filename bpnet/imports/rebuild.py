@@ -80,11 +80,12 @@ def source_runner(source, kind, graph, output):
     graph_def = parse_graphdef(source)
     check_ops(source, graph_def)   # only the supported arithmetic ops ever run
 
-    def run(batch):
+    def run(batch):   # one image at a time: frozen graphs often fix the batch to 1
         with tf.Graph().as_default() as g:
             tf.compat.v1.import_graph_def(graph_def, name="")
             with tf.compat.v1.Session(graph=g) as session:
-                return session.run(f"{output}:0", {f"{graph.input}:0": batch.astype(np.float32)})
+                return np.concatenate([session.run(f"{output}:0", {f"{graph.input}:0": image[None].astype(np.float32)})
+                                       for image in batch])
     return run
 
 
