@@ -337,8 +337,7 @@ def _card_normalization(model_path, normalization):
     card = model_normalization(model_path)
     if card is None:
         return normalization
-    return normalization_for(normalization or card, card, normalization is not None,
-                             "export normalization (-e SPEC)")
+    return normalization_for(normalization or card, card, "export normalization (-e SPEC)")
 
 
 def int8_artifacts(onnx_path, input_hw, calibrator, percentile, cal_image_dir, cal_data_file,

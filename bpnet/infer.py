@@ -103,8 +103,7 @@ def predict_maps(backend, images, spec):
     to within the rounding of the image size to whole pixels.
     """
     scales = spec.scales if spec.multi_scale_inference else (1.0,)
-    norm = normalization_for(spec.normalization, backend.normalization,
-                             "normalization" in spec.model_fields_set, "inference spec normalization")
+    norm = normalization_for(spec.normalization, backend.normalization, "inference spec normalization")
     base, letterboxes = prepare_batch(images, spec.input_shape, spec.keep_aspect_ratio_mode,
                                       norm.image_scale, norm.image_offset)
     grid_hw = (base.shape[1] // STRIDE, base.shape[2] // STRIDE)

@@ -95,21 +95,21 @@ def normalize(images, image_scale=DEFAULT_IMAGE_SCALE, image_offset=DEFAULT_IMAG
     return images / np.asarray(image_scale, np.float32) - np.asarray(image_offset, np.float32)
 
 
-def normalization_for(spec_normalization, card_normalization, spec_sets_it, where="normalization"):
+def normalization_for(spec_normalization, card_normalization, where="normalization"):
     """The normalisation to use: the model card's when the model has one, else the spec's.
 
-    An imported network was trained with one preprocessing, written in its model card; a spec
-    that sets a different one explicitly is an error rather than silently wrong maps.
+    An imported network was trained with one preprocessing, written in its model card. A spec
+    left at the defaults follows the card; a spec that sets other values that disagree with
+    the card is an error rather than silently wrong maps.
     """
     if card_normalization is None:
         return spec_normalization
-    same = (tuple(spec_normalization.image_scale) == tuple(card_normalization.image_scale)
-            and tuple(spec_normalization.image_offset) == tuple(card_normalization.image_offset))
-    if spec_sets_it and not same:
-        raise BpnetError(f"{where}: image_scale {list(spec_normalization.image_scale)} / image_offset "
-                         f"{list(spec_normalization.image_offset)} disagree with the model card's "
-                         f"{list(card_normalization.image_scale)} / {list(card_normalization.image_offset)}; "
-                         "remove normalization from the spec (the card's is used) or set the card's values")
+    given = (tuple(spec_normalization.image_scale), tuple(spec_normalization.image_offset))
+    card = (tuple(card_normalization.image_scale), tuple(card_normalization.image_offset))
+    if given not in (card, (DEFAULT_IMAGE_SCALE, DEFAULT_IMAGE_OFFSET)):
+        raise BpnetError(f"{where}: image_scale {list(given[0])} / image_offset {list(given[1])} "
+                         f"disagree with the model card's {list(card[0])} / {list(card[1])}; remove "
+                         "normalization from the spec (the card's is used) or set the card's values")
     return card_normalization
 
 

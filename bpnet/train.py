@@ -92,9 +92,7 @@ def follow_model_card(spec):
     card = model_normalization(spec.pretrained_weights) if spec.pretrained_weights else None
     if card is None:
         return spec
-    norm = normalization_for(spec.dataloader.normalization, card,
-                             "normalization" in spec.dataloader.model_fields_set,
-                             "dataloader.normalization")
+    norm = normalization_for(spec.dataloader.normalization, card, "dataloader.normalization")
     return spec.model_copy(update={"dataloader": spec.dataloader.model_copy(update={"normalization": norm})})
 
 

@@ -326,7 +326,7 @@ def test_imported_model_follows_its_card_in_inference_and_refuses_a_contradictin
     metrics = evaluate_model(out, annotations, images, spec, out.parent / "eval", max_images=3)
     found = json.loads((out.parent / "eval" / "results.json").read_text())
     assert metrics["num_images"] == 3 and len(found) >= 1   # people found with the card's 0..255 input
-    bad = InferSpec(input_shape=(96, 128), normalization={"image_scale": [256] * 3, "image_offset": [0.5] * 3})
+    bad = InferSpec(input_shape=(96, 128), normalization={"image_scale": [255] * 3, "image_offset": [0] * 3})
     with pytest.raises(BpnetError, match="disagree with the model card"):
         evaluate_model(out, annotations, images, bad, out.parent / "eval2", max_images=1)
 
@@ -352,11 +352,12 @@ def test_onnx_import_goes_through_int8_export_and_evaluate(bundled_import, tmp_p
     assert report["parity"]["max_abs_diff"] <= 1e-4
 
     annotations, images = coco_mini
-    exported = export_model(onnx_import, tmp_path / "exp" / "m.onnx", (96, 128), data_type="int8",
+    # tf2onnx keeps the TFLite file's fixed 1x368x432 input, so the import runs at that size only
+    exported = export_model(onnx_import, tmp_path / "exp" / "m.onnx", (368, 432), data_type="int8",
                             cal_image_dir=images, batch_size=1, batches=2)
     int8 = Path(exported["int8"]["onnx_int8"])
     assert read_model_card(int8).name == read_model_card(onnx_import).name
-    metrics = evaluate_model(int8, annotations, images, InferSpec(input_shape=(96, 128)),
+    metrics = evaluate_model(int8, annotations, images, InferSpec(input_shape=(368, 432)),
                              tmp_path / "eval", max_images=2)
     assert metrics["precision"] == "int8"
 

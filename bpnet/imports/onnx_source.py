@@ -101,25 +101,36 @@ def wrap(proto, card, skeleton, path):
                              [f"bpnet_{name}_gathered"], axis=3),
             helper.make_node("Mul", [f"bpnet_{name}_gathered", const(f"bpnet_{name}_signs", sign.astype(np.float32))],
                              [name])]
+    # Our input has the source's sizes (fixed or symbolic), in NHWC order.
+    dims = _dims(next(i for i in graph.input if i.name == source_input))
+    n, h, w = (dims[0], dims[2], dims[3]) if layout == "NCHW" else dims[:3]
+    # The batch stays open (calibration and evaluation batch images); the source's own shape
+    # hints are dropped so ONNX Runtime infers them again for any batch size.
+    shape = ["N", h or "H", w or "W", 3]
+    del graph.value_info[:]
     old_inputs = [i for i in graph.input if i.name != source_input]
     del graph.input[:]
-    graph.input.extend([helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", "H", "W", 3])] + old_inputs)
+    graph.input.extend([helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, shape)] + old_inputs)
     body = list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes + body + nodes_after)
     graph.initializer.extend(inits)
     del graph.output[:]
-    graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in (HEATMAPS, PAFS)])
+    graph.output.extend([helper.make_tensor_value_info(name, TensorProto.FLOAT, [shape[0], "h", "w", channels])
+                         for name, channels in ((HEATMAPS, len(heat_src)), (PAFS, len(paf_src)))])
     return model, out_name, layout, source_input
 
 
 def run_onnx(proto, feeds, outputs):
+    """Outputs for a batch, one image at a time (sources often fix the batch to 1)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(outputs, feeds)
+    (name, batch), = feeds.items()
+    per_image = [session.run(outputs, {name: batch[i:i + 1]}) for i in range(len(batch))]
+    return [np.concatenate([r[k] for r in per_image]) for k in range(len(outputs))]
 
 
 def import_onnx(source, output, card, log=print):
@@ -176,7 +187,7 @@ def export_imported_onnx(model_path, output_path, input_hw, stage=None, sdk_comp
     batch = np.zeros((1, *input_hw, 3), np.float32)
     try:
         run_onnx(proto, {INPUT: batch}, outputs)
-    except Exception as err:
+    except Exception as err:  # ONNX Runtime's own error types: a size the graph cannot take
         raise BpnetError(f"{model_path} does not run at {input_hw[0]}x{input_hw[1]}: {err}") from None
     keep = {p.key: p.value for p in proto.metadata_props}
     keep.update({"bpnet_input_hw": f"{input_hw[0]},{input_hw[1]}", "bpnet_sdk_compatible": "false"})
