@@ -17,7 +17,8 @@ STATUS_COLORS = {"completed": "#2ca02c", "cached": "#17becf", "running": "#1f77b
                  "pending": "#9e9e9e", "failed": "#d62728", "cancelled": "#ff7f0e", "skipped": "#bdbdbd"}
 GATE_FAILED_COLOR = "#d62728"
 HOVER_TEMPLATE = ("<b>%{customdata[0]}</b><br>pth %{customdata[1]} · %{customdata[2]} · "
-                  "%{customdata[3]} stages · %{customdata[4]}<br>AP %{y:.3f} · %{x:.2f} ms<extra></extra>")
+                  "%{customdata[3]} stages · %{customdata[4]}<br>AP %{y:.3f} · %{customdata[5]}"
+                  "<br>click to open this result<extra></extra>")
 
 
 def _number(value):
@@ -58,38 +59,160 @@ def pareto_front(points):
 
 
 def _hover_data(rows):
+    """Per point: label, pth, resolution, stages, precision, latency text, stage id, run id. The
+    last two let a click on the point open its result (`selected_result`)."""
     return [[r.get("label", ""), r.get("pth", "–"), resolution_text(r), r.get("stages", "?"),
-             r.get("precision", "?")] for r in rows]
+             r.get("precision", "?"), _latency_hover(r), r.get("stage_id"), r.get("run_id")] for r in rows]
+
+
+def _latency_hover(row):
+    ms = _number(row.get("latency_ms"))
+    if ms is None:
+        return "no latency"
+    text = f"{ms:.2f} ms"
+    p5, p95 = _number(row.get("latency_p5_ms")), _number(row.get("latency_p95_ms"))
+    if p95 is not None:
+        text += f" (p5–p95 {p5:.2f}–{p95:.2f})" if p5 is not None else f" (p95 {p95:.2f})"
+    if row.get("latency_runs"):
+        text += f", {row['latency_runs']} runs"
+    return text
+
+
+def selected_result(event):
+    """(run_id, stage_id) of the point clicked in a chart built here, from Streamlit's
+    `plotly_chart(on_select=...)` event; None when nothing is selected."""
+    points = ((event or {}).get("selection") or {}).get("points") or []
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, (list, tuple)) and len(data) >= 8 and data[6]:
+            return data[7], data[6]
+    return None
+
+
+def dodge(xs, ys, x_span, y_span, share=0.012):
+    """x offsets that spread points drawn on top of each other (e.g. an INT8 result exactly as
+    fast and accurate as its FP32 parent) side by side: points closer than `share` of both axes'
+    spans form a group whose members are shifted by `share` of the x span each, centred."""
+    offsets = [0.0] * len(xs)
+    groups = []
+    for i in range(len(xs)):
+        for group in groups:
+            j = group[0]
+            if abs(xs[i] - xs[j]) <= share * x_span and abs(ys[i] - ys[j]) <= share * y_span:
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    for group in groups:
+        for k, i in enumerate(group):
+            offsets[i] = (k - (len(group) - 1) / 2) * share * x_span
+    return offsets
+
+
+def ap_axis_range(values):
+    """AP axis from 0 to a little above the data's maximum (never the -1..1 of one point)."""
+    top = max([v for v in values if v is not None] + [0.0])
+    return [0.0, top * 1.1 if top > 0 else 0.05]
 
 
 def ap_vs_latency_figure(rows, x_key="latency_ms", y_key="AP"):
-    """Scatter of AP against latency, one colour per precision, the Pareto front as a line."""
+    """Scatter of AP against latency, one colour per precision, p5-p95 latency error bars, the
+    Pareto front as a line; points on top of each other are dodged sideways."""
     rows = rows_with(rows, x_key, y_key)
+    xs = [_number(r[x_key]) for r in rows]
+    ys = [_number(r[y_key]) for r in rows]
+    x_span = (max(xs) - min(xs)) if len(xs) > 1 and max(xs) > min(xs) else (max(xs, default=1.0) or 1.0)
+    y_span = max(ys, default=0.0) or 1.0
+    offsets = dodge(xs, ys, x_span, y_span)
+    shown_x = {id(r): x + o for r, x, o in zip(rows, xs, offsets)}
     fig = go.Figure()
     for precision in sorted({r.get("precision", "?") for r in rows}):
         group = [r for r in rows if r.get("precision", "?") == precision]
+        plus = [max(0.0, (_number(r.get("latency_p95_ms")) or _number(r[x_key])) - _number(r[x_key])) for r in group]
+        minus = [max(0.0, _number(r[x_key]) - (_number(r.get("latency_p5_ms")) or _number(r[x_key]))) for r in group]
         fig.add_trace(go.Scatter(
-            x=[_number(r[x_key]) for r in group], y=[_number(r[y_key]) for r in group],
+            x=[shown_x[id(r)] for r in group], y=[_number(r[y_key]) for r in group],
             mode="markers", name=precision, customdata=_hover_data(group),
             hovertemplate=HOVER_TEMPLATE,
-            marker={"size": 11, "color": PRECISION_COLORS.get(precision), "opacity": 0.8}))
+            error_x={"type": "data", "array": plus, "arrayminus": minus, "visible": any(plus) or any(minus),
+                     "thickness": 1.2, "width": 3},
+            marker={"size": 11, "color": PRECISION_COLORS.get(precision), "opacity": 0.85}))
     failed = [r for r in rows if r.get("gate") == "failed"]
     if failed:   # ringed in red: measured, but refused by the INT8/FP16 gate
         fig.add_trace(go.Scatter(
-            x=[_number(r[x_key]) for r in failed], y=[_number(r[y_key]) for r in failed],
+            x=[shown_x[id(r)] for r in failed], y=[_number(r[y_key]) for r in failed],
             mode="markers", name="gate failed", customdata=_hover_data(failed), hovertemplate=HOVER_TEMPLATE,
             marker={"size": 20, "symbol": "circle-open", "color": GATE_FAILED_COLOR, "line": {"width": 3}}))
-    front = [rows[i] for i in pareto_front([(_number(r[x_key]), _number(r[y_key])) for r in rows])]
+    front = [rows[i] for i in pareto_front(list(zip(xs, ys)))]
     if front:
         fig.add_trace(go.Scatter(
-            x=[_number(r[x_key]) for r in front], y=[_number(r[y_key]) for r in front],
+            x=[shown_x[id(r)] for r in front], y=[_number(r[y_key]) for r in front],
             mode="lines+markers", name="Pareto front", customdata=_hover_data(front),
             hovertemplate=HOVER_TEMPLATE, line={"color": "black", "dash": "dash"},
             marker={"size": 16, "symbol": "star", "color": "gold", "line": {"color": "black", "width": 1}}))
     fig.update_layout(title="AP vs latency (Pareto front: no other result is both faster and more accurate)",
-                      xaxis_title="latency per image (ms, lower is better)",
+                      xaxis_title="latency per image (ms, median; bars p5–p95; lower is better)",
                       yaxis_title=f"{y_key} (higher is better)", legend_title="precision",
-                      margin={"t": 60})
+                      yaxis_range=ap_axis_range(ys), margin={"t": 60}, clickmode="event+select")
+    return fig
+
+
+PARALLEL_DIMENSIONS = (("pth", "prune threshold"), ("resolution", "resolution"), ("stages", "stages"),
+                       ("precision", "precision"), ("params", "parameters (M)"),
+                       ("latency_ms", "latency (ms)"), ("AP", "AP"))
+
+
+def _categorical(values):
+    """(codes, tick values, tick texts) of categorical values in sorted order."""
+    levels = sorted({str(v) for v in values}, key=lambda t: (len(t), t))
+    codes = [levels.index(str(v)) for v in values]
+    return codes, list(range(len(levels))), levels
+
+
+def parallel_coordinates_figure(rows):
+    """One line per result across threshold, resolution, stages, precision, parameters,
+    latency and AP, coloured by AP (drag along an axis to filter, as in Optuna/W&B)."""
+    rows = rows_with(rows, "AP")
+    dims = []
+    for key, title in PARALLEL_DIMENSIONS:
+        raw = [r.get(key) for r in rows]
+        if key in ("params", "latency_ms", "AP"):
+            values = [_number(v) for v in raw]
+            if any(v is None for v in values):
+                continue   # a dimension some result lacks would draw broken lines
+            if key == "params":
+                values = [v / 1e6 for v in values]
+            dims.append({"label": title, "values": values,
+                         **({"range": ap_axis_range(values)} if key == "AP" else {})})
+        else:
+            texts = ["?" if v is None else (resolution_text(r) if key == "resolution" else v)
+                     for v, r in zip(raw, rows)]
+            codes, ticks, labels = _categorical(texts)
+            dims.append({"label": title, "values": codes, "tickvals": ticks, "ticktext": labels,
+                         "range": [-0.2, max(ticks) + 0.2] if ticks else [0, 1]})
+    aps = [_number(r["AP"]) for r in rows]
+    fig = go.Figure(go.Parcoords(line={"color": aps, "colorscale": "Viridis", "showscale": True,
+                                       "colorbar": {"title": "AP"}, "cmin": 0, "cmax": ap_axis_range(aps)[1]},
+                                 dimensions=dims))
+    fig.update_layout(title="every result across its settings (drag along an axis to filter)",
+                      margin={"t": 90, "l": 60, "r": 60})
+    return fig
+
+
+def sensitivity_figure(sensitivity, top=15):
+    """Per-layer INT8 sensitivity (the output error when only that layer is quantized), worst
+    first, against the error of the fully quantized model."""
+    layers = (sensitivity or {}).get("layers") or []
+    layers = layers[:top][::-1]   # horizontal bars: worst on top
+    fig = go.Figure(go.Bar(x=[_number(l["error"]) for l in layers],
+                           y=[f"{l['layer']} ({l.get('op_type', '?')})" for l in layers], orientation="h",
+                           marker_color="#d62728"))
+    full = _number((sensitivity or {}).get("full_int8_error"))
+    if full is not None:
+        fig.add_vline(x=full, line={"dash": "dash"}, annotation_text=f"whole model INT8: {full:.3f}")
+    fig.update_layout(title=f"INT8 sensitivity per layer (the {len(layers)} most sensitive; output error "
+                            "with only that layer quantized)", xaxis_title="output error (relative)",
+                      height=max(300, 28 * len(layers) + 120), margin={"t": 60, "l": 10})
     return fig
 
 
@@ -117,8 +240,9 @@ def size_vs_ap_figure(rows):
                 x=[_number(r[key]) * scale for r in sub], y=[_number(r["AP"]) for r in sub],
                 mode="markers", name=precision, legendgroup=precision, showlegend=col == 1,
                 customdata=_hover_data(sub),
-                hovertemplate=HOVER_TEMPLATE.replace("%{x:.2f} ms", "%{x:.3g}"),
+                hovertemplate=HOVER_TEMPLATE,
                 marker={"size": 10, "color": PRECISION_COLORS.get(precision)}), row=1, col=col)
+    fig.update_yaxes(range=ap_axis_range([_number(r.get("AP")) for r in rows]))
     fig.update_xaxes(title_text="parameters (millions)", row=1, col=1)
     fig.update_xaxes(title_text="model file (MB)", row=1, col=2)
     fig.update_yaxes(title_text="AP", row=1, col=1)
@@ -149,7 +273,8 @@ def loss_curve_figure(points):
                   and _number(p.get("loss")) is not None and p.get("step") is not None]
         series.sort(key=lambda p: p["step"])
         fig.add_trace(go.Scatter(x=[p["step"] for p in series], y=[_number(p["loss"]) for p in series],
-                                 mode="lines", name=stage))
+                                 mode="lines+markers" if "epoch mean" in stage else "lines", name=stage,
+                                 line={"width": 3 if "epoch mean" in stage else 1.2}))
     fig.update_layout(title="training loss", xaxis_title="step", yaxis_title="loss", margin={"t": 60})
     return fig
 
@@ -200,18 +325,37 @@ def search_figure(report, iterations=()):
     return fig
 
 
+def short_stage_label(label, kind):
+    """A node's label without what its ancestors already say (the graph reads left to right:
+    prune shows the threshold, export the resolution and precision), so nodes stay narrow and
+    their text readable: 'retrain s2 pth=0.1' -> 'retrain', 'evaluate s2 pth=0.1 64x64 fp32' ->
+    'evaluate'. The full label is the node's tooltip."""
+    words = label.split()
+    if kind in ("retrain", "evaluate", "gate") and words:
+        return words[0]
+    if kind == "prune":
+        return " ".join(w for w in words if not (w.startswith("s") and w[1:].isdigit()))
+    if kind == "export":
+        return " ".join(w for w in words if not w.startswith("pth=") and not (w.startswith("s") and w[1:].isdigit()))
+    return label
+
+
 def dag_dot(stages):
     """Graphviz DOT text of a run's stages, coloured by status.
 
     `stages` are dicts with `id`, `label`, `status` and `parents` (ids of the stages they need).
     """
-    lines = ["digraph run {", '  rankdir="LR";',
-             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];']
+    # Drawn at its natural size (not stretched or shrunk to the page): 14-pt labels stay readable
+    # on a 1400-px screen even for a 40-stage sweep, which scrolls instead.
+    lines = ["digraph run {", '  rankdir="LR"; nodesep=0.12; ranksep=0.3;',
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=14, margin="0.12,0.04"];']
     for stage in stages:
         status = stage.get("status", "pending")
         color = STATUS_COLORS.get(status, "#e0e0e0")
-        label = f"{stage.get('label', stage['id'])}\\n{status}".replace('"', "'")
-        lines.append(f'  "{stage["id"]}" [label="{label}", fillcolor="{color}66", color="{color}"];')
+        full = str(stage.get("label", stage["id"])).replace('"', "'")
+        label = f"{short_stage_label(full, stage.get('kind'))}\\n{status}"
+        lines.append(f'  "{stage["id"]}" [label="{label}", tooltip="{full}", fillcolor="{color}66", '
+                     f'color="{color}"];')
     for stage in stages:
         for parent in stage.get("parents", ()):
             lines.append(f'  "{parent}" -> "{stage["id"]}";')

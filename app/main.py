@@ -20,9 +20,20 @@ PAGES_DIR = Path(__file__).resolve().parent / "views"
 
 st.set_page_config(page_title="BPNet Studio", page_icon=":material/accessibility_new:", layout="wide")
 
+RUNS = st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/list:", url_path="runs")
+
+
+def home():
+    """The root address opens Runs at its own path, so `/runs` and `/` are the same page (the
+    default page of st.navigation is served only at `/`; a visible default would make `/runs`
+    "page not found")."""
+    st.switch_page(RUNS, query_params=st.query_params.to_dict())
+
+
 pages = [
+    st.Page(home, title="Home", url_path="home", default=True, visibility="hidden"),
     st.Page(PAGES_DIR / "new_run.py", title="New run", icon=":material/add_circle:", url_path="new"),
-    st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/list:", url_path="runs", default=True),
+    RUNS,
     st.Page(PAGES_DIR / "run_detail.py", title="Run detail", icon=":material/account_tree:", url_path="run"),
     st.Page(PAGES_DIR / "compare.py", title="Compare", icon=":material/scatter_plot:", url_path="compare"),
     st.Page(PAGES_DIR / "workers.py", title="Workers", icon=":material/dns:", url_path="workers"),

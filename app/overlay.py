@@ -1,8 +1,11 @@
 """Skeletons drawn on images, from COCO-format keypoint results (numpy + OpenCV; no TensorFlow).
 
 The worker stores each evaluation's `results.json` (COCO results: image_id, keypoints as 51
-numbers x, y, score, person score); the dashboard draws them on the dataset's own images so a
-user sees what a model finds, and two models side by side on the same pictures.
+numbers x, y, score, person score); the dashboard draws them on the dataset's own images next to
+the ground truth (two colours, OKS per person) so a user sees what a model finds and misses, and
+two models side by side on the same pictures. Images are chosen by their annotated people (not
+by what a model detects: an untrained model "finds" people on zebras), and separately the images
+where the result does worst (lowest mean OKS).
 """
 
 import json
@@ -13,11 +16,15 @@ import numpy as np
 
 from bpnet.draw import draw_skeletons
 from bpnet.errors import BpnetError
+from bpnet.guide.gate import match_people, oks
 from bpnet.preprocess import read_image
 from bpnet.skeleton import load_skeleton
 
 LIMB_COLOR_BGR = (0, 200, 255)
 JOINT_COLOR_BGR = (0, 0, 255)
+GT_COLOR_BGR = (60, 200, 60)          # ground truth: green
+PRED_COLOR_BGR = (255, 80, 200)       # prediction: magenta (distinct from green for most colour vision)
+LOST_COLOR_BGR = (0, 0, 255)          # a labelled keypoint the prediction lost: red ring
 MAX_DRAW_SIDE = 480   # pictures are thumbnails in the page; keep them light
 
 
@@ -87,3 +94,126 @@ def images_with_people(results_by_image, limit):
 def overlay_image(images_dir, file_name, people):
     """Read one dataset image and draw `people` on it (RGB array), or raise a clear BpnetError."""
     return draw_people(read_image(Path(images_dir) / file_name), people)
+
+
+# ------------------------------------------------------------------ ground truth against prediction
+
+def read_detections(path):
+    """COCO keypoint results -> {image_id: [{"keypoints": [51 numbers], "score": s}]}."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BpnetError(f"results file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BpnetError(f"results file {path} is not valid JSON ({err})") from None
+    if not isinstance(entries, list):
+        raise BpnetError(f"results file {path} must be a list of COCO keypoint results")
+    out = {}
+    for entry in entries:
+        try:
+            keypoints = [float(v) for v in entry["keypoints"]]
+            if len(keypoints) % 3:
+                continue
+            out.setdefault(int(entry["image_id"]), []).append(
+                {"keypoints": keypoints, "score": float(entry.get("score", 0.0))})
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def read_ground_truth(annotations):
+    """{image_id: [{"xyv": (17, 3), "area": a}]} of the labelled, non-crowd people of a COCO file
+    (the form `bpnet.guide.gate.match_people` takes)."""
+    path = Path(annotations)
+    try:
+        data = json.loads(path.read_text())
+        people = {}
+        for ann in data["annotations"]:
+            if ann.get("iscrowd") or ann.get("num_keypoints", 0) <= 0:
+                continue
+            people.setdefault(int(ann["image_id"]), []).append(
+                {"xyv": np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3),
+                 "area": float(ann.get("area", 0.0))})
+        return people
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise BpnetError(f"annotations file {path} cannot be read for its people ({err})") from None
+
+
+def person_oks(gt_people, detections):
+    """OKS of each ground-truth person with the detection matched to it (0 when missed), and
+    the matched detection's index (None when missed)."""
+    pairs = dict(match_people(gt_people, detections))
+    scores, matched = [], []
+    for g, gt in enumerate(gt_people):
+        d = pairs.get(g)
+        if d is None:
+            scores.append(0.0)
+            matched.append(None)
+        else:
+            det_xy = np.asarray(detections[d]["keypoints"], dtype=np.float64).reshape(-1, 3)[:, :2]
+            scores.append(oks(gt["xyv"], det_xy, gt["area"]))
+            matched.append(d)
+    return scores, matched
+
+
+def images_with_annotated_people(ground_truth, limit):
+    """Image ids with the most annotated people first (ties: lowest id), at most `limit`."""
+    return sorted(ground_truth, key=lambda i: (-len(ground_truth[i]), i))[:limit]
+
+
+def worst_images(ground_truth, detections, limit):
+    """[(image_id, mean OKS)] of the images with annotated people where the result does worst."""
+    scored = []
+    for image_id, gt_people in ground_truth.items():
+        scores, _ = person_oks(gt_people, detections.get(image_id, []))
+        scored.append((float(np.mean(scores)), image_id))
+    scored.sort()
+    return [(image_id, mean) for mean, image_id in scored[:limit]]
+
+
+def lost_keypoints(gt_xyv, det_keypoints, min_score):
+    """Mask of the labelled keypoints the prediction does not have above `min_score`."""
+    labelled = gt_xyv[:, 2] > 0
+    if det_keypoints is None:
+        return labelled
+    scores = np.asarray(det_keypoints, dtype=np.float64).reshape(-1, 3)[:, 2]
+    return labelled & (scores <= min_score)
+
+
+def draw_truth_and_prediction(image_bgr, gt_people, detections, min_score=0.0, skeleton=None):
+    """RGB picture: ground truth in green, prediction in magenta, lost keypoints ringed red and
+    the OKS of each ground-truth person written at its top; returns (picture, OKS per person)."""
+    skeleton = skeleton or load_skeleton()
+    scores, matched = person_oks(gt_people, detections)
+    thickness = max(1, round(max(image_bgr.shape[:2]) / 250))
+    canvas = image_bgr.copy()
+
+    def parts_of(xy_v, floor):
+        p = skeleton.coco_to_parts(np.asarray(xy_v, dtype=np.float32).reshape(-1, 3))
+        p[:, 2] = p[:, 2] > floor
+        return p
+
+    canvas = draw_skeletons(canvas, [parts_of(gt["xyv"], 0) for gt in gt_people], skeleton,
+                            colors=[GT_COLOR_BGR] * len(skeleton.limbs), joint_color=GT_COLOR_BGR,
+                            thickness=thickness)
+    canvas = draw_skeletons(canvas, [parts_of(d["keypoints"], min_score) for d in detections], skeleton,
+                            colors=[PRED_COLOR_BGR] * len(skeleton.limbs), joint_color=PRED_COLOR_BGR,
+                            thickness=thickness)
+    font = max(0.4, max(image_bgr.shape[:2]) / 900)
+    for gt, score, d in zip(gt_people, scores, matched):
+        if d is not None:   # a missed person says "missed"; rings mark what a found one lost
+            for x, y, _ in gt["xyv"][lost_keypoints(gt["xyv"], detections[d]["keypoints"], min_score)]:
+                cv2.circle(canvas, (int(x), int(y)), 3 * thickness + 2, LOST_COLOR_BGR, max(1, thickness // 2),
+                           cv2.LINE_AA)
+        labelled = gt["xyv"][gt["xyv"][:, 2] > 0]
+        x, y = int(labelled[:, 0].min()), int(max(12, labelled[:, 1].min() - 6))
+        text = f"OKS {score:.2f}" if d is not None else "missed"
+        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 3 * thickness, cv2.LINE_AA)
+        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), thickness, cv2.LINE_AA)
+    return cv2.cvtColor(_shrink(canvas), cv2.COLOR_BGR2RGB), scores
+
+
+def truth_and_prediction_image(images_dir, file_name, gt_people, detections, min_score=0.0):
+    """Read one dataset image and draw ground truth against prediction on it (see above)."""
+    return draw_truth_and_prediction(read_image(Path(images_dir) / file_name), gt_people, detections, min_score)

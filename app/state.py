@@ -192,7 +192,8 @@ def result_table(rows):
              for c in RESULT_TABLE_COLUMNS} for r in rows]
 
 
-GATE_TEXT = {"passed": "✅ passed", "failed": "❌ failed", "waiting": "⏳ waiting", "error": "⚠️ error"}
+GATE_TEXT = {"passed": "✅ passed", "failed": "❌ failed", "waiting": "⏳ waiting", "error": "⚠️ error",
+             "not_meaningful": "⚪ not meaningful"}
 
 
 def gate_text(verdict):
@@ -234,7 +235,7 @@ def cost_rows(stages):
 
 def stage_dag(stages):
     """Client stages -> the dicts `charts.dag_dot` draws (id, label, status, parents)."""
-    return [{"id": s["id"], "label": s["label"], "status": s["status"],
+    return [{"id": s["id"], "label": s["label"], "kind": s.get("kind"), "status": s["status"],
              "parents": [s["parent_id"]] if s.get("parent_id") else []} for s in stages]
 
 
@@ -265,24 +266,30 @@ def stage_rows(stages, now=None):
     return rows
 
 
-def loss_points(points):
-    """Client loss points -> `charts.loss_curve_figure` input: one line per training stage.
+LOSS_QUANTITIES = {"step": "loss per step", "epoch_end": "epoch mean"}
 
-    Step events are used when a stage has them (epoch-end events then add nothing new); the step
-    is counted across epochs when the engine restarts it every epoch.
+
+def loss_points(points):
+    """Client loss points -> `charts.loss_curve_figure` input: one series per training stage and
+    quantity ("train s2 · loss per step", "train s2 · epoch mean"); the per-step loss and the
+    epoch mean are different numbers and never share a line. Events without a step (old
+    engines) count epochs; a step restarted every epoch is counted on across epochs.
     """
-    stepped = {p.get("stage_label") for p in points if p.get("step") is not None}
     out, counters = [], {}
     for p in sorted(points, key=lambda p: p.get("time") or 0):
         label = p.get("stage_label") or "train"
-        step = p.get("step") if label in stepped else p.get("epoch")
+        quantity = LOSS_QUANTITIES.get(p.get("event") or "step")
+        if quantity is None:
+            continue   # "done" repeats the last epoch's mean
+        step = p.get("step") if p.get("step") is not None else p.get("epoch")
         if step is None:
             continue
-        counter = counters.setdefault(label, {"base": 0, "prev": -1})
+        series = f"{label} · {quantity}"
+        counter = counters.setdefault(series, {"base": 0, "prev": -1})
         if step < counter["prev"]:
             counter["base"] += counter["prev"] + 1
         counter["prev"] = step
-        out.append({"stage": label, "step": counter["base"] + step, "loss": p["loss"]})
+        out.append({"stage": series, "step": counter["base"] + step, "loss": p["loss"]})
     return out
 
 

@@ -50,3 +50,71 @@ def skeleton_picture(images_dir, file_name, results_file, _mtime_ns, image_id):
 
 def mtime_ns(path):
     return Path(path).stat().st_mtime_ns
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def ground_truth(annotations, _mtime_ns):
+    """Labelled people per image of a COCO file (cached per file and modification time)."""
+    return overlay.read_ground_truth(annotations)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def scored_detections(results_file, _mtime_ns):
+    """Detections with their scores per image of a results.json (cached)."""
+    return overlay.read_detections(results_file)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def truth_picture(images_dir, file_name, annotations, results_file, _stamps, image_id, min_score):
+    """(RGB picture, OKS per person) of one image: ground truth against one result's prediction."""
+    gt = ground_truth(annotations, _stamps[0]).get(image_id, [])
+    found = scored_detections(results_file, _stamps[1]).get(image_id, [])
+    return overlay.truth_and_prediction_image(images_dir, file_name, gt, found, min_score)
+
+
+def result_file(run, stage_id, name):
+    """Path of one named artifact of a result's stage in a run (None when it has none)."""
+    art = next((a for a in run["artifacts"] if a["stage_id"] == stage_id and a["name"] == name), None)
+    return state.artifact_path(art["id"]) if art else None
+
+
+def keypoint_floor(run, stage_id):
+    """The inference spec's heatmap threshold of an evaluate stage: the confidence below which a
+    predicted keypoint is not drawn (the decoder would not have used it either)."""
+    stage = next((s for s in run["stages"] if s["id"] == stage_id), None)
+    spec = ((stage or {}).get("params") or {}).get("infer_spec") or {}
+    return float(spec.get("heatmap_threshold", 0.1))
+
+
+LEGEND = ("green: ground truth · magenta: prediction (keypoints above the inference spec's confidence "
+          "floor of {floor:g}) · red rings: labelled keypoints a found person lost · OKS per person "
+          "(1 = exact, 0 = missed)")
+
+
+def truth_gallery(run, row, stage_id, count, worst=False, columns=2):
+    """Pictures of one result: the images with the most annotated people, or (worst=True) the
+    images where its mean OKS is lowest; GT and prediction drawn in two colours."""
+    results_path = result_file(run, stage_id, "results.json")
+    if results_path is None:
+        raise BpnetError("this result has no results.json artifact (detections) to draw")
+    annotations = row["annotations"]
+    stamps = (mtime_ns(annotations), mtime_ns(results_path))
+    gt = ground_truth(annotations, stamps[0])
+    if not gt:
+        st.caption("The evaluation images have no annotated people to compare with.")
+        return
+    names = image_names(annotations, stamps[0])
+    if worst:
+        found = scored_detections(results_path, stamps[1])
+        chosen = [i for i, _ in overlay.worst_images(gt, found, count)]
+    else:
+        chosen = overlay.images_with_annotated_people(gt, count)
+    floor = keypoint_floor(run, stage_id)
+    slots = st.columns(columns)   # large pictures: small ones hide what went wrong
+    for n, image_id in enumerate(chosen):
+        col = slots[n % columns]
+        picture, scores = truth_picture(row["images"], names[image_id], annotations, str(results_path), stamps,
+                                        image_id, floor)
+        col.image(picture, caption=f"{names[image_id]} · {len(scores)} annotated · mean OKS "
+                                   f"{sum(scores) / len(scores):.2f}")
+    st.caption(LEGEND.format(floor=floor))

@@ -25,7 +25,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bpnet.data.coco import image_sample  # noqa: E402
-from bpnet.decode import decode  # noqa: E402
+from bpnet.decode import decode, decode_options  # noqa: E402
 from bpnet.evaluate import load_ground_truth  # noqa: E402
 from bpnet.preprocess import letterbox_image, read_image  # noqa: E402
 from bpnet.skeleton import load_skeleton  # noqa: E402
@@ -59,7 +59,7 @@ def time_decode(maps, spec, skeleton, repeats, clock=time.process_time):
         runs = []
         for _ in range(repeats):
             start = clock()
-            decode(heatmaps, pafs, spec, skeleton)
+            decode(heatmaps, pafs, skeleton, **decode_options(spec))
             runs.append(1000 * (clock() - start))
         per_image.append(float(np.median(runs)))
     return np.asarray(per_image)

@@ -107,7 +107,7 @@ def interleaved_latency_ms(onnx_paths, latency_hw, runs):
     The models take turns run by run, so a change in the machine's load (it is shared) hits every
     model alike instead of biasing the ratios.
     """
-    from bpnet.export import onnx_session
+    from bpnet.onnx_graph import onnx_session
 
     sessions = {path: onnx_session(path, threads=1) for path in onnx_paths}
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, *latency_hw, 3)).astype(np.float32)

@@ -26,7 +26,7 @@ def map_agreement(fp32_path, int8_path, data):
     """Max and mean |INT8 - FP32| of the heatmaps and PAFs on `data`, with the FP32 range."""
     import numpy as np
 
-    from bpnet.export import onnx_session
+    from bpnet.onnx_graph import onnx_session
 
     ref = onnx_session(fp32_path).run(["heatmaps", "pafs"], {"input": data})
     got = onnx_session(int8_path).run(["heatmaps", "pafs"], {"input": data})
@@ -45,6 +45,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from bpnet import calibrate
+    from bpnet.image_files import list_images
     from bpnet.evaluate import evaluate_model
     from bpnet.export import export_onnx
     from bpnet.sampling import sample_calibration
@@ -57,7 +58,7 @@ def main(argv=None):
     cal_dir = Path(args.cal_images) if args.cal_images else out / "calibration_images"
     if not args.cal_images and not cal_dir.exists():
         sample_calibration(ANNOTATIONS, IMAGES, cal_dir, args.num_cal, min_persons=1, min_keypoints=5)
-    num_cal = min(args.num_cal, len(calibrate.list_images(cal_dir)))
+    num_cal = min(args.num_cal, len(list_images(cal_dir)))
     fp32 = out / "model.onnx"
     export_onnx(args.model, fp32, hw, stage=spec.output_stage_to_use)
     data, _ = calibrate.calibration_tensor(hw, num_cal, 1, cal_dir, out / "cal.npy", spec.normalization)

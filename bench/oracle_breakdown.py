@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bpnet.data.coco import image_sample  # noqa: E402
-from bpnet.decode import decode, find_peaks, person_to_coco  # noqa: E402
+from bpnet.decode import decode, decode_options, find_peaks, person_to_coco  # noqa: E402
 from bpnet.evaluate import load_ground_truth, score_results  # noqa: E402
 from bpnet.preprocess import letterbox_image, read_image  # noqa: E402
 from bpnet.skeleton import load_skeleton  # noqa: E402
@@ -53,7 +53,7 @@ def decode_all(spec, targets, skeleton):
         parts = sample.parts.copy()
         parts[..., :2] = box.to_input(parts[..., :2])
         heatmaps, pafs = make_targets(parts, skeleton, box.input_hw, targets)
-        people = decode(heatmaps, pafs, spec, skeleton)
+        people = decode(heatmaps, pafs, skeleton, **decode_options(spec))
         peaks = find_peaks(heatmaps, skeleton.num_parts, spec.heatmap_threshold,
                            tuple(spec.output_upsampling_factor), refinement=spec.peak_refinement)
         out.append((sample, box, parts, people, peaks))

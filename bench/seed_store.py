@@ -45,18 +45,22 @@ def create_run(config, spec_dict):
     return store.create_run(spec.name, dataset_label(spec), spec.model_dump(mode="json"), expand_run(spec))
 
 
-def synthetic_result(params, num_stages=2):
-    """A made-up Compare row: pruning and lower precision make it faster and a little less accurate."""
+def synthetic_result(params, num_stages=2, untrained=False):
+    """A made-up Compare row: pruning and lower precision make it faster and a little less
+    accurate; `untrained`: every AP is 0 (a base model that never learned)."""
     pth = params.get("prune_threshold")
     precision = params["precision"]
     h, w = params["input_hw"]
     shrink = 1.0 if pth is None else max(0.2, 1.0 - pth)
-    ap = round(0.6 - 0.1 * (1 - shrink) - PRECISION_AP_LOSS[precision], 4)
+    ap = 0.0 if untrained else round(0.6 - 0.1 * (1 - shrink) - PRECISION_AP_LOSS[precision], 4)
     latency = round(h * w / 1000 * shrink * PRECISION_SPEED[precision], 3)
     metrics = {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.05, "APm": ap - 0.1, "APl": ap + 0.05,
                "AR": ap + 0.05, "AR50": ap + 0.25, "AR75": ap, "ARm": ap - 0.05, "ARl": ap + 0.1}
+    if untrained:
+        metrics = dict.fromkeys(metrics, 0.0)
     return {**metrics, "precision": precision, "input_hw": [h, w], "resolution": f"{h}x{w}", "pth": pth,
-            "stages": num_stages, "latency_ms": latency, "latency_p95_ms": latency * 1.2,
+            "stages": num_stages, "latency_ms": latency, "latency_p5_ms": latency * 0.9,
+            "latency_p95_ms": latency * 1.2, "latency_runs": 20,
             "throughput": round(1000 / latency, 2), "params": int(2e6 * shrink), "gflops": 3.0 * shrink,
             "size_bytes": int(8e6 * shrink), "backend": "onnxruntime", "device": "cpu (synthetic)",
             "num_images": 80}
@@ -82,7 +86,7 @@ def stage_files(stage, detections):
     return {"results.json": detections, "metrics.json": {"synthetic": True}}
 
 
-def finish_stage(store, config, stage, detections, started, with_files=True):
+def finish_stage(store, config, stage, detections, started, with_files=True, untrained=False):
     """Mark a stage completed as a worker would: files + manifest + artifacts + result + events."""
     result = None
     rel = None
@@ -97,8 +101,10 @@ def finish_stage(store, config, stage, detections, started, with_files=True):
         store.add_artifacts(stage["id"], stage["key"], entries)
         rel = str(out_dir.resolve().relative_to(Path(config.artifact_root).resolve()))
     if stage["kind"] == "evaluate":
-        result = synthetic_result(stage["params"])
+        result = synthetic_result(stage["params"], untrained=untrained)
         store.add_metrics(stage["run_id"], stage["id"], {k: result[k] for k in ("AP", "latency_ms")})
+    if stage["kind"] == "prune":
+        store.add_metrics(stage["run_id"], stage["id"], {"param_ratio": max(0.2, 1.0 - stage["params"]["threshold"])})
     if stage["kind"] in ("train", "retrain"):
         for step in range(1, 4):
             store.add_event(stage["run_id"], stage["id"], {"stage": stage["kind"], "event": "step", "epoch": 1,
@@ -121,9 +127,10 @@ def fail_stage(store, stage, started):
                                                     "message": "calibration needs more images", "time": started})
 
 
-def seed_finished_run(config, name="synthetic sweep", fail_kind=None, with_files=True, **spec_kwargs):
+def seed_finished_run(config, name="synthetic sweep", fail_kind=None, with_files=True, untrained=False,
+                      **spec_kwargs):
     """A run whose stages all completed (or, with `fail_kind`, whose first stage of that kind
-    failed and its descendants were skipped); returns the run id."""
+    failed and its descendants were skipped; with `untrained`, every AP 0); returns the run id."""
     run_id = create_run(config, tiny_run_spec(name, **spec_kwargs))
     store = open_store(config.database_url)
     detections = ground_truth_detections() if with_files else []
@@ -138,7 +145,7 @@ def seed_finished_run(config, name="synthetic sweep", fail_kind=None, with_files
             fail_stage(store, stage, started)
             failed_ids.add(stage["id"])
         else:
-            finish_stage(store, config, stage, detections, started, with_files)
+            finish_stage(store, config, stage, detections, started, with_files, untrained)
     if failed_ids:
         store.set_run_status(run_id, "failed", error="1 stage(s) failed: calibration needs more images")
     else:

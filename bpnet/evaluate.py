@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bpnet.data.coco import check_images_exist, check_keypoint_lengths, image_sample, person_category, read_coco
-from bpnet.decode import decode, person_to_coco
+from bpnet.decode import decode, decode_options, person_to_coco
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import read_json, write_json_atomic, write_text_atomic
@@ -182,7 +182,7 @@ def evaluate_oracle(annotations, images_dir, infer_spec, out_dir, target_spec=No
         parts[..., :2] = box.to_input(parts[..., :2])
         heatmaps, pafs = make_targets(parts, skeleton, box.input_hw, target_spec)
         start = time.perf_counter()
-        people = decode(heatmaps, pafs, infer_spec, skeleton)
+        people = decode(heatmaps, pafs, skeleton, **decode_options(infer_spec))
         decode_s += time.perf_counter() - start
         results.extend(person_to_coco(p, box, skeleton, sample.image_id) for p in people)
         emit(progress, "evaluate", "step", step=n, num_steps=len(samples), fraction=n / len(samples))

@@ -18,6 +18,9 @@ import numpy as np
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, write_json_atomic
+from bpnet.image_files import list_images
+from bpnet.limits import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_PERCENTILE, STRIDE
+from bpnet.onnx_graph import onnx_session, sort_nodes_topologically
 from bpnet.preprocess import check_input_hw
 
 OPSET = 17
@@ -71,17 +74,6 @@ def keras_to_onnx(keras_model, input_hw, batch_size=None, opset=OPSET):
     return model_proto
 
 
-def onnx_session(model_or_path, threads=None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    source = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
 def parity_batch(input_hw, batch=2, seed=0):
     """Inputs in the range normalised images take (about -0.5..0.5)."""
     return np.random.default_rng(seed).uniform(-0.5, 0.5, (batch, *input_hw, 3)).astype(np.float32)
@@ -95,7 +87,8 @@ def max_output_difference(keras_model, model_proto, batch):
 
 
 def export_onnx(model_path, output_path, input_hw, stage=None, batch_size=None, opset=OPSET,
-                sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None):
+                sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None,
+                channels_first=False):
     """Write the ONNX of one stage of the Keras model at `model_path`; returns a summary dict
     (with `max_abs_diff`, the largest output difference from Keras on a test batch)."""
     from bpnet.model import load_model
@@ -107,14 +100,18 @@ def export_onnx(model_path, output_path, input_hw, stage=None, batch_size=None, 
         from bpnet.imports.onnx_source import export_imported_onnx
         return export_imported_onnx(model_path, output_path, input_hw, stage, sdk_compatible)
     summary = export_keras(load_model(model_path), output_path, input_hw, stage, batch_size, opset,
-                           sdk_compatible, upsample_ratio, progress, card=read_model_card(model_path))
+                           sdk_compatible, upsample_ratio, progress, channels_first,
+                           card=read_model_card(model_path))
     return {"model": str(model_path), **summary}
 
 
 def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opset=OPSET,
-                 sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None, card=None):
+                 sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None,
+                 channels_first=False, card=None):
     """`export_onnx` for a BodyPoseNet already in memory (all stages; `stage` picks one).
-    `card`: the model card of an imported network, stored in the ONNX metadata."""
+    `channels_first` (TAO's `--data_format channels_first`) makes the input NCHW (N, 3, H, W);
+    the SDK variant is always NCHW. `card`: the model card of an imported network, stored in
+    the ONNX metadata."""
     import onnx
 
     input_hw = check_input_hw(input_hw, "input_hw")
@@ -128,6 +125,8 @@ def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opse
                          f"{PARITY_TOLERANCE:.0e}); the conversion is wrong for this model")
     if sdk_compatible:
         proto = make_sdk_model(proto, upsample_ratio)
+    elif channels_first:
+        nchw_input(proto.graph)
     # The ONNX Runtime backend reads which stage the file holds from here.
     onnx.helper.set_model_props(proto, {"bpnet_stage": str(stage or stages),
                                         "bpnet_input_hw": f"{input_hw[0]},{input_hw[1]}",
@@ -140,6 +139,7 @@ def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opse
     return {"onnx": str(output_path), "input_hw": list(input_hw), "stage": stage or stages,
             "num_stages": stages, "opset": opset, "batch_size": batch_size or "dynamic",
             "max_abs_diff": diff, "sdk_compatible": bool(sdk_compatible),
+            "input_layout": "NCHW" if sdk_compatible or channels_first else "NHWC",
             "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -152,29 +152,11 @@ def to_fp16(onnx_path, output_path):
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    # The converter appends the input/output Casts at the end of the node list; ONNX requires
-    # topological order (shape inference and TensorRT's parser read the list in order).
-    from bpnet.calibrate import sort_nodes_topologically
-
+    # The converter appends the input/output Casts at the end of the node list.
     sort_nodes_topologically(model.graph)
     with atomic_path(output_path) as tmp:
         onnx.save(model, str(tmp))
     return Path(output_path)
-
-
-def onnx_precision(model_or_path):
-    """'int8' when the graph has Q/DQ nodes, 'fp16' when it computes in float16, else 'fp32'."""
-    import onnx
-
-    model = model_or_path if hasattr(model_or_path, "graph") else onnx.load(str(model_or_path), load_external_data=False)
-    ops = {node.op_type for node in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv"}:
-        return "int8"
-    float16 = onnx.TensorProto.FLOAT16
-    if any(init.data_type == float16 for init in model.graph.initializer) or any(
-            v.type.tensor_type.elem_type == float16 for v in model.graph.input):
-        return "fp16"
-    return "fp32"
 
 
 # ---------------------------------------------------------------- deployment (SDK) variant
@@ -185,7 +167,8 @@ def make_sdk_model(model_proto, upsample_ratio=DEFAULT_UPSAMPLE_RATIO):
     Changes (all fixed, non-trainable):
       - input `input` becomes NCHW (N, 3, H, W), the layout DeepStream's nvinfer feeds by default;
       - outputs become NCHW and upsampled by `upsample_ratio` (nearest, as TAO's identity-kernel
-        transposed convolution does): `paf_out` (N, 38, rH/8, rW/8), `heatmap_out` (N, 19, ...);
+        transposed convolution does): `paf_out` (N, 2L, rH/8, rW/8), `heatmap_out` (N, P+1, ...),
+        with the channel counts of the exported outputs (the skeleton's, 38 and 19 for COCO's 18 parts);
       - `heatmap_peaks`: `heatmap_out` where it is the maximum of its 3x3 neighbourhood, else 0
         (the max-pool NMS the pipeline's parser would otherwise run on the CPU).
     """
@@ -196,24 +179,20 @@ def make_sdk_model(model_proto, upsample_ratio=DEFAULT_UPSAMPLE_RATIO):
     if not 1 <= ratio <= 8:
         raise BpnetError(f"--upsample_ratio: {upsample_ratio} is not an integer in 1..8")
     graph = model_proto.graph
-    old_input = graph.input[0]
-    dims = [d.dim_param or d.dim_value for d in old_input.type.tensor_type.shape.dim]   # (N, H, W, 3)
-    nhwc_name = "input_nhwc"
-    for node in graph.node:
-        node.input[:] = [nhwc_name if name == old_input.name else name for name in node.input]
-    graph.node.insert(0, helper.make_node("Transpose", ["input"], [nhwc_name], perm=[0, 2, 3, 1],
-                                          name="sdk_input_to_nhwc"))
+    # (N, H/8, W/8, C) outputs: C was set by the model from its skeleton
+    channels_of = {o.name: o.type.tensor_type.shape.dim[3].dim_value for o in graph.output}
+    batch, height, width = nchw_input(graph)
     new_nodes = []
     graph.initializer.append(helper.make_tensor("sdk_scales", TensorProto.FLOAT, [4], [1.0, 1.0, ratio, ratio]))
     outputs = []
-    for source, name, channels in (("pafs", "paf_out", 38), ("heatmaps", "heatmap_out", 19)):
+    for source, name in (("pafs", "paf_out"), ("heatmaps", "heatmap_out")):
         new_nodes += [
             helper.make_node("Transpose", [source], [f"{source}_nchw"], perm=[0, 3, 1, 2], name=f"sdk_{source}_to_nchw"),
             helper.make_node("Resize", [f"{source}_nchw", "", "sdk_scales"], [name], mode="nearest",
                              coordinate_transformation_mode="asymmetric", nearest_mode="floor",
                              name=f"sdk_{source}_upsample"),
         ]
-        outputs.append((name, channels))
+        outputs.append((name, channels_of[source]))
     new_nodes += [
         helper.make_node("MaxPool", ["heatmap_out"], ["heatmap_pooled"], kernel_shape=[3, 3],
                          pads=[1, 1, 1, 1], strides=[1, 1], name="sdk_nms_maxpool"),
@@ -221,17 +200,31 @@ def make_sdk_model(model_proto, upsample_ratio=DEFAULT_UPSAMPLE_RATIO):
         helper.make_node("Cast", ["heatmap_is_peak"], ["heatmap_peak_mask"], to=TensorProto.FLOAT, name="sdk_nms_cast"),
         helper.make_node("Mul", ["heatmap_out", "heatmap_peak_mask"], ["heatmap_peaks"], name="sdk_nms_mul"),
     ]
-    outputs.append(("heatmap_peaks", 19))
+    outputs.append(("heatmap_peaks", channels_of["heatmaps"]))
     graph.node.extend(new_nodes)
-    batch, height, width = dims[0], dims[1], dims[2]
-    graph.input.remove(old_input)
-    graph.input.append(helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, height, width]))
-    out_hw = [height // 8 * ratio, width // 8 * ratio]
+    out_hw = [height // STRIDE * ratio, width // STRIDE * ratio]
     del graph.output[:]
     for name, channels in outputs:
         graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, channels, *out_hw]))
     onnx.checker.check_model(model_proto)
     return model_proto
+
+
+def nchw_input(graph):
+    """Make the graph's NHWC input `input` an NCHW one (a Transpose in front); returns (N, H, W)."""
+    from onnx import TensorProto, helper
+
+    old_input = graph.input[0]
+    dims = [d.dim_param or d.dim_value for d in old_input.type.tensor_type.shape.dim]   # (N, H, W, 3)
+    nhwc_name = "input_nhwc"
+    for node in graph.node:
+        node.input[:] = [nhwc_name if name == old_input.name else name for name in node.input]
+    graph.node.insert(0, helper.make_node("Transpose", ["input"], [nhwc_name], perm=[0, 2, 3, 1],
+                                          name="sdk_input_to_nhwc"))
+    batch, height, width = dims[0], dims[1], dims[2]
+    graph.input.remove(old_input)
+    graph.input.append(helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, height, width]))
+    return batch, height, width
 
 
 # ---------------------------------------------------------------- the whole verb
@@ -246,15 +239,14 @@ def derived_paths(output_path):
 
 
 def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None,
-                 calibrator="entropy", percentile=99.99, cal_image_dir=None, cal_data_file=None,
+                 calibrator=DEFAULT_CALIBRATOR, percentile=DEFAULT_PERCENTILE, cal_image_dir=None, cal_data_file=None,
                  cal_cache_file=None, batch_size=1, batches=10, normalization=None,
                  engine_file=None, max_batch_size=None, max_workspace_size=None,
                  sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO,
-                 static_batch_size=None, progress=None):
+                 static_batch_size=None, progress=None, channels_first=False, strict_types=False,
+                 opt_batch_size=None):
     """`bpnet export`: every check that needs no work first, then ONNX -> FP16/INT8 -> engine.
     Returns the report (also written to OUTPUT.export.json)."""
-    from bpnet import calibrate
-
     if data_type not in DATA_TYPES:
         raise BpnetError(f"--data_type: {data_type!r} is not one of {', '.join(DATA_TYPES)}")
     input_hw = check_input_hw(input_hw, "-d/--input_dims")
@@ -270,15 +262,15 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
     paths = derived_paths(output_path)
     cal_cache_file = Path(cal_cache_file) if cal_cache_file else paths["cal_cache"]
     if data_type == "int8":
-        if calibrator not in calibrate.CALIBRATORS:
-            raise BpnetError(f"--calibrator: {calibrator!r} is not one of {', '.join(calibrate.CALIBRATORS)}")
+        if calibrator not in CALIBRATORS:
+            raise BpnetError(f"--calibrator: {calibrator!r} is not one of {', '.join(CALIBRATORS)}")
         has_data_file = cal_data_file is not None and Path(cal_data_file).is_file()
         if cal_image_dir is None and not has_data_file:
             raise BpnetError("--data_type int8 needs calibration images: give --cal_image_dir "
                              "(or an existing --cal_data_file)")
         if not has_data_file:
             needed = int(batch_size) * int(batches)
-            found = len(calibrate.list_images(cal_image_dir))
+            found = len(list_images(cal_image_dir, "--cal_image_dir"))
             if found < needed:
                 raise BpnetError(f"--cal_image_dir: {cal_image_dir} holds {found} images, but --batch_size "
                                  f"{batch_size} x --batches {batches} needs {needed}; add images or lower them")
@@ -286,7 +278,7 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
     report = {"model": str(model_path), "data_type": data_type}
     report["export"] = export_onnx(model_path, output_path, input_hw, stage, static_batch_size,
                                    sdk_compatible=sdk_compatible, upsample_ratio=upsample_ratio,
-                                   progress=progress)
+                                   progress=progress, channels_first=channels_first)
     engine_source = Path(output_path)
     if data_type == "fp16":
         report["fp16_onnx"] = str(to_fp16(output_path, paths["fp16"]))
@@ -295,7 +287,7 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
         normalization = _card_normalization(model_path, normalization)
         report["int8"] = int8_artifacts(output_path, input_hw, calibrator, percentile, cal_image_dir,
                                         cal_data_file, cal_cache_file, batch_size, batches,
-                                        normalization, paths, progress)
+                                        normalization, paths, progress, channels_first)
         engine_source = paths["int8_tensorrt"]
     if engine_file is not None:
         from bpnet.backends.trt_backend import build_engine
@@ -305,7 +297,8 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
             precision=data_type, input_hw=input_hw, max_batch_size=max_batch_size or max(1, int(batch_size)),
             max_workspace_size=max_workspace_size, cal_cache_file=cal_cache_file,
             cal_data_file=cal_data_file, batch_size=batch_size, batches=batches,
-            nchw_input=sdk_compatible, stage=report["export"]["stage"])
+            nchw_input=sdk_compatible or channels_first, stage=report["export"]["stage"],
+            strict_types=strict_types, opt_batch_size=opt_batch_size)
     made = {"fp16": [paths["fp16"]], "int8": [paths["int8"], paths["int8_tensorrt"]]}.get(data_type, [])
     _copy_card_to_derived(output_path, made)
     write_json_atomic(paths["report"], report)
@@ -341,19 +334,22 @@ def _card_normalization(model_path, normalization):
 
 
 def int8_artifacts(onnx_path, input_hw, calibrator, percentile, cal_image_dir, cal_data_file,
-                   cal_cache_file, batch_size, batches, normalization, paths, progress=None):
+                   cal_cache_file, batch_size, batches, normalization, paths, progress=None,
+                   channels_first=False):
     """Calibration tensor (reused if it exists) -> thresholds -> cache + Q/DQ ONNX models."""
-    from bpnet import calibrate
+    from bpnet.calibrate.graph_stats import calibrate_onnx
+    from bpnet.calibrate.qdq import write_qdq_onnx
+    from bpnet.calibrate.tensor_file import calibration_tensor
+    from bpnet.calibrate.trt_cache import write_trt_cache
 
     started = time.perf_counter()
-    data, reused = calibrate.calibration_tensor(input_hw, batch_size, batches, cal_image_dir,
-                                                cal_data_file, normalization, progress)
+    data, reused = calibration_tensor(input_hw, batch_size, batches, cal_image_dir, cal_data_file,
+                                      normalization, progress, channels_first)
     prepared = time.perf_counter() - started
-    calibration = calibrate.calibrate_onnx(onnx_path, data, (calibrator,), percentile,
-                                           progress=progress)[calibrator]
-    calibrate.write_trt_cache(cal_cache_file, calibration)
-    calibrate.write_qdq_onnx(onnx_path, paths["int8"], calibration, target="ort")
-    calibrate.write_qdq_onnx(onnx_path, paths["int8_tensorrt"], calibration, target="tensorrt")
+    calibration = calibrate_onnx(onnx_path, data, (calibrator,), percentile, progress=progress)[calibrator]
+    write_trt_cache(cal_cache_file, calibration)
+    write_qdq_onnx(onnx_path, paths["int8"], calibration, target="ort")
+    write_qdq_onnx(onnx_path, paths["int8_tensorrt"], calibration, target="tensorrt")
     return {"calibrator": calibrator, "num_images": int(len(data)), "tensor_file_reused": reused,
             "cal_data_file": str(cal_data_file) if cal_data_file else None,
             "cal_cache_file": str(cal_cache_file), "num_tensors": len(calibration.amax),

@@ -12,16 +12,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bpnet.decode import decode, person_to_coco
+from bpnet.decode import decode, decode_options, person_to_coco
 from bpnet.draw import draw_skeletons
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic
+from bpnet.image_files import IMAGE_SUFFIXES
+from bpnet.image_files import list_images as list_image_files
 from bpnet.preprocess import STRIDE, normalization_for, prepare_batch, read_image
 from bpnet.skeleton import load_skeleton
 from bpnet.specs import spec_to_yaml
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,21 @@ class ImageItem:
 
 @dataclass
 class Detections:
-    """One image's decoded people (network-input pixels) and how to map them to the image."""
+    """One image's decoded people (network-input pixels) and how to map them to the image.
+
+    `timing_ms`: this image's read / prepare (letterbox + normalise) / cnn / decode milliseconds;
+    read, prepare and cnn are shared equally by the images of one batch."""
     item: ImageItem
     people: list
     letterbox: object
+    timing_ms: dict = None
 
 
 # ---------------------------------------------------------------- image lists
 
 def list_images(source, images_dir=None):
-    """Images to run: every image file of a folder, or every image of a COCO JSON.
+    """Images to run: one image, every image file of a folder, every image of a COCO JSON, or
+    the paths of a JSON list (TAO's `--input_type json`).
 
     Folder images get the number in their file name as id when it is one (COCO's 000000123.jpg ->
     123), else their position in name order. A COCO JSON's file names are looked up in
@@ -49,13 +54,16 @@ def list_images(source, images_dir=None):
     """
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_image_files(source)
         if not files:
             raise BpnetError(f"image folder {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        numeric = all(p.stem.isdigit() for p in files) and len({int(p.stem) for p in files}) == len(files)
-        return [ImageItem(int(p.stem) if numeric else i, p) for i, p in enumerate(files)]
+        return _numbered(files)
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        return _numbered([source])
     if source.suffix.lower() == ".json":
         data = read_json(source, "COCO image list")
+        if isinstance(data, list):
+            return _path_list(source, data, images_dir)
         images = data.get("images") if isinstance(data, dict) else None
         if not isinstance(images, list) or not images:
             raise BpnetError(f"COCO image list {source}: needs a non-empty 'images' list of "
@@ -66,7 +74,22 @@ def list_images(source, images_dir=None):
         except (KeyError, TypeError, ValueError):
             raise BpnetError(f"COCO image list {source}: every 'images' entry needs an integer 'id' "
                              "and a 'file_name'") from None
-    raise BpnetError(f"images: {source} is neither a folder of images nor a COCO JSON file")
+    raise BpnetError(f"images: {source} is neither a folder of images, an image, nor a JSON file "
+                     "(COCO, or a list of image paths)")
+
+
+def _numbered(files):
+    """Ids from the numbers in COCO-style file names when they are unique numbers, else positions."""
+    numeric = all(p.stem.isdigit() for p in files) and len({int(p.stem) for p in files}) == len(files)
+    return [ImageItem(int(p.stem) if numeric else i, p) for i, p in enumerate(files)]
+
+
+def _path_list(source, data, images_dir=None):
+    """TAO's `--input_type json`: a JSON list of image paths (relative ones under `images_dir`)."""
+    if not data or not all(isinstance(p, str) for p in data):
+        raise BpnetError(f"image list {source}: needs a non-empty list of image paths (strings)")
+    base = Path(images_dir) if images_dir else Path()
+    return _numbered([base / p for p in data])
 
 
 # ---------------------------------------------------------------- network
@@ -96,7 +119,7 @@ def scaled_hw(input_hw, scale):
 
 
 def predict_maps(backend, images, spec):
-    """BGR images -> (heatmaps, pafs, letterboxes, cnn_seconds) at the spec's resolution.
+    """BGR images -> (heatmaps, pafs, letterboxes, cnn_seconds, prepare_seconds) at the spec's resolution.
 
     With multi-scale inference the maps of every scale are resized to the scale-1 grid and
     averaged; the letterbox places the image proportionally at every scale, so cells line up
@@ -104,20 +127,24 @@ def predict_maps(backend, images, spec):
     """
     scales = spec.scales if spec.multi_scale_inference else (1.0,)
     norm = normalization_for(spec.normalization, backend.normalization, "inference spec normalization")
+    start = time.perf_counter()
     base, letterboxes = prepare_batch(images, spec.input_shape, spec.keep_aspect_ratio_mode,
                                       norm.image_scale, norm.image_offset)
+    prepare_s = time.perf_counter() - start
     grid_hw = (base.shape[1] // STRIDE, base.shape[2] // STRIDE)
     sum_heat, sum_paf, cnn_s = 0.0, 0.0, 0.0
     for scale in scales:
+        start = time.perf_counter()
         batch = base if scale == 1.0 else prepare_batch(
             images, scaled_hw(spec.input_shape, scale), spec.keep_aspect_ratio_mode,
             norm.image_scale, norm.image_offset)[0]
+        prepare_s += time.perf_counter() - start
         start = time.perf_counter()
         heatmaps, pafs = backend.predict(batch)
         cnn_s += time.perf_counter() - start
         sum_heat = sum_heat + resize_maps(np.asarray(heatmaps, np.float32), grid_hw)
         sum_paf = sum_paf + resize_maps(np.asarray(pafs, np.float32), grid_hw)
-    return sum_heat / len(scales), sum_paf / len(scales), letterboxes, cnn_s
+    return sum_heat / len(scales), sum_paf / len(scales), letterboxes, cnn_s, prepare_s
 
 
 def resize_maps(maps, grid_hw):
@@ -136,20 +163,25 @@ def resize_maps(maps, grid_hw):
 def infer_images(backend, items, spec, skeleton, progress=None, stage="inference"):
     """Run + decode every image; returns (list of Detections, COCO results, timing dict)."""
     check_backend_fits(backend, spec)
+    options = decode_options(spec)
     detections, results = [], []
-    seconds = {"read": 0.0, "cnn": 0.0, "decode": 0.0}
+    seconds = {"read": 0.0, "prepare": 0.0, "cnn": 0.0, "decode": 0.0}
     for start in range(0, len(items), spec.batch_size):
         chunk = items[start:start + spec.batch_size]
         t0 = time.perf_counter()
         images = [read_image(item.path) for item in chunk]
-        seconds["read"] += time.perf_counter() - t0
-        heatmaps, pafs, letterboxes, cnn_s = predict_maps(backend, images, spec)
-        seconds["cnn"] += cnn_s
+        read_s = time.perf_counter() - t0
+        heatmaps, pafs, letterboxes, cnn_s, prepare_s = predict_maps(backend, images, spec)
+        for name, value in (("read", read_s), ("cnn", cnn_s), ("prepare", prepare_s)):
+            seconds[name] += value
+        shared_ms = {"read": 1000 * read_s / len(chunk), "prepare": 1000 * prepare_s / len(chunk),
+                     "cnn": 1000 * cnn_s / len(chunk)}
         for item, heat, paf, box in zip(chunk, heatmaps, pafs, letterboxes):
             t0 = time.perf_counter()
-            people = decode(heat, paf, spec, skeleton)
-            seconds["decode"] += time.perf_counter() - t0
-            detections.append(Detections(item, people, box))
+            people = decode(heat, paf, skeleton, **options)
+            decode_s = time.perf_counter() - t0
+            seconds["decode"] += decode_s
+            detections.append(Detections(item, people, box, {**shared_ms, "decode": 1000 * decode_s}))
             results.extend(person_to_coco(p, box, skeleton, item.image_id) for p in people)
         done = start + len(chunk)
         emit(progress, stage, "step", step=done, num_steps=len(items), fraction=done / len(items))
@@ -159,6 +191,7 @@ def infer_images(backend, items, spec, skeleton, progress=None, stage="inference
 def timing_per_image(seconds, num_images):
     n = max(num_images, 1)
     return {"read_ms_per_image": round(1000 * seconds["read"] / n, 3),
+            "prepare_ms_per_image": round(1000 * seconds["prepare"] / n, 3),
             "cnn_ms_per_image": round(1000 * seconds["cnn"] / n, 3),
             "decode_ms_per_image": round(1000 * seconds["decode"] / n, 3)}
 

@@ -22,6 +22,8 @@ import tensorflow as tf
 
 from bpnet.errors import BpnetError
 from bpnet.fileio import atomic_path
+from bpnet.limits import stages_problem
+from bpnet.model_safety import check_model_file
 from bpnet.preprocess import check_input_hw
 
 MIN_CHANNELS = 8
@@ -115,8 +117,8 @@ def build_model(model_spec, input_hw=None):
     """
     if input_hw is not None:
         check_input_hw(input_hw, "input_hw")
-    if not 2 <= model_spec.stages <= 7:
-        raise BpnetError(f"model.stages: {model_spec.stages} is outside the allowed range 2..7")
+    if stages_problem(model_spec.stages):
+        raise BpnetError(f"model.stages: {stages_problem(model_spec.stages)}")
     layers = _LayerFactory(model_spec)
     image = tf.keras.Input(shape=(None, None, 3), name="input")
     features = _backbone(layers, image)
@@ -200,8 +202,12 @@ def load_keras_model(path, what="model file"):
                          "gate and bench)")
     if not h5py.is_hdf5(path):
         raise BpnetError(f"{what} {path} is not a Keras HDF5 file (.hdf5/.h5 expected)")
+    check_model_file(path, what)   # a user's file is data: refuse Lambda/custom layers unread
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
     try:
-        return tf.keras.models.load_model(path, compile=False)
+        # Keras' own guard against Lambda bytecode; its HDF5 loader does not enter it by itself.
+        with SafeModeScope(True):
+            return tf.keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for truncated or foreign HDF5 files
         raise BpnetError(f"{what} {path} could not be loaded as a Keras model: "
                          f"{type(err).__name__}: {err}") from None

@@ -12,13 +12,14 @@ Two resize modes (the inference spec's `keep_aspect_ratio_mode`):
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
 from bpnet.errors import BpnetError
+from bpnet.limits import STRIDE
 
-STRIDE = 8
 DEFAULT_IMAGE_SCALE = (256.0, 256.0, 256.0)
 DEFAULT_IMAGE_OFFSET = (0.5, 0.5, 0.5)
 PAD_VALUE = 128  # grey in uint8 becomes 0.0 after default normalisation
@@ -90,9 +91,26 @@ def letterbox_image(image, input_hw, mode="pad_image_input"):
 
 
 def normalize(images, image_scale=DEFAULT_IMAGE_SCALE, image_offset=DEFAULT_IMAGE_OFFSET):
-    """uint8 (..., H, W, 3) -> float32 network input."""
-    images = np.asarray(images, dtype=np.float32)
+    """uint8 (..., H, W, 3) -> float32 network input: pixel / image_scale - image_offset.
+
+    uint8 images go through a 256-entry lookup table per channel (the same float32 arithmetic,
+    done once per value instead of once per pixel: bit-identical and several times faster);
+    other dtypes are computed directly."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8 and images.ndim >= 3 and images.shape[-1] == 3 and images.size:
+        table = normalization_table(tuple(map(float, image_scale)), tuple(map(float, image_offset)))
+        rows = images.reshape(-1, images.shape[-2], 3)   # cv2.LUT takes one (rows, cols, 3) image
+        return cv2.LUT(rows, table).reshape(images.shape)
+    images = images.astype(np.float32, copy=False)
     return images / np.asarray(image_scale, np.float32) - np.asarray(image_offset, np.float32)
+
+
+@lru_cache(maxsize=16)
+def normalization_table(image_scale, image_offset):
+    """(1, 256, 3) float32: the normalised value of every uint8 level per channel."""
+    levels = np.arange(256, dtype=np.float32)[:, None]
+    table = levels / np.asarray(image_scale, np.float32) - np.asarray(image_offset, np.float32)
+    return table[None]
 
 
 def normalization_for(spec_normalization, card_normalization, where="normalization"):

@@ -13,7 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bpnet.errors import BpnetError
-from bpnet.preprocess import DEFAULT_IMAGE_OFFSET, DEFAULT_IMAGE_SCALE, STRIDE
+from bpnet.limits import DEFAULT_STAGES, MAX_STAGES, MIN_STAGES, STRIDE
+from bpnet.preprocess import DEFAULT_IMAGE_OFFSET, DEFAULT_IMAGE_SCALE
 
 
 class Strict(BaseModel):
@@ -72,7 +73,7 @@ class DataloaderSpec(Strict):
 class ModelSpec(Strict):
     backbone: Literal["vgg"] = "vgg"
     backbone_width: float = Field(1.0, gt=0, le=2)   # channel multiplier; 0.25 = narrow CPU model
-    stages: int = Field(3, ge=2, le=7)
+    stages: int = Field(DEFAULT_STAGES, ge=MIN_STAGES, le=MAX_STAGES)
     heat_channels: int = 19
     paf_channels: int = 38
     use_bias: bool = True
@@ -113,7 +114,7 @@ class TrainSpec(Strict):
 class InferSpec(Strict):
     input_shape: tuple[int, int] = (288, 384)
     keep_aspect_ratio_mode: Literal["pad_image_input", "adjust_network_input"] = "pad_image_input"
-    output_stage_to_use: Optional[int] = Field(None, ge=1, le=7)   # null = the last stage
+    output_stage_to_use: Optional[int] = Field(None, ge=1, le=MAX_STAGES)   # null = the last stage
     output_upsampling_factor: tuple[int, int] = (8, 8)
     heatmap_threshold: float = Field(0.1, ge=0, le=1)
     paf_threshold: float = Field(0.05, ge=0, le=1)

@@ -90,8 +90,8 @@ def test_compare_marks_failed_gates(config):
     seed_failed_gate(config)
     at = open_page("views/compare.py")
     assert "Gate failed" in texts(at.error)
-    table = frame_with(at, "gate")
-    assert set(table["gate"]) == {"–", "❌ failed"}
+    table = frame_with(at, "INT8/FP16 gate")
+    assert set(table["INT8/FP16 gate"]) == {"–", "❌ failed"}
     names = [trace.get("name") for fig in figures(at) for trace in fig["data"]]
     assert "gate failed" in names
 

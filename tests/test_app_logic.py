@@ -200,17 +200,20 @@ def test_read_results_groups_by_image_and_rejects_garbage(tmp_path):
         overlay.read_results(path)
 
 
-def test_loss_points_count_steps_across_epochs_and_skip_epoch_summaries():
+def test_loss_points_keep_per_step_loss_and_epoch_means_apart():
     from app.state import loss_points
 
-    raw = [{"stage_label": "train s2", "epoch": 1, "step": 1, "loss": 3.0, "time": 1},
-           {"stage_label": "train s2", "epoch": 1, "step": 2, "loss": 2.0, "time": 2},
-           {"stage_label": "train s2", "epoch": 1, "step": None, "loss": 2.5, "time": 3},
-           {"stage_label": "train s2", "epoch": 2, "step": 1, "loss": 1.0, "time": 4},
-           {"stage_label": "retrain", "epoch": 1, "step": None, "loss": 0.5, "time": 5}]
+    raw = [{"stage_label": "train s2", "event": "step", "epoch": 1, "step": 1, "loss": 3.0, "time": 1},
+           {"stage_label": "train s2", "event": "step", "epoch": 1, "step": 2, "loss": 2.0, "time": 2},
+           {"stage_label": "train s2", "event": "epoch_end", "epoch": 1, "step": 2, "loss": 2.5, "time": 3},
+           {"stage_label": "train s2", "event": "step", "epoch": 2, "step": 1, "loss": 1.0, "time": 4},
+           {"stage_label": "train s2", "event": "done", "epoch": 2, "step": None, "loss": 1.5, "time": 5},
+           {"stage_label": "retrain", "epoch": 1, "step": None, "loss": 0.5, "time": 6}]
     points = loss_points(raw)
     assert [(p["stage"], p["step"], p["loss"]) for p in points] == [
-        ("train s2", 1, 3.0), ("train s2", 2, 2.0), ("train s2", 4, 1.0), ("retrain", 1, 0.5)]
+        ("train s2 · loss per step", 1, 3.0), ("train s2 · loss per step", 2, 2.0),
+        ("train s2 · epoch mean", 2, 2.5), ("train s2 · loss per step", 4, 1.0),
+        ("retrain · loss per step", 1, 0.5)]
 
 
 def test_a_held_out_evaluation_set_goes_into_the_run_spec(coco_mini, tmp_path):

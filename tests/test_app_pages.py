@@ -187,9 +187,10 @@ def test_compare_builds_every_chart_from_stored_results(config):
     assert "pth" in front["hovertemplate"]
     assert any(t.startswith("AP by person size") for t in figs)
     assert any(t.startswith("latency by precision") for t in figs)
-    assert len(figs) == 4
+    assert any(t.startswith("every result across its settings") for t in figs)   # parallel coordinates
+    assert len(figs) == 5
     table = at.dataframe[0].value
-    assert len(table) == 6 and "latency_ms" in table.columns
+    assert len(table) == 6 and "latency (median)" in table.columns
     assert "optimistic" in texts(at.info)
     assert len(at.get("image")) >= 2   # side-by-side overlays
 
@@ -257,3 +258,58 @@ def test_the_dashboard_never_imports_tensorflow(config, tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "HEAVY []" in out.stdout
+
+
+# ---------------------------------------------------------------- guards, links, diff
+
+def test_an_all_ap_zero_run_shows_the_guard_instead_of_a_pareto_front(config):
+    run_id = seed_store.seed_finished_run(config, name="synthetic untrained", untrained=True,
+                                          thresholds=(0.005,), precisions=("fp32",))
+    at = open_page("views/run_detail.py", {"run": run_id})
+    shown = texts(at.warning)
+    assert "all results have AP 0 — the base model is untrained" in shown
+    assert "prune s2 pth=0.005: pruned nothing" in shown           # kept 99.5% of the parameters
+    at = open_page("views/compare.py")
+    assert "all results have AP 0 — the base model is untrained" in texts(at.warning)
+    assert not [f for f in figures(at) if f["layout"].get("title", {}).get("text", "").startswith("AP vs latency")]
+
+
+def diff_table(at):
+    return next(d.value for d in at.dataframe if "field" in d.value.columns)
+
+
+def test_compare_diff_lists_only_differing_fields_and_keeps_them_in_the_address(config):
+    seed_store.seed_finished_run(config, name="synthetic a", thresholds=(0.1,), precisions=("fp32", "int8"))
+    at = open_page("views/compare.py")
+    ids = at.multiselect(key="compare_results").value
+    at.selectbox(key="left_result").set_value(ids[0]).run()
+    at.selectbox(key="right_result").set_value(ids[1]).run()   # unpruned FP32 vs unpruned INT8
+    diff = diff_table(at)
+    assert list(diff["field"]) == ["result.precision"]
+    assert at.query_params["a"] == ids[0] and at.query_params["b"] == ids[1]
+    # the same comparison opened from its link
+    linked = open_page("views/compare.py", {"a": ids[0], "b": ids[2]})
+    assert linked.selectbox(key="right_result").value == ids[2]
+    assert "result.pth" in set(diff_table(linked)["field"])
+
+
+def test_run_detail_opens_the_result_named_in_the_address(config):
+    run_id = seed_store.seed_finished_run(config, thresholds=(0.1,), precisions=("fp32",))
+    results = open_store(config.database_url).result_rows([run_id])
+    wanted = results[-1]["stage_id"]
+    at = open_page("views/run_detail.py", {"run": run_id, "result": wanted})
+    assert at.selectbox(key="sample_result").value == wanted
+    assert "ground truth" in texts(at.caption)      # GT vs prediction legend under the pictures
+    assert len(at.get("image")) >= 2
+
+
+def test_workers_name_the_running_stage_not_its_hash(config):
+    run_id = seed_store.seed_finished_run(config, name="synthetic busy", thresholds=(0.1,), precisions=("fp32",))
+    store = open_store(config.database_url)
+    stage = next(s for s in store.stages(run_id) if s["kind"] == "retrain")
+    seed_store.register_worker(config, "cpu-1@host")
+    store.heartbeat("cpu-1@host", current_stage_id=stage["id"])
+    at = open_page("views/workers.py")
+    running = at.dataframe[0].value.set_index("worker").loc["cpu-1@host", "running stage"]
+    assert running == "retrain s2 pth=0.1 · run synthetic busy"
+    assert stage["id"] not in running

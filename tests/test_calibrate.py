@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bpnet import calibrate
+from bpnet.calibrate import tensor_file
 from bpnet.errors import BpnetError
 
 
@@ -113,7 +114,7 @@ def test_tensor_file_is_written_once_then_reused(tmp_path, coco_mini, monkeypatc
     def no_preprocessing(*args, **kwargs):
         raise AssertionError("the tensor file exists, images must not be preprocessed again")
 
-    monkeypatch.setattr(calibrate, "build_calibration_tensor", no_preprocessing)
+    monkeypatch.setattr(tensor_file, "build_calibration_tensor", no_preprocessing)
     second, reused = calibrate.calibration_tensor((64, 64), 2, 3, None, data_file)
     assert reused and np.array_equal(first, second)
     with pytest.raises(BpnetError, match="expected"):

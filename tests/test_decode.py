@@ -4,9 +4,11 @@ import cv2
 import numpy as np
 import pytest
 
-from bpnet.decode import (CubicUpsampler, cubic_weights, decode, find_peaks, match_limb,
-                          merge_hubless_fragments, person_to_coco, score_limbs)
-from bpnet.fragments import CANONICAL_POSE, reach_bounds
+from bpnet.decode import decode, decode_options, find_peaks, person_to_coco
+from bpnet.decode.assembly import merge_hubless_fragments
+from bpnet.decode.fragments import CANONICAL_POSE, reach_bounds
+from bpnet.decode.limbs import match_limb, score_limbs
+from bpnet.decode.peaks import CubicUpsampler, cubic_weights
 from bpnet.preprocess import Letterbox
 from bpnet.skeleton import load_skeleton
 from bpnet.specs import InferSpec, TargetSpec
@@ -156,7 +158,7 @@ def test_gaussian_peaks_of_close_blobs_are_fitted_from_the_side_no_neighbour_rai
                                                  refinement="gaussian")[0], points) for points in cases])
 
     corrected = median_miss()
-    monkeypatch.setattr("bpnet.decode.uncrowded_offsets", lambda parts, rows, cols, chans, dx, dy, curvature: (dx, dy))
+    monkeypatch.setattr("bpnet.decode.peaks.uncrowded_offsets", lambda parts, rows, cols, chans, dx, dy, curvature: (dx, dy))
     symmetric = median_miss()
     assert corrected < 0.8 and corrected < symmetric - 0.3
 
@@ -215,8 +217,8 @@ def test_greedy_matching_uses_each_candidate_once_best_first():
 
 def test_empty_maps_give_no_people():
     heatmaps, pafs = maps_of([])
-    assert decode(heatmaps, pafs, InferSpec(), SKELETON) == []
-    assert decode(np.zeros_like(heatmaps), np.zeros_like(pafs), InferSpec(min_parts=1), SKELETON) == []
+    assert decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec())) == []
+    assert decode(np.zeros_like(heatmaps), np.zeros_like(pafs), SKELETON, **decode_options(InferSpec(min_parts=1))) == []
 
 
 def test_single_isolated_part_is_a_person_only_when_min_parts_allows():
@@ -224,8 +226,8 @@ def test_single_isolated_part_is_a_person_only_when_min_parts_allows():
     wrist = SKELETON.parts.index("left_wrist")
     truth[wrist] = (100, 120, 2)
     heatmaps, pafs = maps_of([truth])
-    assert decode(heatmaps, pafs, InferSpec(min_parts=3), SKELETON) == []
-    [person] = decode(heatmaps, pafs, InferSpec(min_parts=1, min_person_score=0.0), SKELETON)
+    assert decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec(min_parts=3))) == []
+    [person] = decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec(min_parts=1, min_person_score=0.0)))
     assert person.num_parts == 1 and person.found[wrist]
     assert np.abs(person.keypoints[wrist, :2] - (100, 120)).max() < 1
 
@@ -237,7 +239,7 @@ def test_two_people_crossing_are_kept_apart():
     left[lw, :2] = (205, 150)    # left person's left wrist reaches right, past the other's arm
     right[rw, :2] = (175, 165)   # right person's right wrist reaches left
     heatmaps, pafs = maps_of([left, right])
-    people = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    people = decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec()))
     assert len(people) == 2
     for person, truth in match_people(people, [left, right]):
         assert_same_person(person, truth)
@@ -247,7 +249,7 @@ def test_person_cut_by_the_border_keeps_the_parts_inside():
     truth = standing_person(190, 150, 240)          # legs below the 288-pixel input
     inside = truth[:, 1] < INPUT_HW[0]
     heatmaps, pafs = maps_of([truth])
-    [person] = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    [person] = decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec()))
     assert person.found[inside].all()
     err = np.linalg.norm(person.keypoints[inside, :2] - truth[inside, :2], axis=1)
     assert err.max() <= STRIDE
@@ -260,7 +262,7 @@ def test_round_trip_synthetic_people_within_a_stride(seed):
     truths = [standing_person(cx, rng.uniform(10, 40), rng.uniform(150, 230))
               for cx in (60 + 95 * k + rng.uniform(-8, 8) for k in range(4))]
     heatmaps, pafs = maps_of(truths)
-    people = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    people = decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec()))
     assert len(people) == 4
     for person, truth in match_people(people, truths):
         assert_same_person(person, truth)
@@ -272,8 +274,8 @@ def test_neckless_pieces_merge_only_when_enabled():
     truth = standing_person(190, 40, 200)
     truth[SKELETON.parts.index("neck"), 2] = 0
     heatmaps, pafs = maps_of([truth])
-    split = decode(heatmaps, pafs, InferSpec(min_parts=1), SKELETON)
-    [merged] = decode(heatmaps, pafs, InferSpec(min_parts=1, fragment_merge_reach=2.0), SKELETON)
+    split = decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec(min_parts=1)))
+    [merged] = decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec(min_parts=1, fragment_merge_reach=2.0)))
     assert len(split) == 3
     assert_same_person(merged, truth)
 
@@ -291,7 +293,7 @@ def test_fragments_sharing_a_part_are_not_merged():
 def test_coco_entry_in_original_image_coordinates():
     truth = standing_person(190, 40, 200)
     heatmaps, pafs = maps_of([truth])
-    [person] = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    [person] = decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec()))
     box = Letterbox(scale=0.5, image_hw=(576, 768), input_hw=INPUT_HW)
     entry = person_to_coco(person, box, SKELETON, image_id=7)
     keypoints = np.array(entry["keypoints"]).reshape(17, 3)
@@ -305,7 +307,7 @@ def test_missing_parts_are_zero_in_the_coco_entry():
     truth = standing_person(190, 40, 200)
     truth[SKELETON.parts.index("left_ankle"), 2] = 0
     heatmaps, pafs = maps_of([truth])
-    [person] = decode(heatmaps, pafs, InferSpec(), SKELETON)
+    [person] = decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec()))
     entry = person_to_coco(person, Letterbox(1.0, INPUT_HW, INPUT_HW), SKELETON, 1)
     ankle = SKELETON.coco_keypoints.index("left_ankle")
     assert entry["keypoints"][3 * ankle:3 * ankle + 3] == [0.0, 0.0, 0.0]
@@ -314,7 +316,7 @@ def test_missing_parts_are_zero_in_the_coco_entry():
 def test_maps_with_wrong_channels_are_refused():
     heatmaps, pafs = maps_of([])
     with pytest.raises(ValueError, match="PAF channels"):
-        decode(heatmaps, pafs[..., :10], InferSpec(), SKELETON)
+        decode(heatmaps, pafs[..., :10], SKELETON, **decode_options(InferSpec()))
 
 
 # ---------------------------------------------------------------- joining pieces of people
@@ -350,8 +352,8 @@ def test_person_missing_a_shoulder_is_rejoined():
     # a left leg. Body proportions put them back into one person.
     truth = without(standing_person(190, 40, 200), "left_shoulder")
     heatmaps, pafs = maps_of([truth])
-    split = decode(heatmaps, pafs, InferSpec(min_parts=1), SKELETON)
-    [joined] = decode(heatmaps, pafs, JOIN, SKELETON)
+    split = decode(heatmaps, pafs, SKELETON, **decode_options(InferSpec(min_parts=1)))
+    [joined] = decode(heatmaps, pafs, SKELETON, **decode_options(JOIN))
     assert len(split) == 4
     assert_same_person(joined, truth, tol_px=0.5)
 
@@ -364,7 +366,7 @@ def test_lone_wrist_joins_the_person_whose_shoulder_it_hangs_from():
     for name in ("nose", "right_eye", "left_eye", "right_ear", "left_ear"):
         head[SKELETON.parts.index(name)] = owner[SKELETON.parts.index(name)] + (-70, 95, 0)
     heatmaps, pafs = maps_of([owner, head])
-    people = decode(heatmaps, pafs, JOIN, SKELETON)
+    people = decode(heatmaps, pafs, SKELETON, **decode_options(JOIN))
     assert len(people) == 2
     for person, truth in match_people(people, [owner, head]):
         assert_same_person(person, truth, tol_px=0.5)
@@ -380,7 +382,7 @@ def test_crowd_side_by_side_keeps_each_persons_pieces(gap, hidden):
     truths = [without(standing_person(45 + gap * k, 30 + 6 * k, 200 - 10 * k), hidden[k % 2]) for k in range(4)]
     width = 45 + gap * 3 + 60
     heatmaps, pafs = maps_of(truths, (288, width + (-width) % 8))
-    people = decode(heatmaps, pafs, JOIN, SKELETON)
+    people = decode(heatmaps, pafs, SKELETON, **decode_options(JOIN))
     assert len(people) == 4
     for person, truth in match_people(people, truths):
         assert_same_person(person, truth, tol_px=0.5)
@@ -394,7 +396,7 @@ def test_pieces_of_different_people_out_of_reach_stay_apart():
     legs = without(legs, *upper)
     head = without(head, *[n for n in SKELETON.parts if n not in ("nose", "right_eye", "left_eye")])
     heatmaps, pafs = maps_of([legs, head])
-    people = decode(heatmaps, pafs, JOIN, SKELETON)
+    people = decode(heatmaps, pafs, SKELETON, **decode_options(JOIN))
     legs_found = [p for p in people if p.found[SKELETON.parts.index("right_hip")]]
     assert all(not p.found[SKELETON.parts.index("nose")] for p in legs_found)
 
@@ -408,7 +410,7 @@ def test_a_limb_field_that_rejects_the_pair_vetoes_the_join():
     heatmaps, pafs = maps_of([first, second])
     hip_knee = SKELETON.limbs.index((SKELETON.parts.index("right_hip"), SKELETON.parts.index("right_knee")))
     pafs[..., 2 * hip_knee:2 * hip_knee + 2] *= -1      # the field points the other way: not a limb
-    people = decode(heatmaps, pafs, JOIN, SKELETON)
+    people = decode(heatmaps, pafs, SKELETON, **decode_options(JOIN))
     knee = SKELETON.parts.index("right_knee")
     hip = SKELETON.parts.index("right_hip")
     assert not any(p.found[knee] and p.found[hip] for p in people)

@@ -48,7 +48,9 @@ def test_batch_norm_model_exports_to_onnx_with_its_moving_statistics(tmp_path):
     import bpnet  # noqa: F401  (tf-keras before TensorFlow)
     import tensorflow as tf
 
-    from bpnet.export import export_onnx, onnx_session, parity_batch
+    from bpnet.export import export_onnx, parity_batch
+
+    from bpnet.onnx_graph import onnx_session
     from bpnet.model import build_model, load_model, save_model
     from bpnet.specs import ModelSpec
 

@@ -110,11 +110,21 @@ def test_keypoints_that_got_worse_are_named_in_the_report():
 
 
 def test_outputs_that_no_longer_follow_the_image_fail_even_without_an_ap_drop():
-    weak = {"AP": 0.0, "APm": 0.0, "APl": 0.0}
-    broken = gate_report(weak, weak, "int8", output_error=0.9, max_output_error=0.3)
+    weak = {"AP": 0.03, "APm": 0.03, "APl": 0.03}   # finds some people, too few for AP to show a drop
+    broken = gate_report(weak, weak, "int8", threshold_ap=5.0, output_error=0.9, max_output_error=0.3)
     assert not broken["passed"] and "output error 0.900" in broken["reasons"][1]
     assert any("below the threshold" in w for w in broken["warnings"])
-    good = gate_report(weak, weak, "int8", output_error=0.1, max_output_error=0.3)
+    good = gate_report(weak, weak, "int8", threshold_ap=5.0, output_error=0.1, max_output_error=0.3)
     assert good["passed"]
     with pytest.raises(BpnetError, match="max_output_error"):
         gate_report(weak, weak, "int8", output_error=0.1, max_output_error=0)
+
+
+@pytest.mark.parametrize("output_error", [None, 0.05, 0.9])
+def test_a_float_model_that_finds_nobody_gets_no_verdict_and_no_remedy(output_error):
+    untrained = {"AP": 0.004, "APm": 0.0, "APl": 0.01}
+    report = gate_report(untrained, {"AP": 0.0, "APm": 0.0, "APl": 0.0}, "int8", output_error=output_error)
+    assert report["status"] == "not_meaningful" and not report["passed"]
+    assert report["reasons"][0].startswith("not meaningful: the float model finds nobody (AP 0.004")
+    assert report["remedies"] == []
+    assert gate_report({"AP": 0.02, "APm": 0.02, "APl": 0.02}, PARENT, "fp16")["status"] != "not_meaningful"

@@ -22,7 +22,9 @@ def test_qat_finetunes_and_exports_a_qdq_onnx_close_to_the_float_model(tmp_path)
     import onnx
     import tensorflow as tf
 
-    from bpnet.export import onnx_session, parity_batch
+    from bpnet.export import parity_batch
+
+    from bpnet.onnx_graph import onnx_session
     from bpnet.fileio import read_json
     from bpnet.guide.gate_run import run_remedy
     from bpnet.guide.qat import count_fake_quant_layers, quantize_bodyposenet

@@ -53,6 +53,16 @@ def test_keras_backend_stages_and_shapes(tiny_hdf5):
 
 
 @pytest.mark.slow
+def test_keras_backend_compiles_one_graph_per_shape_with_the_eager_outputs(tiny_hdf5):
+    with load_backend(tiny_hdf5) as backend:
+        for images in (batch(), batch()[:1], np.zeros((1, 32, 64, 3), np.float32), batch()):
+            eager = backend.model(images, training=False)
+            for compiled, reference in zip(backend.predict(images), eager):
+                np.testing.assert_allclose(compiled, reference.numpy(), rtol=1e-5, atol=1e-6)
+        assert sorted(backend._compiled) == [(1, 32, 64, 3), (1, *INPUT_HW, 3), (2, *INPUT_HW, 3)]
+
+
+@pytest.mark.slow
 def test_onnx_runtime_backend_matches_keras(tiny_hdf5, tiny_onnx):
     with load_backend(tiny_hdf5) as keras, load_backend(tiny_onnx) as ort:
         assert (ort.name, ort.precision, ort.input_hw) == ("onnxruntime", "fp32", INPUT_HW)

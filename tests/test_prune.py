@@ -10,6 +10,7 @@ import pytest
 from bpnet.errors import BpnetError
 from bpnet.prune.ranking import (count_to_keep, filter_norms, filters_to_keep, merge_stats,
                                  normalize_stats, rank_filters)
+from tests.numeric import assert_close_to_scale, max_relative_diff
 
 EQUALIZATIONS = ("union", "intersection", "arithmetic_mean", "geometric_mean")
 
@@ -165,7 +166,9 @@ def test_dead_filters_are_removed_exactly_and_outputs_do_not_change():
     assert isinstance(pruned.get_layer("conv_a").kernel_regularizer, tf.keras.regularizers.L1)
     x = np.random.default_rng(1).normal(size=(2, 32, 24, 3)).astype("float32")
     for before, after in zip(model.predict(x, verbose=0), pruned.predict(x, verbose=0)):
-        assert np.abs(before - after).max() <= 1e-5
+        # Only float summation order changes (fewer, reordered channels; threads under load):
+        # ~1e-7 relative. A wrongly removed live filter changes outputs by ~1e-1 of their scale.
+        assert_close_to_scale(after, before, 1e-5)
     assert pruned.count_params() < model.count_params()
 
 
@@ -234,7 +237,7 @@ def _max_output_diff(model_a, model_b, hw=(64, 48)):
     x = np.random.default_rng(2).normal(size=(1, *hw, 3)).astype("float32")
     a, b = model_a.predict(x, verbose=0), model_b.predict(x, verbose=0)
     assert [t.shape for t in a] == [t.shape for t in b]
-    return max(float(np.abs(p - q).max()) for p, q in zip(a, b))
+    return max(max_relative_diff(q, p) for p, q in zip(a, b))   # relative to the outputs' scale
 
 
 @pytest.mark.slow

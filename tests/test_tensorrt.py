@@ -60,7 +60,8 @@ def test_engine_backend_without_tensorrt_is_a_clear_error(tmp_path):
 def test_engine_builds_and_matches_onnx_runtime(data_type, tiny_model, tmp_path, coco_mini):
     pytest.importorskip("tensorrt", reason=NO_TENSORRT)
     from bpnet.backends import load_backend
-    from bpnet.export import export_model, onnx_session
+    from bpnet.export import export_model
+    from bpnet.onnx_graph import onnx_session
 
     _, images = coco_mini
     engine = tmp_path / f"m.{data_type}.engine"

@@ -213,7 +213,8 @@ def run_events(run_id, stage_id=None, since_id=0, limit=500, config=None):
 
 
 def loss_curve(run_id, config=None):
-    """Training loss points of a run: [{stage_id, stage_label, epoch, step, loss, time}]."""
+    """Training loss points of a run: [{stage_id, stage_label, event (step | epoch_end | done ...),
+    epoch, step, loss, time}]."""
     store = get_store(config)
     labels = {st["id"]: st["label"] for st in store.stages(run_id)}
     points = []
@@ -224,7 +225,8 @@ def loss_curve(run_id, config=None):
             break
         since = batch[-1]["id"]
         points += [{"stage_id": e["stage_id"], "stage_label": labels.get(e["stage_id"]),
-                    "epoch": e["epoch"], "step": e["step"], "loss": e["loss"], "time": e["time"]}
+                    "event": e["event"], "epoch": e["epoch"], "step": e["step"], "loss": e["loss"],
+                    "time": e["time"]}
                    for e in batch if e["loss"] is not None]
     return points
 
@@ -389,13 +391,26 @@ def _versions():
 def list_workers(config=None):
     """Registered workers: id, hostname, pid, queues (list), capabilities (dict: cpu_count,
     gpus, tensorflow_gpu, tensorrt, onnxruntime_providers, ...), started_at, heartbeat_at,
-    status, current_stage_id, alive (heartbeat within the last minute)."""
+    status, current_stage_id, current_stage (its label), current_run_id, current_run_name,
+    alive (heartbeat within the last minute)."""
     now = time.time()
-    rows = get_store(config).workers()
+    store = get_store(config)
+    rows = store.workers()
     for w in rows:
         w["queues"] = [q for q in w["queues"].split(",") if q]
         w["alive"] = w["status"] == "online" and now - w["heartbeat_at"] < scheduler.HEARTBEAT_FRESH_S
+        w.update(_current_stage(store, w.get("current_stage_id")))
     return rows
+
+
+def _current_stage(store, stage_id):
+    """The running stage of a worker by name: current_stage (label), current_run_id, current_run_name."""
+    stage = store.stage(stage_id) if stage_id else None
+    if stage is None:
+        return {"current_stage": None, "current_run_id": None, "current_run_name": None}
+    run = store.get_run(stage["run_id"])
+    return {"current_stage": stage["label"], "current_run_id": stage["run_id"],
+            "current_run_name": run["name"] if run else None}
 
 
 __all__ = ["validate_run_spec", "preview_run", "submit_run", "cancel_run", "rerun", "list_runs",

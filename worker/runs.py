@@ -22,6 +22,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from bpnet.errors import BpnetError
+from bpnet.model_safety import check_model_file
 from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
                          load_yaml, parse_spec)
 
@@ -210,6 +211,11 @@ def check_run_inputs(spec, source):
     need_file(spec.infer_spec, "infer_spec")
     if spec.model is not None and spec.model.suffix.lower() not in (".hdf5", ".h5"):
         problems.append(f"model: {spec.model} is not a Keras model (.hdf5 or .h5)")
+    elif spec.model is not None and Path(spec.model).is_file():
+        try:   # a model file is data: a Lambda/custom layer is refused before anything is queued
+            check_model_file(spec.model, "model")
+        except BpnetError as err:
+            problems.append(str(err))
     if "int8" in spec.precisions:
         cal_dir = calibration_images(spec)
         need_dir(cal_dir, "calibration.images")

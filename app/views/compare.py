@@ -1,17 +1,40 @@
-"""Compare: results picked from any runs side by side: AP vs latency with the Pareto front, AP by
-person size, parameters and model size vs AP, latency by precision, a table with CSV export and
-two results' skeletons on the same images."""
+"""Compare: results picked from any runs side by side, like an experiment dashboard: AP vs latency
+with the Pareto front (click a point to open its result), parallel coordinates over every
+setting, AP by person size, size vs AP, latency by precision, a table (click a row to open it)
+with CSV export, the config diff of two results (only what differs), and both results' pictures
+on the same images. Runs, filters and the two diffed results live in the address, so a
+comparison can be shared as a link."""
 
 import csv
 import io
 
 import streamlit as st
 
-from app import charts, overlay, state, widgets
+from app import charts, present, state, widgets
 from bpnet.errors import BpnetError
 
 DEFAULT_RUNS = 5
-OVERLAY_IMAGES = 3
+OVERLAY_IMAGES = 2
+
+
+def query_list(name):
+    """A comma-separated query parameter as a list ([] when absent)."""
+    value = st.query_params.get(name)
+    return [v for v in value.split(",") if v] if value else []
+
+
+def set_query(name, values):
+    """Keep the page's state in the address (a permalink); drop parameters at their default."""
+    text = ",".join(values) if isinstance(values, (list, tuple)) else (values or "")
+    if text:
+        st.query_params[name] = text
+    elif name in st.query_params:
+        del st.query_params[name]
+
+
+def open_result(run_id, stage_id):
+    st.switch_page("views/run_detail.py", query_params={"run": run_id, "result": stage_id})
+
 
 st.title("Compare")
 
@@ -25,8 +48,10 @@ if not runs:
     st.stop()
 
 names = {r["id"]: f"{r['name']} · {r['status']} · {r['id']}" for r in runs}
-run_ids = st.multiselect("Runs", list(names), default=list(names)[:DEFAULT_RUNS], format_func=names.get,
-                         key="compare_runs")
+linked_runs = [i for i in query_list("runs") if i in names]
+run_ids = st.multiselect("Runs", list(names), default=linked_runs or list(names)[:DEFAULT_RUNS],
+                         format_func=names.get, key="compare_runs")
+set_query("runs", run_ids if run_ids != list(names)[:DEFAULT_RUNS] else [])
 if not run_ids:
     st.info("Pick at least one run.", icon=":material/info:")
     st.stop()
@@ -42,10 +67,14 @@ if not rows:
 c1, c2 = st.columns(2)
 precisions = sorted({r["precision"] for r in rows})
 resolutions = sorted({r.get("resolution") or "?" for r in rows})
-chosen_precisions = c1.pills("Precisions", precisions, selection_mode="multi", default=precisions,
+chosen_precisions = c1.pills("Precisions", precisions, selection_mode="multi",
+                             default=[p for p in query_list("precisions") if p in precisions] or precisions,
                              key="compare_precisions")
-chosen_resolutions = c2.pills("Resolutions", resolutions, selection_mode="multi", default=resolutions,
+chosen_resolutions = c2.pills("Resolutions", resolutions, selection_mode="multi",
+                              default=[r for r in query_list("resolutions") if r in resolutions] or resolutions,
                               key="compare_resolutions")
+set_query("precisions", chosen_precisions if set(chosen_precisions or []) != set(precisions) else [])
+set_query("resolutions", chosen_resolutions if set(chosen_resolutions or []) != set(resolutions) else [])
 rows = [r for r in rows if r["precision"] in (chosen_precisions or []) and
         (r.get("resolution") or "?") in (chosen_resolutions or [])]
 labels = {r["stage_id"]: r["label"] for r in rows}
@@ -75,65 +104,104 @@ for run_id, run_name in dict((r["run_id"], r["run_name"]) for r in refused).item
     st.page_link("views/run_detail.py", label=f"Open {run_name} (remedies)", icon=":material/arrow_forward:",
                  query_params={"run": run_id})
 
-tab_pareto, tab_area, tab_size, tab_latency = st.tabs(
-    ["AP vs latency", "AP by person size", "size vs AP", "latency by precision"])
-with tab_pareto:
-    st.plotly_chart(charts.ap_vs_latency_figure(rows), key="pareto_chart")
-    missing = [r["label"] for r in rows if r.get("latency_ms") is None or r.get("AP") is None]
-    if missing:
-        st.caption(f"{len(missing)} result(s) without AP or latency are not plotted.")
-with tab_area:
-    st.plotly_chart(charts.ap_by_area_figure(rows), key="area_chart")
-with tab_size:
-    st.plotly_chart(charts.size_vs_ap_figure(rows), key="size_chart")
-with tab_latency:
-    st.plotly_chart(charts.latency_by_precision_figure(rows), key="latency_chart")
+untrained = present.untrained_message(rows)
+if untrained:
+    # No Pareto front of noise: with every AP at 0 there is nothing to trade latency against.
+    st.warning(untrained, icon=":material/report:")
+else:
+    tab_pareto, tab_parallel, tab_area, tab_size, tab_latency = st.tabs(
+        ["AP vs latency", "all settings (parallel coordinates)", "AP by person size", "size vs AP",
+         "latency by precision"])
+    with tab_pareto:
+        plotted = charts.rows_with(rows, "latency_ms", "AP")
+        if plotted:
+            event = st.plotly_chart(charts.ap_vs_latency_figure(rows), key="pareto_chart", on_select="rerun",
+                                    selection_mode="points")
+            st.caption("Click a point to open its result. Bars: latency p5–p95 over the benchmark's repeats; "
+                       "points on top of each other are drawn side by side.")
+            clicked = charts.selected_result(event)
+            if clicked:
+                open_result(*clicked)
+        else:
+            st.caption("Nothing to plot: no result has both an AP and a latency yet (latency is measured "
+                       "by the evaluate stage's benchmark).")
+        missing = len(rows) - len(plotted)
+        if plotted and missing:
+            st.caption(f"{missing} result(s) without AP or latency are not plotted.")
+    with tab_parallel:
+        if len(charts.rows_with(rows, "AP")) >= 2:
+            st.plotly_chart(charts.parallel_coordinates_figure(rows), key="parallel_chart")
+        else:
+            st.caption("Parallel coordinates need at least two results with an AP.")
+    with tab_area:
+        if any(r.get("APm") is not None and r["APm"] >= 0 or r.get("APl") is not None and r["APl"] >= 0
+               for r in rows):
+            st.plotly_chart(charts.ap_by_area_figure(rows), key="area_chart")
+        else:
+            st.caption("No AP by person size: the evaluation images have no medium or large people.")
+    with tab_size:
+        if charts.rows_with(rows, "params", "AP"):
+            st.plotly_chart(charts.size_vs_ap_figure(rows), key="size_chart")
+        else:
+            st.caption("No parameter counts stored for these results.")
+    with tab_latency:
+        if charts.rows_with(rows, "latency_ms"):
+            st.plotly_chart(charts.latency_by_precision_figure(rows), key="latency_chart")
+        else:
+            st.caption("No latency measured for these results yet.")
 
 st.subheader("Table")
+st.caption("Click a row to open its result.")
+table_event = st.dataframe(present.result_display_rows(rows), hide_index=True, key="compare_table",
+                           on_select="rerun", selection_mode="single-row")
+selected_rows = table_event.selection.rows if table_event else []
+if selected_rows and selected_rows[0] < len(rows):
+    open_result(rows[selected_rows[0]]["run_id"], rows[selected_rows[0]]["stage_id"])
 table = state.result_table(rows)
-st.dataframe(table, hide_index=True, key="compare_table")
 buffer = io.StringIO()
 writer = csv.DictWriter(buffer, fieldnames=list(state.RESULT_TABLE_COLUMNS))
 writer.writeheader()
 writer.writerows(table)
-st.download_button("Export CSV", buffer.getvalue(), file_name="bpnet-results.csv", mime="text/csv",
+st.download_button("Export CSV (raw numbers)", buffer.getvalue(), file_name="bpnet-results.csv", mime="text/csv",
                    key="csv", on_click="ignore", icon=":material/download:")
 
-st.subheader("Side by side")
-ids = [i for i in labels if i in picked]
+# ---------------------------------------------------------------- two results
+st.subheader("Two results: config diff and pictures")
+ids = list(labels)
+ids = [i for i in ids if i in picked]
+linked_a, linked_b = st.query_params.get("a"), st.query_params.get("b")
 c1, c2 = st.columns(2)
-left = c1.selectbox("Left", ids, index=0, format_func=labels.get, key="left_result")
-right = c2.selectbox("Right", ids, index=min(1, len(ids) - 1), format_func=labels.get, key="right_result")
+left = c1.selectbox("A", ids, index=ids.index(linked_a) if linked_a in ids else 0, format_func=labels.get,
+                    key="left_result")
+right = c2.selectbox("B", ids, index=ids.index(linked_b) if linked_b in ids else min(1, len(ids) - 1),
+                     format_func=labels.get, key="right_result")
+set_query("a", left)
+set_query("b", right)
+st.caption("The address bar holds the runs, filters and the two results: copy it to share this comparison.")
 
-
-def result_detections(stage_id):
-    """(results.json path, its mtime, people by image id, stage params) of one result."""
-    run_id = next(r["run_id"] for r in rows if r["stage_id"] == stage_id)
-    run = state.get_run(run_id, events_limit=0)
-    art = next((a for a in run["artifacts"] if a["stage_id"] == stage_id and a["name"] == "results.json"), None)
-    if art is None:
-        raise BpnetError(f"result {labels[stage_id]} has no results.json artifact to draw")
-    path = state.artifact_path(art["id"])
-    stamp = widgets.mtime_ns(path)
-    return path, stamp, widgets.detections(path, stamp), next(r for r in rows if r["stage_id"] == stage_id)
-
-
+row_a = next(r for r in rows if r["stage_id"] == left)
+row_b = next(r for r in rows if r["stage_id"] == right)
 try:
-    sides = [result_detections(left), result_detections(right)]
-    annotations = sides[0][3]["annotations"]
-    names_by_id = widgets.image_names(annotations, widgets.mtime_ns(annotations))
-    merged = {}
-    for _, _, people, _ in sides:
-        for image_id, found in people.items():
-            merged[image_id] = merged.get(image_id, []) + found
-    if not merged:
-        st.caption("Neither result found any person on the evaluation images.")
-    for image_id in overlay.images_with_people(merged, OVERLAY_IMAGES):
-        name = names_by_id.get(image_id)
-        if name is None:
-            continue
-        for col, (path, stamp, people, params) in zip(st.columns(2), sides):
-            col.image(widgets.skeleton_picture(params["images"], name, path, stamp, image_id),
-                      caption=f"{name} · {len(people.get(image_id, []))} people")
-except (BpnetError, KeyError, OSError) as err:
-    st.caption(f"No overlays: {err}")
+    run_a = state.get_run(row_a["run_id"], events_limit=0)
+    run_b = run_a if row_b["run_id"] == row_a["run_id"] else state.get_run(row_b["run_id"], events_limit=0)
+except BpnetError as err:
+    st.error(str(err), icon=":material/block:")
+    st.stop()
+diff = present.config_diff(present.result_config(row_a, run_a["spec"]), present.result_config(row_b, run_b["spec"]))
+if left == right:
+    st.caption("A and B are the same result.")
+elif diff:
+    st.dataframe(diff, hide_index=True, key="config_diff",
+                 column_config={"A": st.column_config.TextColumn(f"A: {labels[left]}"),
+                                "B": st.column_config.TextColumn(f"B: {labels[right]}")})
+    st.caption(f"{len(diff)} field(s) differ; every other setting is the same.")
+else:
+    st.caption("The two results have the same configuration.")
+
+for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
+    with col:
+        st.markdown(f"**{name}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)}")
+        try:
+            widgets.truth_gallery(run, row, row["stage_id"], OVERLAY_IMAGES, columns=1)
+        except (BpnetError, KeyError, OSError) as err:
+            st.caption(f"No pictures: {err}")

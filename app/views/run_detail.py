@@ -1,13 +1,19 @@
-"""Run detail: the stage DAG with statuses, the training loss, metrics, events and errors in plain
-words, sample images with the skeletons a result found, and downloads of every artifact."""
+"""Run detail: the stage DAG with statuses, guards when the numbers cannot mean anything, the
+INT8 gate, the training loss, formatted metrics, one result's deployables and pictures (ground
+truth against prediction), the event log folded per stage, and every artifact."""
 
+import io
+import json
 import time
+import zipfile
 from pathlib import Path
 
 import streamlit as st
+import yaml
 
-from app import charts, overlay, state
+from app import charts, present, state
 from app import widgets
+from app.views import quantize_section
 from app.widgets import run_action_buttons
 from bpnet.errors import BpnetError
 
@@ -69,9 +75,12 @@ def live_status():
         st.error(f"This run failed: {current['error'] or 'see the failed stages below'}", icon=":material/error:")
     elif current["status"] == "cancelled":
         st.warning("This run was cancelled.", icon=":material/cancel:")
-    st.graphviz_chart(charts.dag_dot(state.stage_dag(stages)), width="stretch")
-    st.dataframe(state.stage_rows(stages), hide_index=True, key="stages_df", column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%.0f%%")})
+    st.graphviz_chart(charts.dag_dot(state.stage_dag(stages)), width="content")
+    st.dataframe(present.stage_display_rows(stages, time.time(), state.format_duration), hide_index=True,
+                 key="stages_df", column_config={
+                     "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100,
+                                                                 format="%.0f%%"),
+                     "now": st.column_config.TextColumn("doing now / error", width="large")})
 
 
 c1, c2, _ = st.columns([1, 1, 4])
@@ -80,6 +89,12 @@ if st.session_state.get("cancel-detail"):
     st.rerun()   # show the cancelled stages at once
 
 st.subheader(run["name"])
+rows = state.chart_rows(run["results"])
+untrained = present.untrained_message(rows)
+if untrained:
+    st.warning(untrained, icon=":material/report:")
+for label, ratio in present.pruned_nothing(run["stages"], run["metrics"]):
+    st.warning(present.pruned_nothing_text(label, ratio), icon=":material/content_cut:")
 live_status()
 
 # ---------------------------------------------------------------- errors in plain words
@@ -117,7 +132,7 @@ def search_section():
 search_section()
 
 # ---------------------------------------------------------------- INT8 / FP16 gate
-gated = [r for r in state.chart_rows(run["results"]) if r.get("gate")]
+gated = [r for r in rows if r.get("gate")]
 if gated:
     st.subheader("INT8 / FP16 gate")
     st.caption(f"Each reduced-precision result against its float parent on the same evaluation: AP drop "
@@ -145,10 +160,23 @@ for row in gated:
                     st.success(f"Remedy submitted as run `{new_id}`.", icon=":material/rocket_launch:")
                     st.page_link("views/run_detail.py", label="Open the remedy run",
                                  icon=":material/arrow_forward:", query_params={"run": new_id})
+        gate_json = widgets.result_file(run, row["gate_stage_id"], "gate.json")
+        if gate_json is not None:
+            try:
+                sensitivity = json.loads(gate_json.read_text()).get("sensitivity")
+            except (OSError, ValueError):
+                sensitivity = None
+            if sensitivity and sensitivity.get("layers"):
+                st.plotly_chart(charts.sensitivity_figure(sensitivity), key=f"sens-{row['gate_stage_id']}")
+    elif row["gate"] == "not_meaningful":
+        st.warning(f"{text}\n{reasons}", icon=":material/help:")
     elif row["gate"] == "passed":
         st.success(f"{text}\n{reasons}", icon=":material/verified:")
     else:
         st.info(f"{text}\n{reasons}", icon=":material/hourglass:")
+
+# ---------------------------------------------------------------- INT8 with accuracy control
+quantize_section.render(run, state.artifact_path)
 
 # ---------------------------------------------------------------- training loss
 st.subheader("Training loss")
@@ -164,55 +192,108 @@ else:
 
 # ---------------------------------------------------------------- metrics
 st.subheader("Results")
-rows = state.chart_rows(run["results"])
 if rows:
-    st.info(state.evaluation_note(rows[0].get("annotations"), run["dataset"]), icon=":material/image:")
-    st.dataframe(state.result_table(rows), hide_index=True, key="results_df")
+    note = state.evaluation_note(rows[0].get("annotations"), run["dataset"])
+    st.info(note, icon=":material/image:")
+    st.dataframe(present.result_display_rows(rows), hide_index=True, key="results_df")
 else:
+    note = ""
     st.caption("No evaluated results yet.")
 stage_metrics = state.stage_metric_rows(run["stages"], run["metrics"])
 if stage_metrics:
     with st.expander("Stage metrics (pruning ratio, export parity, calibration time, training speed…)"):
         st.dataframe(stage_metrics, hide_index=True)
 
-# ---------------------------------------------------------------- sample images
+
+# ---------------------------------------------------------------- one result
+def deployables(row):
+    """One zip of the result's deployables, named by model, precision and resolution."""
+    by_stage = {}
+    for art in run["artifacts"]:
+        by_stage.setdefault(art["stage_id"], []).append(art)
+    evaluate = next((st_ for st_ in run["stages"] if st_["id"] == row["stage_id"]), None)
+    export_id = evaluate["parent_id"] if evaluate else None
+    files = present.deployable_names(row, by_stage.get(export_id, []), by_stage.get(row["stage_id"], []))
+    infer = ((evaluate or {}).get("params") or {}).get("infer_spec")
+    extras = {f"{present.deploy_prefix(row)}_model_card.md": present.model_card_text(row, note)}
+    if infer:
+        extras[f"{present.deploy_prefix(row)}_infer_spec.yaml"] = yaml.safe_dump(infer, sort_keys=False)
+    listing = [{"file": name, "size": present.fmt_bytes(art["size"]), "what": art["kind"]} for art, name in files]
+    listing += [{"file": name, "size": present.fmt_bytes(len(text.encode())), "what": "generated from the result"}
+                for name, text in extras.items()]
+    st.dataframe(listing, hide_index=True, key=f"deploy-{row['stage_id']}")
+    if not any(art["kind"].endswith("engine") for art, _ in files):
+        st.caption("No TensorRT engine: no worker with TensorRT built one (the calibration cache, when "
+                   "listed, is in TensorRT's format for building it on the target).")
+
+    def build_zip():
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            for art, name in files:
+                zf.write(state.artifact_path(art["id"]), name)
+            for name, text in extras.items():
+                zf.writestr(name, text)
+        return buffer.getvalue()
+
+    total = sum(art["size"] for art, _ in files)
+    st.download_button(f"Download the deployables for this result (.zip, {present.fmt_bytes(total)})",
+                       data=build_zip, file_name=f"{present.deploy_prefix(row)}_"
+                                                f"{str(row['precision']).lower()}.zip",
+                       mime="application/zip", key=f"deploy-zip-{row['stage_id']}", on_click="ignore",
+                       type="primary", icon=":material/deployed_code:")
+
+
 if rows:
-    st.subheader("Sample images")
+    st.subheader("One result: deployables and pictures")
     labels = {r["stage_id"]: r["label"] for r in rows}
-    stage_id = st.selectbox("Result", list(labels), format_func=labels.get, key="sample_result")
-    results_file = next((a for a in run["artifacts"] if a["stage_id"] == stage_id and a["name"] == "results.json"), None)
-    params = next(r for r in rows if r["stage_id"] == stage_id)
-    try:
-        if results_file is None:
-            raise BpnetError("this result has no results.json artifact (detections) to draw")
-        results_path = state.artifact_path(results_file["id"])
-        stamp = widgets.mtime_ns(results_path)
-        people = widgets.detections(results_path, stamp)
-        names = widgets.image_names(params["annotations"], widgets.mtime_ns(params["annotations"]))
-        chosen = overlay.images_with_people(people, SAMPLE_IMAGES)
-        if not chosen:
-            st.caption("The model found no people on the evaluation images.")
-        for col, image_id in zip(st.columns(max(1, len(chosen))), chosen):
-            col.image(widgets.skeleton_picture(params["images"], names[image_id], results_path, stamp, image_id),
-                      caption=f"{names[image_id]} · {len(people[image_id])} people")
-    except (BpnetError, KeyError, OSError) as err:
-        st.caption(f"No sample images: {err}")
+    wanted = st.query_params.get("result")
+    ids = list(labels)
+    stage_id = st.selectbox("Result", ids, index=ids.index(wanted) if wanted in ids else 0,
+                            format_func=labels.get, key="sample_result")
+    if stage_id != wanted:
+        st.query_params["result"] = stage_id
+    row = next(r for r in rows if r["stage_id"] == stage_id)
+    st.markdown(f"**{row['label']}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)} · "
+                f"{present.fmt_params(row.get('params'))} params · {present.fmt_bytes(row.get('size_bytes'))}")
+    tab_people, tab_worst, tab_deploy = st.tabs(["images with annotated people", "worst-OKS images",
+                                                 "deployables"])
+    for tab, worst in ((tab_people, False), (tab_worst, True)):
+        with tab:
+            try:
+                widgets.truth_gallery(run, row, stage_id, SAMPLE_IMAGES, worst=worst)
+            except (BpnetError, KeyError, OSError) as err:
+                st.caption(f"No pictures: {err}")
+    with tab_deploy:
+        try:
+            deployables(row)
+        except (BpnetError, OSError) as err:
+            st.caption(f"No deployables: {err}")
 
 # ---------------------------------------------------------------- events
-with st.expander(f"Events ({len(run['events'])} most recent)"):
-    if run["events"]:
-        st.text("\n".join(state.plain_event(e) for e in reversed(run["events"])))
+events = run["events"]
+st.subheader("Events")
+if not events:
+    st.caption("No events yet.")
+else:
+    labels_by_stage = {s_["id"]: s_["label"] for s_ in run["stages"]}
+    show_all = st.toggle(f"show all ({len(events)} most recent)", key="all_events")
+    if show_all:
+        st.text("\n".join(state.plain_event(e) for e in reversed(events)))
     else:
-        st.caption("No events yet.")
+        last = {}
+        for e in events:   # oldest first: the last one per stage wins
+            last[e.get("stage_id")] = e
+        st.text("\n".join(f"{labels_by_stage.get(sid, 'run')}: {state.plain_event(e)}"
+                           for sid, e in last.items()))
 
 # ---------------------------------------------------------------- downloads
-st.subheader("Downloads")
+st.subheader("Every artifact")
 if not run["artifacts"]:
     st.caption("No artifacts yet.")
-by_stage = {}
+by_label = {}
 for art in run["artifacts"]:
-    by_stage.setdefault(art["stage_label"], []).append(art)
-for label, arts in by_stage.items():
+    by_label.setdefault(art["stage_label"], []).append(art)
+for label, arts in by_label.items():
     with st.expander(f"{label} · {len(arts)} file(s)"):
         for art in arts:
             try:
@@ -220,7 +301,7 @@ for label, arts in by_stage.items():
             except BpnetError as err:
                 st.caption(f"{art['name']}: {err}")
                 continue
-            st.download_button(f"{art['name']} · {art['kind']} · {art['size'] / 1e6:.2f} MB",
+            st.download_button(f"{art['name']} · {art['kind']} · {present.fmt_bytes(art['size'])}",
                                data=lambda p=path: p.read_bytes(), file_name=path.name,
                                key=f"dl-{art['stage_id']}-{art['id']}", on_click="ignore",
                                icon=":material/download:")

@@ -47,9 +47,14 @@ def runs_table():
         return
     active = sum(r["status"] in ("queued", "running") for r in runs)
     st.caption(f"{len(runs)} run(s) shown · {active} active · refreshed every {REFRESH_S} s")
-    st.dataframe(state.run_table_rows(runs), hide_index=True, column_config=COLUMNS, key="runs_df",
-                 column_order=("name", "status", "stage", "progress", "stages done", "elapsed", "ETA",
-                               "dataset", "created", "error", "id"))
+    st.caption("Click a row to open its run.")
+    event = st.dataframe(state.run_table_rows(runs), hide_index=True, column_config=COLUMNS, key="runs_df",
+                         on_select="rerun", selection_mode="single-row",
+                         column_order=("name", "status", "stage", "progress", "stages done", "elapsed", "ETA",
+                                       "dataset", "created", "error", "id"))
+    picked = event.selection.rows if event else []
+    if picked and picked[0] < len(runs):
+        st.switch_page("views/run_detail.py", query_params={"run": runs[picked[0]]["id"]})
     st.session_state["runs_on_page"] = {r["id"]: (r["name"], r["status"]) for r in runs}
 
 

@@ -26,11 +26,19 @@ def capability_text(caps):
     return " · ".join(parts)
 
 
+def running_stage_text(worker):
+    """'train s2 · run demo' (names, not hashes); '–' when idle."""
+    if not worker.get("current_stage"):
+        return "–"
+    run = f" · run {worker['current_run_name']}" if worker.get("current_run_name") else ""
+    return f"{worker['current_stage']}{run}"
+
+
 def worker_rows(workers, now):
     return [{"worker": w["id"], "alive": "🟢 online" if w["alive"] else "🔴 offline",
              "heartbeat": f"{state.format_duration(now - w['heartbeat_at'])} ago",
              "queues": ", ".join(w["queues"]), "capabilities": capability_text(w.get("capabilities") or {}),
-             "running stage": w.get("current_stage_id") or "–", "host": f"{w['hostname']} (pid {w['pid']})"}
+             "running stage": running_stage_text(w), "host": f"{w['hostname']} (pid {w['pid']})"}
             for w in workers]
 
 
@@ -50,6 +58,10 @@ def workers_panel():
                 "are not built.", icon=":material/info:")
     if workers:
         st.dataframe(worker_rows(workers, time.time()), hide_index=True, key="workers_df")
+        busy = [w for w in workers if w.get("current_run_id") and w["alive"]]
+        for w in busy:
+            st.page_link("views/run_detail.py", label=f"{w['id']}: open {w['current_run_name']}",
+                         icon=":material/arrow_forward:", query_params={"run": w["current_run_id"]})
         with st.expander("raw capabilities"):
             st.json({w["id"]: w.get("capabilities") for w in workers})
 

@@ -23,7 +23,7 @@ class OrtBackend(Backend):
     def __init__(self, model_path, stage=None, threads=None):
         import onnx
 
-        from bpnet.export import onnx_precision, onnx_session
+        from bpnet.onnx_graph import onnx_precision, onnx_session
 
         try:
             proto = onnx.load(str(model_path), load_external_data=False)

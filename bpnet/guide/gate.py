@@ -30,6 +30,9 @@ COCO_KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear",
                        "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
                        "left_wrist", "right_wrist", "left_hip", "right_hip",
                        "left_knee", "right_knee", "left_ankle", "right_ankle")
+# Below this float AP (a fraction, pycocotools) the parent finds (almost) nobody: comparing a
+# quantized model to it says nothing, so the gate gives no verdict and offers no remedy.
+MEANINGFUL_AP_FLOOR = 0.02
 MIN_OKS_TO_MATCH = 0.1           # below this a detection is not the same person
 KEYPOINT_ERROR_RISE = 0.25       # a keypoint whose error rises by > 25% is named in the report
 # Fine-tuning steps of the QAT remedy: the same as bpnet.guide.qat's default (not imported, so
@@ -209,6 +212,8 @@ def gate_report(parent_metrics, child_metrics, precision, threshold_ap=DEFAULT_T
     if precision not in ("fp16", "int8", "fp32"):
         raise BpnetError(f"precision must be one of fp32, fp16, int8, got {precision!r}")
     deltas = metric_deltas(parent_metrics, child_metrics)
+    if deltas["AP"]["parent"] is not None and not is_meaningful(parent_metrics):
+        return not_meaningful_report(deltas, precision, threshold_ap, output_error, max_output_error)
     passed, reasons, warnings = decide(deltas, threshold_ap, output_error, max_output_error)
     report = {"passed": passed, "status": "passed" if passed else "failed", "precision": precision,
               "threshold_ap": threshold_ap, "metrics": deltas, "output_error": output_error,
@@ -221,3 +226,21 @@ def gate_report(parent_metrics, child_metrics, precision, threshold_ap=DEFAULT_T
     report["remedies"] = [] if passed else remedies(precision, calibrator, num_calibration_images,
                                                      sensitive_layers)
     return report
+
+
+def is_meaningful(parent_metrics, floor=MEANINGFUL_AP_FLOOR):
+    """Whether the float parent finds people at all (AP at or above `floor`, a fraction)."""
+    ap = parent_metrics.get("AP")
+    return ap is not None and ap >= floor
+
+
+def not_meaningful_report(deltas, precision, threshold_ap, output_error, max_output_error):
+    """The gate's answer when the float model finds nobody: no verdict, no remedy (no
+    calibration or quantization change can fix a model that never learned)."""
+    parent = deltas["AP"]["parent"] or 0.0
+    return {"passed": False, "status": "not_meaningful", "precision": precision, "threshold_ap": threshold_ap,
+            "metrics": deltas, "output_error": output_error, "max_output_error": max_output_error,
+            "reasons": [f"not meaningful: the float model finds nobody (AP {parent / 100:.3f} < "
+                        f"{MEANINGFUL_AP_FLOOR:g}); train the base model longer or start from a "
+                        "pretrained one before judging its INT8/FP16 copy"],
+            "warnings": [], "remedies": []}

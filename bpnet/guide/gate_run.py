@@ -79,7 +79,7 @@ def model_precision(model_path):
     path = Path(model_path)
     if path.suffix != ".onnx":
         return "fp32"
-    from bpnet.export import onnx_precision
+    from bpnet.onnx_graph import onnx_precision
     return onnx_precision(path)
 
 
@@ -116,7 +116,7 @@ def run_gate(parent_model, child_model, annotations, images_dir, infer_spec, out
                   output_error=agreement, max_output_error=max_output_error)
     report = gate_report(parent_metrics, child_metrics, precision, threshold_ap, parent_errors, child_errors,
                          **common)
-    if not report["passed"] and precision == "int8" and rank_layers and Path(child_model).suffix == ".onnx":
+    if report["status"] == "failed" and precision == "int8" and rank_layers and Path(child_model).suffix == ".onnx":
         import numpy as np
 
         from bpnet.guide.sensitivity import layer_sensitivity, most_sensitive

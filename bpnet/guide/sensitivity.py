@@ -23,6 +23,7 @@ import numpy as np
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path
+from bpnet.onnx_graph import sort_nodes_topologically
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -137,7 +138,7 @@ def float_inputs_for(model, layers, float_model=None):
         if OUTPUT_PREFIX + out.name in layers:
             _float_graph_output(model_copy, out.name, produced_by)
     remove_dead_nodes(model_copy)
-    sort_topologically(model_copy)
+    sort_nodes_topologically(model_copy.graph, "the edited Q/DQ graph")
     return model_copy
 
 
@@ -168,27 +169,6 @@ def float_activation(q_node, inits, relus):
 
         relus[source] = helper.make_node("Relu", [source], [f"{source}__relu"], name=f"{source}__relu")
     return relus[source].output[0]
-
-
-def sort_topologically(model):
-    """Reorder nodes so each comes after its inputs' producers (ONNX requires it; edits append)."""
-    available = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
-    pending, ordered = list(model.graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise BpnetError("the edited Q/DQ graph has a cycle or a missing input; the model is not "
-                             "a plain Q/DQ graph this tool can edit")
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        done = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in done]
-    nodes = [type(n)() for n in ordered]
-    for copy, node in zip(nodes, ordered):
-        copy.CopyFrom(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
 
 
 def remove_dead_nodes(model):

@@ -11,6 +11,8 @@ from pathlib import Path
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, write_json_atomic
+from bpnet.prune.graph import count_params, plan_pruning, pruned_param_count
+from bpnet.prune.h5_file import read_model_config_and_weights
 from bpnet.prune.ranking import (EQUALIZATIONS, NORMALIZERS, check_choice,
                                  check_pruning_options)
 
@@ -43,7 +45,7 @@ def prune_model_file(model_path, output_path, threshold=0.1, equalization="union
     the report, also written to `output_path + '.prune.json'`."""
     check_options(threshold, equalization, granularity, min_filters, normalizer)
     check_paths(model_path, output_path)
-    from bpnet.model import OUTPUT_NAME, count_params, load_model, num_stages
+    from bpnet.model import OUTPUT_NAME, load_model, num_stages
     from bpnet.imports.card import copy_card_into_hdf5
     from bpnet.prune.surgery import prune_keras_model
 
@@ -51,9 +53,10 @@ def prune_model_file(model_path, output_path, threshold=0.1, equalization="union
     model = load_model(model_path)
     outputs = [layer.name for layer in model.layers if OUTPUT_NAME.match(layer.name)]
     excluded = list(dict.fromkeys(list(excluded_layers) + outputs))
-    pruned, per_layer = prune_keras_model(
+    pruned, _, plan = prune_keras_model(
         model, threshold=threshold, equalization=equalization, granularity=granularity,
-        min_filters=min_filters, normalizer=normalizer, excluded_layers=excluded)
+        min_filters=min_filters, normalizer=normalizer, excluded_layers=excluded,
+        return_plan=True)
     emit(progress, "prune", "pruned", message="saving the pruned model", fraction=0.8)
 
     with atomic_path(output_path) as tmp, warnings.catch_warnings():
@@ -62,31 +65,82 @@ def prune_model_file(model_path, output_path, threshold=0.1, equalization="union
         warnings.simplefilter("ignore", UserWarning)
         pruned.save(tmp, save_format="h5", include_optimizer=False)
         copy_card_into_hdf5(model_path, tmp)   # an imported network keeps its model card
-    before, after = count_params(model), count_params(pruned)
+    weights = {layer.name: layer.get_weights() for layer in model.layers}
     report = {
         "input_model": str(model_path),
         "output_model": str(output_path),
         "stages": num_stages(model),
-        "params_before": before,
-        "params_after": after,
-        "param_ratio": after / before,
-        "layers": [{"name": name, "kept": kept, "total": total}
-                   for name, (kept, total) in per_layer.items()],
+        **plan_report(plan, weights),
         "options": {"threshold": threshold, "equalization": equalization,
                     "granularity": granularity, "min_filters": min_filters,
                     "normalizer": normalizer, "excluded_layers": list(excluded_layers)},
         "never_pruned": outputs,
     }
     write_json_atomic(report_path(output_path), report)
+    before, after = report["params_before"], report["params_after"]
     emit(progress, "prune", "done", fraction=1.0, params_before=before, params_after=after,
          message=f"kept {after / before:.1%} of the parameters")
     return report
 
 
-def format_summary(report):
-    """A few lines for the terminal: the parameter counts and the layers that shrank."""
+def plan_report(plan, weights):
+    """The report's numbers: parameters before/after, per-layer kept/total filters and the
+    groups of convolutions tied by residual Adds (they keep the same channels)."""
+    before, after = count_params(weights), pruned_param_count(plan, weights)
+    kinds = {entry["name"]: entry["class_name"] for entry in plan.layers}
+    return {
+        "params_before": before,
+        "params_after": after,
+        "param_ratio": after / before,
+        "layers": [{"name": name, "kind": kinds[name], "kept": kept, "total": total}
+                   for name, (kept, total) in plan.pruned_layers().items()],
+        "tied_groups": [{"layers": convs, "kept": plan.filters(convs[0])[0],
+                         "total": plan.filters(convs[0])[1]}
+                        for convs in plan.groups if len(convs) > 1],
+    }
+
+
+def load_for_preview(model):
+    """(config, weights) of a model file, or the pair itself; read once, preview many times."""
+    if isinstance(model, (str, Path)):
+        return read_model_config_and_weights(model)
+    return model
+
+
+def preview_pruning(model, threshold=0.1, equalization="union", granularity=8, min_filters=16,
+                    normalizer="max", excluded_layers=()):
+    """The pruning decision `bpnet prune` would take, computed from the weights alone (no Keras
+    model is built, TensorFlow is not imported): the report's parameter counts, layers and tied
+    groups. `model` is a Keras HDF5 path or a `(config, weights)` pair from `load_for_preview`.
+    The model's output layers are never pruned, as in `bpnet prune`."""
+    check_options(threshold, equalization, granularity, min_filters, normalizer)
+    config, weights = load_for_preview(model)
+    if "output_layers" not in config:
+        raise BpnetError("model is not a functional Keras model; pruning needs the layer graph")
+    outputs = [item[0] for item in config["output_layers"]]
+    excluded = list(dict.fromkeys(list(excluded_layers) + outputs))
+    plan = plan_pruning(config, weights, threshold=threshold, equalization=equalization,
+                        granularity=granularity, min_filters=min_filters, normalizer=normalizer,
+                        excluded_layers=excluded)
+    return {**plan_report(plan, weights),
+            "options": {"threshold": threshold, "equalization": equalization,
+                        "granularity": granularity, "min_filters": min_filters,
+                        "normalizer": normalizer, "excluded_layers": list(excluded_layers)},
+            "never_pruned": outputs}
+
+
+def count_kept_params(model, threshold, **options):
+    """Parameters the pruned model would have at `threshold` (a dry run, see `preview_pruning`)."""
+    return preview_pruning(model, threshold, **options)["params_after"]
+
+
+def format_summary(report, dry_run=False):
+    """A few lines for the terminal: the parameter counts, the layers that shrank and the groups
+    of layers tied by residual Adds."""
+    header = ("dry run (nothing written): pruning " + str(report.get("input_model", "the model"))
+              if dry_run else f"pruned {report['input_model']} -> {report['output_model']}")
     lines = [
-        f"pruned {report['input_model']} -> {report['output_model']}",
+        header,
         f"parameters: {report['params_before']:,} -> {report['params_after']:,} "
         f"(ratio {report['param_ratio']:.3f})",
     ]
@@ -94,5 +148,10 @@ def format_summary(report):
     lines.append(f"{len(shrunk)} of {len(report['layers'])} conv layers pruned:")
     width = max((len(row["name"]) for row in shrunk), default=0)
     lines += [f"  {row['name']:<{width}}  {row['kept']:>5} / {row['total']}" for row in shrunk]
-    lines.append(f"report: {report_path(report['output_model'])}")
+    groups = report.get("tied_groups", [])
+    if groups:
+        lines.append(f"{len(groups)} groups of convs tied by element-wise ops (same channels kept):")
+        lines += [f"  {g['kept']:>5} / {g['total']}  {', '.join(g['layers'])}" for g in groups]
+    if not dry_run:
+        lines.append(f"report: {report_path(report['output_model'])}")
     return "\n".join(lines)

@@ -12,9 +12,8 @@ first (`merge_stats`).
 import numpy as np
 
 from bpnet.errors import BpnetError
+from bpnet.limits import EQUALIZATIONS, NORMALIZERS, prune_threshold_problem
 
-NORMALIZERS = ("max", "L2")
-EQUALIZATIONS = ("union", "intersection", "arithmetic_mean", "geometric_mean")
 
 
 def filter_norms(kernel):
@@ -87,9 +86,10 @@ def check_choice(value, allowed, what):
 
 def check_pruning_options(threshold, granularity, min_filters):
     """Raise a BpnetError naming the option if a pruning number is out of range."""
-    if not isinstance(threshold, (int, float)) or not np.isfinite(threshold) or threshold < 0:
-        raise BpnetError(f"pruning threshold (-pth): {threshold!r} is invalid; "
-                         "it must be a number >= 0 (normalised filter norms below it are removed)")
+    problem = prune_threshold_problem(threshold)
+    if problem:
+        raise BpnetError(f"pruning threshold (-pth): {problem} (normalised filter norms below it "
+                         "are removed)")
     if not _is_int(granularity) or granularity < 1:
         raise BpnetError(f"pruning granularity (-pg): {granularity!r} is invalid; "
                          "it must be an integer >= 1")

@@ -1,0 +1,69 @@
+"""Every limit and shared default of the engine, in one place (pure Python, no imports).
+
+The CLI, the run spec, the dashboard form and the engine functions import these names, and the
+rules that are checked in more than one layer are functions here returning the one message, so a
+limit cannot drift between layers (tests/test_limits.py checks each is enforced the same way).
+Messages name the value and what is allowed; the caller prefixes the field it came from.
+"""
+
+import math
+
+# The network's output stride: heatmaps and PAFs have one cell per STRIDE x STRIDE input pixels.
+STRIDE = 8
+
+# Stages of a BodyPoseNet: one initial stage and 1..6 refinement stages (TAO's range).
+MIN_STAGES, MAX_STAGES = 2, 7
+DEFAULT_STAGES = 3
+
+# Largest side of a network input the dashboard offers (memory of one image's maps).
+MAX_SIDE_PX = 2048
+
+# INT8 post-training calibration.
+CALIBRATORS = ("entropy", "minmax", "percentile")
+DEFAULT_CALIBRATOR = "entropy"
+DEFAULT_PERCENTILE = 99.99
+MAX_CALIBRATION_BATCH_SIZE = 256
+MAX_CALIBRATION_BATCHES = 10000
+
+# `bpnet sample-calibration` (TAO's sample_calibration_images.py defaults, which the workflow
+# uses): 500 images with at least one person, a person counting with 5 labelled keypoints.
+DEFAULT_CALIBRATION_IMAGES = 500
+DEFAULT_CALIBRATION_MIN_PERSONS = 1
+DEFAULT_CALIBRATION_MIN_KEYPOINTS = 5
+
+# Pruning (TAO's `prune` options).
+EQUALIZATIONS = ("union", "intersection", "arithmetic_mean", "geometric_mean")
+NORMALIZERS = ("max", "L2")
+DEFAULT_PRUNE_THRESHOLD = 0.1
+MAX_PRUNE_THRESHOLD = 10.0
+USEFUL_PRUNE_THRESHOLDS = "0.05-3.0"
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# `bpnet export` input size when neither -d nor an inference spec gives one: the workflow's
+# deployment size (its INT8 export and strict evaluation use 288x384). TAO's own default was the
+# training size 256x256, which the workflow overrode every time.
+DEFAULT_EXPORT_HW = (288, 384)
+
+
+def stages_problem(value):
+    """None when `value` is an allowed stage count, else why not."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_STAGES <= value <= MAX_STAGES:
+        return (f"{value!r} is not allowed; stages must be between {MIN_STAGES} and {MAX_STAGES} "
+                "(one initial stage and up to six refinement stages)")
+    return None
+
+
+def prune_threshold_problem(value, sweep=False):
+    """None when `value` is an allowed prune threshold, else why not.
+
+    The engine (`bpnet prune`, TAO's `-pth`) accepts 0: only filters whose norm is exactly 0 go.
+    A sweep (run spec, dashboard) refuses 0, since it always evaluates the unpruned model too.
+    """
+    low = "above 0" if sweep else "from 0"
+    allowed = (f"allowed {low} up to {MAX_PRUNE_THRESHOLD:g} ({USEFUL_PRUNE_THRESHOLDS} is the useful "
+               "range" + ("; the unpruned model is always evaluated too)" if sweep else ")"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (sweep and value == 0) or value > MAX_PRUNE_THRESHOLD:
+        return f"{value!r} is out of range; {allowed}"
+    return None
