@@ -16,6 +16,10 @@ from bpnet.preprocess import STRIDE
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
 BUNDLED_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
+# The bundled pretrained network (data/models/SOURCE.md): the default base model of a new run;
+# its first run imports it (`bpnet import`, a cached stage).
+PRETRAINED_MODEL = ROOT / "data" / "models" / "mobilenet_v2_pose_dm14_368_432_weight_quant.tflite"
+PRETRAINED_LABEL = "tf-pose MobileNetV2 (depth 1.4) OpenPose, trained on COCO train2017 — bundled, MIT"
 
 RUN_KINDS = ("sweep", "search")
 SEARCH_OBJECTIVES = ("params", "latency")
@@ -284,7 +288,9 @@ def validate_new_run(form, dataset_info=None):
         gate_max_ap_drop = attempt("gate", parse_float, form.get("gate_max_ap_drop", 2.0),
                                    "INT8/FP16 gate: largest AP drop (points)", 0.0, 100.0)
     base_model = None
-    if form.get("base") == "existing":
+    if form.get("base", "pretrained") == "pretrained":
+        base_model = str(PRETRAINED_MODEL)
+    elif form.get("base") == "existing":
         base_model = form.get("existing_model") or None
         if base_model is None:
             errors["base"] = "base model: 'existing trained model' chosen but none picked; pick one or train a new model"

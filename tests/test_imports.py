@@ -13,7 +13,7 @@ from bpnet.imports.card import ModelCard, load_card, parse_card, skeleton_map
 from bpnet.skeleton import load_skeleton
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLED = ROOT / "data" / "models" / "mobilenet_v2_pose_dm05_368_432_weight_quant.tflite"
+BUNDLED = ROOT / "data" / "models" / "mobilenet_v2_pose_dm14_368_432_weight_quant.tflite"
 BUNDLED_CARD = BUNDLED.with_name(BUNDLED.stem + ".card.yaml")
 
 
@@ -281,7 +281,7 @@ def test_frozen_graph_bad_inputs(tmp_path):
 def bundled_import(tmp_path_factory):
     from bpnet.imports import import_model
 
-    out = tmp_path_factory.mktemp("bundled") / "dm05.hdf5"
+    out = tmp_path_factory.mktemp("bundled") / "dm14.hdf5"
     report = import_model(BUNDLED, out, log=lambda m: None)
     return out, report
 
@@ -297,9 +297,9 @@ def test_bundled_tflite_imports_with_parity_on_real_images(bundled_import):
     assert report["keypoint_response"] >= 0.1
     assert num_stages(load_model(out)) == 6
     card = read_model_card(out)
-    assert card.source_sha256 == "675e862f911f980af495ecfb1feb3cff9598d4a04252dce8f6932f0a54e283b4"
+    assert card.source_sha256 == "44ca354020f47ae9976fefbc2febd6410000aa8a059ca750300b2cbbb6d2b7d7"
     assert card.input.normalization.image_scale == (1.0, 1.0, 1.0)
-    assert out.with_name("dm05.card.yaml").is_file() and out.with_name("dm05.import.json").is_file()
+    assert out.with_name("dm14.card.yaml").is_file() and out.with_name("dm14.import.json").is_file()
 
 
 @pytest.mark.slow

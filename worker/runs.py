@@ -91,6 +91,11 @@ class BenchmarkOptions(Strict):
     warmup: int = Field(3, ge=0, le=1000)
 
 
+# A run's base `model` may be a pretrained network in these formats: the import stage rebuilds it
+# with `bpnet import` (its model card beside it) on first use; the stage cache keeps the result.
+IMPORTED_SUFFIXES = (".tflite", ".pb")
+
+
 class RunSpec(Strict):
     """One optimization run (or sweep): a base model (trained from `train_spec`/`train`, or an
     existing `model`), swept over stages x prune thresholds x resolutions x precisions; or, with
@@ -100,7 +105,7 @@ class RunSpec(Strict):
     dataset: RunDataset
     train_spec: Optional[Path] = None      # training spec YAML for the base model
     train: Optional[dict] = None           # ... or the same inline (dataset filled from `dataset`)
-    model: Optional[Path] = None           # ... or an existing trained Keras model (.hdf5)
+    model: Optional[Path] = None           # ... or an existing model (.hdf5, or .tflite/.pb + card)
     stages: tuple[int, ...] = ()           # model stage counts to train (a sweep); () = the spec's
     resolutions: tuple[tuple[int, int], ...] = ((288, 384),)   # network input [H, W] for export/eval
     prune_thresholds: tuple[float, ...] = ()
@@ -209,8 +214,15 @@ def check_run_inputs(spec, source):
     need_file(spec.train_spec, "train_spec")
     need_file(spec.model, "model")
     need_file(spec.infer_spec, "infer_spec")
-    if spec.model is not None and spec.model.suffix.lower() not in (".hdf5", ".h5"):
-        problems.append(f"model: {spec.model} is not a Keras model (.hdf5 or .h5)")
+    if spec.model is not None and spec.model.suffix.lower() in IMPORTED_SUFFIXES:
+        from bpnet.imports import find_card
+        try:   # a pretrained network the import stage rebuilds: its model card must be there
+            find_card(spec.model)
+        except BpnetError as err:
+            problems.append(f"model: {err}")
+    elif spec.model is not None and spec.model.suffix.lower() not in (".hdf5", ".h5"):
+        problems.append(f"model: {spec.model} is not a Keras model (.hdf5 or .h5) nor a pretrained "
+                        f"network `bpnet import` rebuilds ({', '.join(IMPORTED_SUFFIXES)})")
     elif spec.model is not None and Path(spec.model).is_file():
         try:   # a model file is data: a Lambda/custom layer is refused before anything is queued
             check_model_file(spec.model, "model")
@@ -419,7 +431,9 @@ def base_train_spec_for_import(spec):
     the bundled small spec, on the run's dataset."""
     if spec.train_spec is not None or spec.train is not None:
         return base_train_spec(spec).model_dump(mode="json")
-    default = Path(__file__).resolve().parent.parent / "specs" / "train_small.yaml"
+    pretrained = spec.model is not None and spec.model.suffix.lower() in IMPORTED_SUFFIXES
+    default = Path(__file__).resolve().parent.parent / "specs" / (
+        "retrain_pretrained.yaml" if pretrained else "train_small.yaml")
     data = load_yaml(default, "default training spec")
     data["dataloader"]["dataset"] = {"annotations": str(spec.dataset.annotations),
                                      "images": str(spec.dataset.images),

@@ -39,9 +39,15 @@ def run_import(params, _parent_dir, _parent_outputs, out_dir, progress):
     from bpnet.model import count_params, load_model, num_stages
 
     src = Path(params["model"])
-    model = load_model(src)   # a clear error when the file is not a BodyPoseNet
     dst = out_dir / "bpnet_model.hdf5"
-    shutil.copyfile(src, dst)
+    if src.suffix.lower() in (".tflite", ".pb"):   # a pretrained network: rebuilt, parity-checked
+        from bpnet.imports import import_model
+        import_model(src, dst, log=lambda message: progress(
+            {"stage": "import", "event": "phase", "message": message}))
+        model = load_model(dst)
+    else:
+        model = load_model(src)   # a clear error when the file is not a BodyPoseNet
+        shutil.copyfile(src, dst)
     stages, params_count = num_stages(model), count_params(model)
     progress({"stage": "import", "event": "done", "fraction": 1.0,
               "message": f"{src.name}: {stages} stages, {params_count} parameters"})

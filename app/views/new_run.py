@@ -114,10 +114,18 @@ if stats is not None:
 
 # ---------------------------------------------------------------- base model
 st.subheader("2 · Base model")
-base = st.radio("Base model", ["train", "existing"], horizontal=True, key="base",
-                format_func={"train": "train a new model", "existing": "an existing trained model"}.get)
+base = st.radio("Base model", ["pretrained", "train", "existing"], horizontal=True, key="base",
+                format_func={"pretrained": "start from a pretrained model", "train": "train from scratch",
+                             "existing": "an existing trained model"}.get)
 existing_model = None
-if base == "train":
+if base == "pretrained":
+    train_epochs, stages = 1, 2
+    st.caption(f"**{forms.PRETRAINED_LABEL}** (`{forms.PRETRAINED_MODEL.name}`, 6 stages). The first run imports "
+               "it into Keras with a parity check against TFLite (about a minute), later runs reuse it. It is "
+               "retrained briefly after pruning at its own 0..255 BGR input convention (its model card). "
+               "The bundled COCO sample images are from COCO train2017 and may have been in its training "
+               "data: AP on them is optimistic.")
+elif base == "train":
     c1, c2 = st.columns(2)
     train_epochs = c1.number_input("Training epochs", min_value=1, max_value=1000, value=4, key="train_epochs",
                                    help="epochs of the base model on the chosen data (small CPU spec: "
@@ -176,7 +184,8 @@ else:
                                help=forms.advice_text(advice["prune.threshold"]))
     st.caption(f"Prune threshold: {forms.advice_text(advice['prune.threshold'])}")
 thresholds_slot = st.empty()
-precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi", default=["FP32"],
+precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi",
+                      default=["FP32", "INT8"] if base == "pretrained" else ["FP32"],
                       key="precisions", help=forms.advice_text(advice["export.data_type"]))
 st.caption(f"Precision: {forms.advice_text(advice['export.data_type'])}")
 precisions_slot = st.empty()
