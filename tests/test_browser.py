@@ -130,6 +130,8 @@ def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
             shot(page, "1-new-run-invalid")
             thresholds.fill("0.1")
             thresholds.press("Enter")
+            page.get_by_text("train from scratch").click()   # the default base is the pretrained network
+            page.wait_for_timeout(800)
             set_number(page, "Training epochs", 1)
             page.get_by_text("add a custom resolution").click()
             set_number(page, "H (multiple of 8)", 64)
