@@ -377,7 +377,9 @@ def test_non_pose_onnx_is_refused(tmp_path):
     source = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(source))
     card = tmp_path / "relu.card.yaml"
-    card.write_text(yaml.safe_dump(card_dict(source_sha256=None)))
+    data = card_dict(source_sha256=None)
+    data["output"]["tensor"] = None   # the source's only output
+    card.write_text(yaml.safe_dump(data))
     from bpnet.imports import import_model
     with pytest.raises(BpnetError, match="has 3 channels; the model card describes 57"):
         import_model(source, tmp_path / "out.onnx", card, log=lambda m: None)
