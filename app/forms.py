@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpnet.errors import BpnetError
-from bpnet.preprocess import STRIDE
+from bpnet.image_files import count_images
+from bpnet.limits import MAX_SIDE_PX, MAX_STAGES, MIN_STAGES, PRECISIONS as RUN_PRECISIONS, STRIDE
+from bpnet.limits import prune_threshold_problem, stages_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
@@ -24,12 +26,8 @@ PRETRAINED_LABEL = "tf-pose MobileNetV2 (depth 1.4) OpenPose, trained on COCO tr
 RUN_KINDS = ("sweep", "search")
 SEARCH_OBJECTIVES = ("params", "latency")
 RESOLUTION_PRESETS = {"224×320": (224, 320), "288×384": (288, 384), "320×448": (320, 448)}
-PRECISIONS = ("FP32", "FP16", "INT8")
-MIN_STAGES, MAX_STAGES = 2, 7
-MAX_SIDE_PX = 2048
-MAX_THRESHOLD = 10.0
+PRECISIONS = tuple(p.upper() for p in RUN_PRECISIONS)   # as the widgets show them
 IMAGE_CHECK_SAMPLE = 20   # listed images checked on disk; enough to catch a wrong folder quickly
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ class DatasetInfo:
 
 @dataclass
 class RunRequest:
-    """A validated New-run form; `state.submit_run` turns it into the job system's run spec."""
+    """A validated New-run form; `jobs.submit_run` turns it into the job system's run spec."""
     name: str
     dataset: DatasetInfo
     base_model: str | None            # None = train a new model; else an existing model's id/path
@@ -115,12 +113,11 @@ def parse_thresholds(text):
         try:
             value = float(token)
         except ValueError:
-            raise BpnetError(f"prune thresholds: {token!r} is not a number; give numbers above 0 "
-                             f"up to {MAX_THRESHOLD}, separated by commas") from None
-        if not math.isfinite(value) or value <= 0 or value > MAX_THRESHOLD:
-            raise BpnetError(f"prune thresholds: {token} is out of range; allowed above 0 up to "
-                             f"{MAX_THRESHOLD} (0.05-3.0 is the useful range; the unpruned model is "
-                             "always evaluated too)")
+            raise BpnetError(f"prune thresholds: {token!r} is not a number; give numbers separated "
+                             "by commas") from None
+        problem = prune_threshold_problem(value, sweep=True)   # the run spec's own rule
+        if problem:
+            raise BpnetError(f"prune thresholds: {problem}")
         values.append(value)
     return sorted(set(values))
 
@@ -132,6 +129,19 @@ def parse_int(value, what, low, high):
         raise BpnetError(f"{what}: {value!r} is not a number; allowed whole numbers {low} to {high}") from None
     if not number.is_integer() or not low <= number <= high:
         raise BpnetError(f"{what}: {value} is not allowed; allowed whole numbers {low} to {high}")
+    return int(number)
+
+
+def parse_stages(value):
+    """The stage count of a new model, checked by the run spec's rule (bpnet.limits.stages_problem)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BpnetError(f"stages: {value!r} is not a number; allowed whole numbers {MIN_STAGES} to "
+                         f"{MAX_STAGES}") from None
+    problem = stages_problem(int(number) if number.is_integer() else number)
+    if problem:
+        raise BpnetError(f"stages: {problem}")
     return int(number)
 
 
@@ -217,10 +227,6 @@ def parse_float(value, what, low, high):
     return number
 
 
-def count_images(folder):
-    return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def check_calibration(images_dir, batches, batch_size):
     """The seed's rule: calibration needs at least batch_size × batches images in its folder."""
     batches = parse_int(batches, "calibration batches", 1, 10_000)
@@ -262,7 +268,7 @@ def validate_new_run(form, dataset_info=None):
                                form.get("eval_images"))
     custom = (form.get("custom_h"), form.get("custom_w")) if form.get("use_custom") else None
     resolutions = attempt("resolution", collect_resolutions, form.get("presets", []), custom)
-    stages = attempt("stages", parse_int, form.get("stages"), "stages", MIN_STAGES, MAX_STAGES)
+    stages = attempt("stages", parse_stages, form.get("stages"))
     kind = form.get("kind") or "sweep"
     if kind not in RUN_KINDS:
         errors["kind"] = f"run kind: {kind!r} is not one of {list(RUN_KINDS)}"
@@ -308,6 +314,27 @@ def validate_new_run(form, dataset_info=None):
                       calibration_images=calibration[0], calibration_batches=calibration[1],
                       calibration_batch_size=calibration[2], retrain_epochs=retrain_epochs,
                       eval_dataset=eval_dataset, kind=kind, gate_max_ap_drop=gate_max_ap_drop, **search), {}
+
+
+# The widget that shows a run spec field's problem (first element of a pydantic error `loc`).
+WIDGET_OF_FIELD = {
+    "dataset": "dataset", "model": "base", "train": "base", "train_spec": "base", "stages": "stages",
+    "resolutions": "resolution", "prune_thresholds": "thresholds", "retrain_epochs": "retrain_epochs",
+    "precisions": "precisions", "calibration": "calibration", "int8_gate_max_ap_drop": "gate",
+}
+SEARCH_WIDGETS = {"budget_ap": "budget_ap", "max_iters": "max_iters", "objective": "objective"}
+
+
+def errors_by_widget(problems):
+    """{widget key: message} of the run spec's [(field path, message)] problems, so the page shows
+    the RunSpec's own message under the widget the field came from (unplaced ones under 'base')."""
+    errors = {}
+    for loc, message in problems:
+        field = ".".join(str(part) for part in loc) or "run spec"
+        widget = (SEARCH_WIDGETS.get(loc[1]) if len(loc) > 1 and loc[0] == "search" else None) \
+            or (WIDGET_OF_FIELD.get(loc[0]) if loc else None) or "base"
+        errors.setdefault(widget, f"{field}: {message}")
+    return errors
 
 
 def default_run_name(thresholds, resolutions, precisions, budget_ap=None):

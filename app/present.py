@@ -2,7 +2,7 @@
 
 Numbers are formatted the way a user reads them (1.22 M params, 12.4 ms, AP 0.392, 3.1 MB),
 columns get human names, and the guards live here: a set of results whose AP cannot mean
-anything, a prune that removed nothing. The raw rows stay in `app.state` (CSV export, charts).
+anything, a prune that removed nothing. The raw rows stay in `app.jobs` (CSV export, charts).
 """
 
 import math
@@ -78,7 +78,7 @@ def latency_text(row):
     return f"{text} ({', '.join(spread)})" if spread and text != "–" else text
 
 
-# Display columns: human name -> how to read it from a chart row (see `app.state.chart_rows`).
+# Display columns: human name -> how to read it from a chart row (see `app.jobs.chart_rows`).
 RESULT_COLUMNS = {
     "run": lambda r: r.get("run_name"),
     "prune threshold": lambda r: r.get("pth"),

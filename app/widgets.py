@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import overlay, state
+from app import jobs, overlay
 from bpnet.errors import BpnetError
 
 ERROR_ICON = ":material/block:"
@@ -15,13 +15,13 @@ def run_action_buttons(run_id, status, cancel_slot, rerun_slot, key):
     if cancel_slot.button("Cancel run", key=f"cancel-{key}", disabled=status not in ("queued", "running"),
                           help="queued stages are dropped; running ones stop at their next step"):
         try:
-            stopped = state.cancel_run(run_id)
+            stopped = jobs.cancel_run(run_id)
             st.toast("run cancelled" if stopped else "the run had already finished")
         except BpnetError as err:
             st.error(str(err), icon=ERROR_ICON)
     if rerun_slot.button("Re-run", key=f"rerun-{key}", help="the same spec as a new run; finished stages are reused"):
         try:
-            new_id = state.rerun(run_id)
+            new_id = jobs.rerun(run_id)
         except BpnetError as err:
             st.error(f"Re-run refused: {err}", icon=ERROR_ICON)
         else:
@@ -30,21 +30,23 @@ def run_action_buttons(run_id, status, cancel_slot, rerun_slot, key):
                          query_params={"run": new_id})
 
 
+# `modified_ns` arguments are in the cache keys on purpose (Streamlit leaves `_`-named ones out), so
+# a rewritten file is read again.
 @st.cache_data(max_entries=32, show_spinner=False)
-def detections(results_file, _mtime_ns):
+def detections(results_file, modified_ns):
     """People per image of a results.json (cached: the live pages redraw every few seconds)."""
     return overlay.read_results(results_file)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def image_names(annotations, _mtime_ns):
+def image_names(annotations, modified_ns):
     return overlay.image_paths_by_id(annotations)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def skeleton_picture(images_dir, file_name, results_file, _mtime_ns, image_id):
+def skeleton_picture(images_dir, file_name, results_file, modified_ns, image_id):
     """One dataset image with the people a result found on it (RGB)."""
-    people = detections(results_file, _mtime_ns).get(image_id, [])
+    people = detections(results_file, modified_ns).get(image_id, [])
     return overlay.overlay_image(images_dir, file_name, people)
 
 
@@ -75,7 +77,7 @@ def truth_picture(images_dir, file_name, annotations, results_file, _stamps, ima
 def result_file(run, stage_id, name):
     """Path of one named artifact of a result's stage in a run (None when it has none)."""
     art = next((a for a in run["artifacts"] if a["stage_id"] == stage_id and a["name"] == name), None)
-    return state.artifact_path(art["id"]) if art else None
+    return jobs.artifact_path(art["id"]) if art else None
 
 
 def keypoint_floor(run, stage_id):

@@ -86,6 +86,14 @@ def stage_files(stage, detections):
     return {"results.json": detections, "metrics.json": {"synthetic": True}}
 
 
+SYNTHETIC_OUTPUTS = {   # the outputs each kind's worker.kinds module records, for the files above
+    "train": {"model": "bpnet_model.hdf5", "num_stages": 2}, "retrain": {"model": "bpnet_model.hdf5", "num_stages": 2},
+    "prune": {"model": "pruned_model.hdf5", "num_stages": 2},
+    "export": {"model": "model.onnx", "onnx": "model.onnx", "precision": "fp32", "num_stages": 2},
+    "evaluate": {"model": "model.onnx", "metrics": "metrics.json", "results": "results.json", "num_stages": 2},
+}
+
+
 def finish_stage(store, config, stage, detections, started, with_files=True, untrained=False):
     """Mark a stage completed as a worker would: files + manifest + artifacts + result + events."""
     result = None
@@ -111,7 +119,8 @@ def finish_stage(store, config, stage, detections, started, with_files=True, unt
                                                             "step": step, "loss": 2.0 / step,
                                                             "time": started + step})
     store.update_stage(stage["id"], status="completed", artifact_dir=rel, result=result,
-                       outputs={"model": "synthetic"}, fraction=1.0, started_at=started,
+                       outputs=SYNTHETIC_OUTPUTS.get(stage["kind"], {"model": "synthetic"}), fraction=1.0,
+                       started_at=started,
                        finished_at=started + 5, duration_s=5.0, message="done", worker_id="synthetic@host")
 
 

@@ -244,9 +244,16 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
                  engine_file=None, max_batch_size=None, max_workspace_size=None,
                  sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO,
                  static_batch_size=None, progress=None, channels_first=False, strict_types=False,
-                 opt_batch_size=None):
+                 opt_batch_size=None, optimize_for=None):
     """`bpnet export`: every check that needs no work first, then ONNX -> FP16/INT8 -> engine.
+    `optimize_for` "cpu" pads channel counts when that measurably speeds ONNX Runtime up
+    (bpnet.onnx_pad), "trt" leaves the layout to TensorRT; None = "trt" with --engine_file, else "cpu".
     Returns the report (also written to OUTPUT.export.json)."""
+    from bpnet.onnx_pad import OPTIMIZE_FOR, choose_padding
+
+    optimize_for = optimize_for or ("trt" if engine_file is not None else "cpu")
+    if optimize_for not in OPTIMIZE_FOR:
+        raise BpnetError(f"--optimize_for: {optimize_for!r} is not one of {', '.join(OPTIMIZE_FOR)}")
     if data_type not in DATA_TYPES:
         raise BpnetError(f"--data_type: {data_type!r} is not one of {', '.join(DATA_TYPES)}")
     input_hw = check_input_hw(input_hw, "-d/--input_dims")
@@ -279,6 +286,13 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
     report["export"] = export_onnx(model_path, output_path, input_hw, stage, static_batch_size,
                                    sdk_compatible=sdk_compatible, upsample_ratio=upsample_ratio,
                                    progress=progress, channels_first=channels_first)
+    if sdk_compatible:   # an NCHW DeepStream graph: TensorRT's, not ONNX Runtime's
+        report["channel_padding"] = {"optimize_for": optimize_for, "padded": False,
+                                     "reason": "the SDK variant is for TensorRT/DeepStream"}
+    else:
+        emit(progress, "export", "phase", message=f"channel layout for {optimize_for}")
+        report["channel_padding"] = choose_padding(output_path, optimize_for,
+                                                   batch_size=static_batch_size or 1)
     engine_source = Path(output_path)
     if data_type == "fp16":
         report["fp16_onnx"] = str(to_fp16(output_path, paths["fp16"]))

@@ -63,7 +63,8 @@ def prune_threshold_problem(value, sweep=False):
     low = "above 0" if sweep else "from 0"
     allowed = (f"allowed {low} up to {MAX_PRUNE_THRESHOLD:g} ({USEFUL_PRUNE_THRESHOLDS} is the useful "
                "range" + ("; the unpruned model is always evaluated too)" if sweep else ")"))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (sweep and value == 0) or value > MAX_PRUNE_THRESHOLD:
-        return f"{value!r} is out of range; {allowed}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r} is not a number; {allowed}"
+    if not math.isfinite(value) or value < 0 or (sweep and value == 0) or value > MAX_PRUNE_THRESHOLD:
+        return f"{value:g} is out of range; {allowed}"
     return None

@@ -201,7 +201,7 @@ def test_read_results_groups_by_image_and_rejects_garbage(tmp_path):
 
 
 def test_loss_points_keep_per_step_loss_and_epoch_means_apart():
-    from app.state import loss_points
+    from app.jobs import loss_points
 
     raw = [{"stage_label": "train s2", "event": "step", "epoch": 1, "step": 1, "loss": 3.0, "time": 1},
            {"stage_label": "train s2", "event": "step", "epoch": 1, "step": 2, "loss": 2.0, "time": 2},

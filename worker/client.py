@@ -34,14 +34,13 @@ import yaml
 from bpnet.errors import BpnetError
 from worker import artifacts, costs, scheduler
 from worker.config import load_config
+from worker.kinds.evaluate import RESULT_FIELDS as EVALUATION_RESULT_FIELDS
 from worker.runs import dataset_label, expand_run, parse_run_spec
 from worker.store import STAGE_DONE, open_store
 
-RESULT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-RESULT_FIELDS = RESULT_METRICS + (
-    "precision", "input_hw", "resolution", "pth", "stages", "latency_ms", "latency_p95_ms",
-    "throughput", "cnn_ms_per_image", "decode_ms_per_image", "params", "gflops", "size_bytes",
-    "backend", "device", "num_images", "model_artifact_id", "artifact_ids", "branch")
+# The fields of one evaluated model (worker.kinds.evaluate.EvaluationResult): what the evaluate
+# stage stores, what list_results returns and what the Compare charts read.
+RESULT_FIELDS = EVALUATION_RESULT_FIELDS
 
 
 def _cfg(config):
@@ -75,6 +74,13 @@ def validate_run_spec(spec, base_dir=None, source="run spec"):
     """Parse and check a run spec (dict or YAML text): the RunSpec, or a BpnetError listing every
     problem (field, value, what is allowed; missing files; too few calibration images)."""
     return parse_run_spec(_as_dict(spec, source), source, base_dir)
+
+
+def run_spec_problems(spec):
+    """[(field path, message)] of the fields of a run spec dict the RunSpec refuses."""
+    from worker.runs import run_spec_problems as problems
+
+    return problems(_as_dict(spec, "run spec"))
 
 
 def preview_run(spec, base_dir=None, config=None):

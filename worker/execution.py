@@ -96,11 +96,10 @@ def _run_claimed(store, config, stage):
     store.add_event(stage["run_id"], stage["id"], {"stage": stage["kind"], "event": "start",
                                                    "message": f"{stage['label']} on {stage['worker_id']}"})
     try:
-        parent_dir, parent_outputs = _parent(store, config, stage)
+        parent = _parent(store, config, stage)
         out_dir = artifacts.prepare_stage_dir(config.artifact_root, stage["kind"], stage["key"])
         from worker.stages import run_stage   # the engine (TensorFlow) only inside workers
-        outputs, result, metrics = run_stage(stage, parent_dir, parent_outputs, out_dir,
-                                             StageProgress(store, stage),
+        outputs, result, metrics = run_stage(stage, parent, out_dir, StageProgress(store, stage),
                                              inputs=_inputs(store, config, stage))
         entries = artifacts.write_manifest(config.artifact_root, out_dir)
         ids = store.add_artifacts(stage["id"], stage["key"], entries)
@@ -130,17 +129,22 @@ def _finish(store, stage, status, message, tb=None):
 
 
 def _parent(store, config, stage):
+    """The stage's parent as a worker.kinds.Parent (None for a first stage)."""
+    from worker.stages import parent_of
+
     if not stage["parent_id"]:
-        return None, {}
+        return None
     parent = store.stage(stage["parent_id"])
     if parent["status"] not in ("completed", "cached") or not parent["artifact_dir"]:
         raise BpnetError(f"parent stage {parent['label']} is {parent['status']}, not completed")
-    return Path(config.artifact_root) / parent["artifact_dir"], parent["outputs"] or {}
+    return parent_of(parent["kind"], Path(config.artifact_root) / parent["artifact_dir"], parent["outputs"])
 
 
 def _inputs(store, config, stage):
-    """{name: {"dir", "outputs"}} of the finished stages of the same run named in the stage's
+    """{name: Parent} of the finished stages of the same run named in the stage's
     `params["inputs"]` (name -> key); a failed or skipped one is left out."""
+    from worker.stages import parent_of
+
     wanted = (stage["params"] or {}).get("inputs") or {}
     if not wanted:
         return {}
@@ -149,8 +153,8 @@ def _inputs(store, config, stage):
     for name, key in wanted.items():
         other = by_key.get(key)
         if other and other["status"] in ("completed", "cached") and other["artifact_dir"]:
-            found[name] = {"dir": Path(config.artifact_root) / other["artifact_dir"],
-                           "outputs": other["outputs"] or {}}
+            found[name] = parent_of(other["kind"], Path(config.artifact_root) / other["artifact_dir"],
+                                    other["outputs"])
     return found
 
 

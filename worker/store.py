@@ -350,16 +350,6 @@ class Store:
                 q = q.where(func.coalesce(Stage.queued_at, Stage.created_at) < older_than)
             return [row_dict(st) for st in s.scalars(q)]
 
-    def stage_durations(self, kinds=None):
-        """(kind, params, duration_s) of stages computed here: the data for time estimates."""
-        with self.Session() as s:
-            q = select(Stage.kind, Stage.params_json, Stage.duration_s).where(
-                Stage.status == "completed", Stage.duration_s.is_not(None))
-            if kinds:
-                q = q.where(Stage.kind.in_(kinds))
-            q = q.order_by(Stage.finished_at.desc()).limit(500)
-            return [(k, json.loads(p), d) for k, p, d in s.execute(q)]
-
     def stage_history(self, limit=500):
         """Completed stages computed here, newest first: kind, queue (the worker kind it ran on),
         params, result, duration_s - the data of the cost preview."""
@@ -438,17 +428,22 @@ class Store:
             return [row_dict(a) for a in s.scalars(q)]
 
     def model_artifacts(self, stage_kinds, limit=200):
-        """Keras models produced by stages of `stage_kinds`, newest first, with their run."""
+        """The models stages of `stage_kinds` produced (the file their outputs name as `model`,
+        not checkpoints), newest first, with their run."""
         with self.Session() as s:
             q = (select(Artifact.id, Artifact.relpath, Artifact.name, Artifact.created_at, Stage.kind,
-                        Stage.label, Stage.run_id, Run.name)
+                        Stage.label, Stage.run_id, Run.name, Stage.outputs_json)
                  .join(Stage, Stage.id == Artifact.stage_id).join(Run, Run.id == Stage.run_id)
-                 .where(Stage.kind.in_(list(stage_kinds)), Artifact.kind == "keras model",
-                        Artifact.name.in_(("bpnet_model.hdf5", "chosen_model.hdf5")))
-                 .order_by(Artifact.created_at.desc()).limit(limit))
-            return [{"artifact_id": aid, "relpath": rel, "name": name, "created_at": created,
-                     "kind": kind, "stage_label": label, "run_id": run_id, "run_name": run_name}
-                    for aid, rel, name, created, kind, label, run_id, run_name in s.execute(q)]
+                 .where(Stage.kind.in_(list(stage_kinds)), Artifact.kind == "keras model")
+                 .order_by(Artifact.created_at.desc()))
+            rows = []
+            for aid, rel, name, created, kind, label, run_id, run_name, outputs in s.execute(q):
+                if name == json.loads(outputs or "{}").get("model"):
+                    rows.append({"artifact_id": aid, "relpath": rel, "name": name, "created_at": created,
+                                 "kind": kind, "stage_label": label, "run_id": run_id, "run_name": run_name})
+                    if len(rows) >= limit:
+                        break
+            return rows
 
     def artifact(self, artifact_id):
         with self.Session() as s:

@@ -6,15 +6,17 @@ import json
 import streamlit as st
 import yaml
 
-from app import forms, state
+from app import forms, jobs
 from bpnet.errors import BpnetError
 
 TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
 PREVIEW_TTL_S = 10
 
 
+# `modified_ns` is part of the cache key on purpose (Streamlit leaves `_`-named arguments out of
+# it), so an edited file is read again.
 @st.cache_data(show_spinner="checking the dataset…", max_entries=32)
-def inspect_dataset(annotations, images, bundled, _mtime):
+def inspect_dataset(annotations, images, bundled, modified_ns):
     """(DatasetInfo, None) or (None, message); cached per path and modification time because a
     real COCO annotations file takes seconds to parse."""
     try:
@@ -32,7 +34,7 @@ def modification_time(path):
 
 
 @st.cache_data(show_spinner="computing the dataset statistics…", max_entries=16)
-def dataset_statistics(annotations, _mtime):
+def dataset_statistics(annotations, modified_ns):
     """(statistics, None) or (None, message) of a COCO file (pure, but seconds on a real COCO file)."""
     from bpnet.guide.dataset_stats import dataset_stats_file
 
@@ -45,7 +47,7 @@ def dataset_statistics(annotations, _mtime):
 @st.cache_data(ttl=PREVIEW_TTL_S, show_spinner="previewing the sweep…", max_entries=16)
 def preview(spec_json):
     try:
-        return state.preview_run(json.loads(spec_json)), None
+        return jobs.preview_run(json.loads(spec_json)), None
     except BpnetError as err:
         return None, str(err)
 
@@ -53,7 +55,7 @@ def preview(spec_json):
 @st.cache_data(ttl=30, show_spinner=False)
 def trained_models():
     try:
-        return state.trained_models()
+        return jobs.trained_models()
     except BpnetError:
         return []
 
@@ -228,9 +230,14 @@ form = {"dataset": source, "base": base, "existing_model": existing_model, "trai
         "retrain_epochs": retrain_epochs, "name": name, "eval_annotations": eval_annotations,
         "eval_images": eval_images, "kind": kind, "budget_ap": budget_ap, "objective": objective,
         "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop}
-request, errors = forms.validate_new_run(form, info)
+request, errors = forms.validate_new_run(form, info)   # widget text -> values
 if dataset_error:
     errors["dataset"] = dataset_error
+
+spec = None
+if not errors:   # the run spec itself, validated by RunSpec: its messages go under the widgets too
+    spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
+    errors = forms.errors_by_widget(jobs.run_spec_problems(spec))   # the RunSpec's own checks
 for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_slot, "base"),
                   (resolution_slot, "resolution"),
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
@@ -239,11 +246,10 @@ for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_
     show_error(slot, errors, key)
 
 st.subheader("4 · Preview")
-spec = None
 if errors:
+    spec = None
     st.info(f"Fix the {len(errors)} problem(s) above to see the preview and submit.", icon=":material/pan_tool:")
 else:
-    spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
     result, preview_error = preview(json.dumps(spec, sort_keys=True))
     if preview_error:
         st.error(preview_error, icon=":material/block:")
@@ -254,12 +260,12 @@ else:
                                                          "each at every resolution and precision")
         c2.metric("stages to compute", result["to_compute"])
         c3.metric("stages cached", len(result["cached"]))
-        c4.metric("time estimate", state.format_duration(result["estimate_s"]) if result["estimate_s"] is not None
+        c4.metric("time estimate", jobs.format_duration(result["estimate_s"]) if result["estimate_s"] is not None
                   else "unknown")
         st.caption(f"Estimate: {result['estimate_basis']}.")
         if result["estimate_stages"]:
             with st.expander("Cost per stage (from past stages on the same worker kind)"):
-                st.dataframe(state.cost_rows(result["estimate_stages"]), hide_index=True, key="cost_df")
+                st.dataframe(jobs.cost_rows(result["estimate_stages"]), hide_index=True, key="cost_df")
         if result["cached"]:
             with st.expander(f"{len(result['cached'])} stage(s) already computed, reused"):
                 st.write("\n".join(f"- {label}" for label in result["cached"]))
@@ -271,7 +277,7 @@ else:
 
 if st.button("Submit run", type="primary", disabled=spec is None, key="submit"):
     try:
-        run_id = state.submit_run(spec)
+        run_id = jobs.submit_run(spec)
     except BpnetError as err:
         st.error(f"Not submitted: {err}", icon=":material/block:")
     else:

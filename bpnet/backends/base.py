@@ -67,8 +67,9 @@ class Backend:
         self.close()
 
 
-def load_backend(model_path, stage=None):
-    """Open `model_path` with the backend its extension names; `stage` None = the last stage."""
+def load_backend(model_path, stage=None, threads=None):
+    """Open `model_path` with the backend its extension names; `stage` None = the last stage.
+    `threads` (CPU backends only) fixes the runtime's intra-op thread count; None = its default."""
     path = Path(model_path)
     suffix = path.suffix.lower()
     if suffix not in BACKENDS:
@@ -82,7 +83,10 @@ def load_backend(model_path, stage=None):
     except ImportError as err:
         raise BpnetError(f"model {path}: the {class_name} runtime is not available here ({err}); "
                          "TensorRT engines need the tensorrt package and an NVIDIA GPU") from None
-    backend = getattr(module, class_name)(path, stage=stage)
+    if threads and suffix in (".engine", ".plan"):
+        raise BpnetError(f"model {path}: a thread count applies to CPU runtimes, not TensorRT engines")
+    extra = {"threads": int(threads)} if threads else {}
+    backend = getattr(module, class_name)(path, stage=stage, **extra)
     from bpnet.imports.card import model_normalization
     backend.normalization = model_normalization(path)
     return backend

@@ -64,6 +64,10 @@ def add_arguments(parser):
     trt.add_argument("--max_workspace_size", type=int, help="builder workspace limit in bytes")
     trt.add_argument("-s", "--strict_type_constraints", action="store_true",
                      help="layers keep --data_type instead of falling back to a faster precision")
+    parser.add_argument("--optimize_for", choices=["cpu", "trt"],
+                        help="cpu: zero-pad concatenated channels to the CPU kernels' block when measured "
+                             "faster (outputs unchanged); trt: leave layouts to TensorRT "
+                             "(default: trt with --engine_file, else cpu)")
     sdk = parser.add_argument_group("deployment variant")
     sdk.add_argument("--sdk_compatible_model", action="store_true",
                      help="NCHW input, upsampled NCHW outputs and a max-pool NMS peak map (DeepStream-style)")
@@ -168,11 +172,17 @@ def run(args):
         cal_data_file=args.cal_data_file, cal_cache_file=args.cal_cache_file,
         batch_size=args.batch_size, batches=args.batches, normalization=normalization,
         sdk_compatible=args.sdk_compatible_model, upsample_ratio=args.upsample_ratio,
-        static_batch_size=static_batch, progress=show,
+        static_batch_size=static_batch, progress=show, optimize_for=args.optimize_for,
         channels_first=args.data_format == "channels_first", **engine)
     exported = report["export"]
     print(f"ONNX: {exported['onnx']} (stage {exported['stage']} of {exported['num_stages']}, "
           f"input {hw[0]}x{hw[1]} {exported['input_layout']}, max |ONNX - Keras| = {exported['max_abs_diff']:.1e})")
+    padding = report.get("channel_padding", {})
+    if padding.get("padded"):
+        print(f"channel padding for the CPU: {len(padding['changes'])} concatenations to multiples of "
+              f"{padding['block']}, {padding['speedup']}x faster in ONNX Runtime here")
+    elif padding:
+        print(f"channel padding: none ({padding.get('reason', '')})")
     if "fp16_onnx" in report:
         print(f"FP16 ONNX: {report['fp16_onnx']}")
     if "int8" in report:

@@ -14,9 +14,10 @@ def add_arguments(parser):
     parser.add_argument("-m", "--model", "--model_filename", dest="model",
                         help="model: .hdf5, .onnx (or .engine with TensorRT); default: the TAO "
                              "inference spec's model_path")
-    parser.add_argument("-i", "--images", "--input", dest="images",
+    parser.add_argument("-i", "--images",
                         help="an image, a folder of images, a COCO JSON, or a JSON list of image paths; "
                              "a .yaml here is read as the inference spec (TAO's -i)")
+    parser.add_argument("--input", help="TAO's name for the images (same as -i/--images)")
     parser.add_argument("--input_type", choices=INPUT_TYPES, default=None,
                         help="TAO: what --input is (image, dir, json); checked against it (default: "
                              "told from the path)")
@@ -51,6 +52,10 @@ def run(args):
     from bpnet.tao_spec import load_infer_spec_any, print_notes
 
     spec_given_as_images(args)
+    if args.input:
+        if args.images:
+            raise BpnetError(f"inference: give the images once: -i {args.images} or --input {args.input}")
+        args.images = args.input
     if not args.inference_spec:
         raise BpnetError("inference: give the inference spec: -e/--inference_spec SPEC.yaml")
     if not args.images:

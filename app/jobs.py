@@ -61,6 +61,7 @@ run_bundle = _through_call(client.run_bundle)
 list_models = _through_call(client.list_models)
 search_progress = _through_call(client.search_progress)
 submit_remedy = _through_call(client.submit_remedy)
+run_spec_problems = _through_call(client.run_spec_problems)
 
 
 def list_runs(status=None, dataset=None, search=None, limit=200, offset=0):
