@@ -274,6 +274,9 @@ SCENARIOS = {"kill-worker": kill_worker, "redis-restart": redis_restart, "concur
 
 
 def main():
+    import logging
+    sys.stdout.reconfigure(line_buffering=True)   # progress lines appear as they happen
+    logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), action="append")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for the runs of one scenario")
