@@ -68,3 +68,13 @@ def prune_threshold_problem(value, sweep=False):
     if not math.isfinite(value) or value < 0 or (sweep and value == 0) or value > MAX_PRUNE_THRESHOLD:
         return f"{value:g} is out of range; {allowed}"
     return None
+
+
+def calibration_count_problem(found, batch_size, batches):
+    """None when `found` calibration images serve batch_size x batches, else why not (the caller
+    prefixes the field and the folder or file: '<field>: <folder> holds ...')."""
+    needed = int(batch_size) * int(batches)
+    if found < needed:
+        return (f"holds {found} images, fewer than batch_size x batches = {batch_size} x {batches} = "
+                f"{needed}")
+    return None
