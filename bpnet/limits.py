@@ -35,6 +35,8 @@ DEFAULT_CALIBRATION_MIN_KEYPOINTS = 5
 EQUALIZATIONS = ("union", "intersection", "arithmetic_mean", "geometric_mean")
 NORMALIZERS = ("max", "L2")
 DEFAULT_PRUNE_THRESHOLD = 0.1
+DEFAULT_PRUNE_GRANULARITY = 8        # kept filters per layer: a multiple of this (fast GPU kernels)
+DEFAULT_PRUNE_MIN_FILTERS = 16       # and at least this many
 MAX_PRUNE_THRESHOLD = 10.0
 USEFUL_PRUNE_THRESHOLDS = "0.05-3.0"
 
