@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bpnet.errors import BpnetError
-from bpnet.guide.divergence import first_divergence, find_divergence, largest_jump, tensor_agreement
+from bpnet.guide.divergence import first_divergence, find_divergence, largest_jump, tensor_agreement, with_jumps
 from tests.tiny_models import CHAIN_HARMFUL, build_chain_onnx
 
 
@@ -37,7 +37,9 @@ def test_first_divergence_and_jump_on_rows():
             {"tensor": "c", "relative_error": 0.9, "cosine": 0.5}]
     assert first_divergence(rows)["tensor"] == "b"                 # cosine below 0.98
     assert first_divergence(rows, min_cosine=0.9)["tensor"] == "c"
-    assert largest_jump(rows, {"b": ["a"], "c": ["b"]})["tensor"] == "c"
+    jumped = with_jumps(rows, {"b": ["a"], "c": ["b"]})
+    assert [round(r["jump"], 2) for r in jumped] == [0.01, 0.14, 0.75]
+    assert largest_jump(jumped)["tensor"] == "c"
 
 
 def test_names_the_harmful_layer(chain, tmp_path):

@@ -22,12 +22,13 @@ from typing import Literal, Optional
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bpnet.errors import BpnetError
+from bpnet.guide.accuracy_control import AccuracyControlOptions
 from bpnet.image_files import count_images, is_image_file
 from bpnet.limits import PRECISIONS, STRIDE, prune_threshold_problem, stages_problem
 from bpnet.model_safety import check_model_file
 from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
                          load_yaml, parse_spec)
-from worker.kinds import engine, evaluate, export, gate, import_model, prune, retrain, search, train
+from worker.kinds import engine, evaluate, export, gate, import_model, prune, quantize, retrain, search, train
 from worker.kinds.evaluate import BenchmarkOptions
 from worker.kinds.export import CalibrationOptions
 from worker.kinds.prune import PruneOptions
@@ -100,6 +101,9 @@ class RunSpec(Strict):
     # INT8/FP16 results losing more AP points than this against their float parent fail the gate
     int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=100)
     engines: bool = False                  # also build TensorRT engines (needs a TensorRT worker)
+    # INT8 by accuracy control (`bpnet quantize`): every calibrator, then layers back to float
+    # until the AP drop is within max_drop (docs/int8.md); None = one calibrator, as exported
+    accuracy_control: Optional[AccuracyControlOptions] = None
 
     @field_validator("stages")
     @classmethod
@@ -133,6 +137,15 @@ class RunSpec(Strict):
         if not value:
             raise ValueError(f"give at least one precision of {', '.join(PRECISIONS)}")
         return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _accuracy_control_needs_int8(self):
+        if self.accuracy_control is not None:
+            if "int8" not in self.precisions:
+                raise ValueError("accuracy_control applies to INT8: add int8 to precisions")
+            if self.calibration.qat_steps:
+                raise ValueError("accuracy_control and calibration.qat_steps both make the INT8 model; give one")
+        return self
 
     @model_validator(mode="after")
     def _one_base(self):
@@ -450,8 +463,11 @@ def _add_export_and_evaluate(spec, add, nodes, model, stages_label, tensorrt=Fal
                                           calibration=calibration_params(spec) if int8 else None,
                                           qat_train_spec=qat)
             name = f"{tag} {hw[0]}x{hw[1]} {precision}"
-            exported = add(export, f"export {name}", export_params, model.node, cal_fp if int8 else ())
-            if spec.engines and tensorrt:   # a leaf: results are measured on ONNX Runtime
+            if int8 and spec.accuracy_control is not None:
+                exported = _add_quantize(spec, add, model, hw, infer, name, cal_fp + eval_fp)
+            else:
+                exported = add(export, f"export {name}", export_params, model.node, cal_fp if int8 else ())
+            if spec.engines and tensorrt and nodes[exported]["kind"] == export.KIND:   # a leaf: results are measured on ONNX Runtime
                 add(engine, f"engine {name}", export_params, exported)
             evaluate_params = evaluate.Params(
                 infer_spec=infer, annotations=str(eval_ann), images=str(eval_images), benchmark=spec.benchmark,
@@ -463,6 +479,19 @@ def _add_export_and_evaluate(spec, add, nodes, model, stages_label, tensorrt=Fal
         for precision in gate.GATED_PRECISIONS:
             if precision in evaluations:
                 _add_gate(spec, add, nodes, evaluations, precision, infer, eval_ann, eval_images, eval_fp)
+
+
+def _add_quantize(spec, add, model, hw, infer, name, data):
+    """INT8 with accuracy control in place of the INT8 export. Calibration images in the
+    evaluation folder are chosen from the evaluation annotations (and kept out of the subset the
+    AP drop is measured on); another folder is used as it is."""
+    eval_ann, eval_images = eval_data(spec)
+    cal_images = calibration_images(spec)
+    separate = Path(cal_images).resolve() != Path(eval_images).resolve()
+    params = quantize.Params(input_hw=hw, accuracy_control=spec.accuracy_control, infer_spec=infer,
+                             annotations=str(eval_ann), images=str(eval_images),
+                             calibration_images=str(cal_images) if separate else None)
+    return add(quantize, f"quantize {name} (max drop {spec.accuracy_control.max_drop:g} AP)", params, model.node, data)
 
 
 def calibration_params(spec):
@@ -478,11 +507,12 @@ def _add_gate(spec, add, nodes, evaluations, precision, infer, eval_ann, eval_im
         float_export, float_evaluate, _ = evaluations["fp32"]
         inputs.update(float_export=nodes[float_export]["key"], float_evaluate=nodes[float_evaluate]["key"])
     int8 = precision == "int8"
+    calibrated = int8 and nodes[exported]["kind"] == export.KIND    # accuracy control picks its own
     params = gate.Params(
         precision=precision, threshold_ap=spec.int8_gate_max_ap_drop, infer_spec=infer, annotations=str(eval_ann),
         images=str(eval_images), max_images=spec.eval_max_images,
-        calibrator=spec.calibration.calibrator if int8 else None,
-        num_calibration_images=spec.calibration.batch_size * spec.calibration.batches if int8 else None,
+        calibrator=spec.calibration.calibrator if calibrated else None,
+        num_calibration_images=spec.calibration.batch_size * spec.calibration.batches if calibrated else None,
         inputs=inputs)
     add(gate, f"gate {name}", params, evaluated, eval_fp)
 

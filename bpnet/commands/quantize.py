@@ -27,6 +27,9 @@ def add_arguments(parser):
 
 
 def run(args):
+    from pathlib import Path
+
+    from bpnet.events import EventLog
     from bpnet.guide.accuracy_control import AccuracyControlOptions, check_max_drop
     from bpnet.guide.accuracy_control_run import REPORT_NAME, quantize_with_accuracy_control
     from bpnet.specs import load_infer_spec, parse_spec
@@ -36,9 +39,14 @@ def run(args):
         "max_drop": args.max_drop, "calibrators": [c.strip() for c in args.calibrators.split(",") if c.strip()],
         "num_calibration_images": args.num_cal_images, "max_eval_images": args.max_eval_images,
         "validate_ranking": args.validate_ranking, "latency_runs": args.latency_runs}, "bpnet quantize options")
+    def show(event):
+        if event["stage"] == "quantize" and event["event"] in ("phase", "result") and event.get("message"):
+            print(event["message"], flush=True)
+
     report = quantize_with_accuracy_control(args.model, args.annotations, args.images,
                                             load_infer_spec(args.infer_spec), args.results_dir, options,
-                                            cal_image_dir=args.cal_image_dir, cal_data_file=args.cal_data_file)
+                                            cal_image_dir=args.cal_image_dir, cal_data_file=args.cal_data_file,
+                                            progress=EventLog(Path(args.results_dir) / "events.jsonl", forward=show))
     print_report(report)
     print(f"report: {args.results_dir}/{REPORT_NAME}")
     return 0 if report["final"]["met"] else 1

@@ -13,7 +13,8 @@ name) is compared in the reference graph's order:
 INT8 Q/DQ graphs keep the float model's tensor names, FP16 graphs from `bpnet.export.to_fp16`
 too, so the match is by name; a quantized tensor is compared as the next layer reads it (its
 DequantizeLinear output). The maths is numpy
-(`tensor_agreement`, `first_divergence`, `largest_jump`); `find_divergence` runs the models.
+(`tensor_agreement`, `first_divergence`, `with_jumps`, `largest_jump`, `layer_harm`);
+`find_divergence` runs the models.
 """
 
 from pathlib import Path
@@ -60,17 +61,41 @@ def first_divergence(rows, max_relative_error=DEFAULT_MAX_RELATIVE_ERROR, min_co
     return next((r for r in rows if not within_tolerance(r, max_relative_error, min_cosine)), None)
 
 
-def largest_jump(rows, inputs_of):
-    """The row whose relative error exceeds the largest of its compared inputs' by the most.
-    `inputs_of`: {tensor: [input tensors of its producing node]}."""
+def with_jumps(rows, inputs_of):
+    """The rows with `jump`: how much a tensor's relative error exceeds the largest of its
+    nearest compared ancestors' (the error its own layer adds). Tensors the other graph does not
+    have (a Conv output whose Relu ONNX Runtime folded) are looked through to their inputs."""
     error = {r["tensor"]: r["relative_error"] for r in rows}
-    best, best_jump = None, 0.0
+
+    def before(tensor):
+        worst, stack, seen = 0.0, list(inputs_of.get(tensor, [])), set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in error:
+                worst = max(worst, error[name])
+            else:
+                stack.extend(inputs_of.get(name, []))       # initializers and graph inputs have none
+        return worst
+
+    return [{**r, "jump": r["relative_error"] - before(r["tensor"])} for r in rows]
+
+
+def largest_jump(rows):
+    """The row (with `jump`, see `with_jumps`) whose layer adds the most error; None if none adds any."""
+    best = max(rows, key=lambda r: r["jump"], default=None)
+    return best if best is not None and best["jump"] > 0 else None
+
+
+def layer_harm(rows):
+    """{layer: the largest jump among its output tensors}: a one-pass proxy of the harm each
+    layer's quantization does (`bpnet.guide.accuracy_control_run` ranks layers by it)."""
+    harm = {}
     for r in rows:
-        before = max((error[i] for i in inputs_of.get(r["tensor"], []) if i in error), default=0.0)
-        jump = r["relative_error"] - before
-        if jump > best_jump:
-            best, best_jump = {**r, "jump": jump}, jump
-    return best
+        harm[r["layer"]] = max(harm.get(r["layer"], 0.0), r["jump"])
+    return harm
 
 
 # ---------------------------------------------------------------- running both models (Polygraphy)
@@ -228,12 +253,13 @@ def find_divergence(reference_model, candidate_model, data, max_relative_error=D
     if not rows:
         raise BpnetError(f"{candidate_model} and {reference_model} share no tensor names; compare two versions "
                          f"of one network (its FP32, FP16 and INT8 exports)")
+    rows = with_jumps(rows, inputs_of)
     first = first_divergence(rows, max_relative_error, min_cosine)
     report = {"reference": str(reference_model), "candidate": str(candidate_model),
               "reference_backend": reference_backend, "candidate_backend": candidate_backend,
               "num_images": int(data.shape[0]), "num_compared": len(rows),
               "tolerance": {"max_relative_error": max_relative_error, "min_cosine": min_cosine},
-              "first_divergence": first, "largest_jump": largest_jump(rows, inputs_of), "rows": rows,
+              "first_divergence": first, "largest_jump": largest_jump(rows), "rows": rows,
               "tool": "polygraphy (mark all outputs)"}
     if out_path is not None:
         write_json_atomic(out_path, report)
