@@ -12,8 +12,9 @@ from pathlib import Path
 
 from bpnet.errors import BpnetError
 from bpnet.image_files import count_images
-from bpnet.limits import MAX_SIDE_PX, MAX_STAGES, MIN_STAGES, PRECISIONS as RUN_PRECISIONS, STRIDE
-from bpnet.limits import prune_threshold_problem, stages_problem
+from bpnet.limits import (MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_SIDE_PX, MAX_STAGES, MIN_STAGES,
+                          PRECISIONS as RUN_PRECISIONS, STRIDE)
+from bpnet.limits import calibration_count_problem, prune_threshold_problem, stages_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
@@ -225,16 +226,15 @@ def parse_float(value, what, low, high):
 
 def check_calibration(images_dir, batches, batch_size):
     """The seed's rule: calibration needs at least batch_size × batches images in its folder."""
-    batches = parse_int(batches, "calibration batches", 1, 10_000)
-    batch_size = parse_int(batch_size, "calibration batch size", 1, 256)
+    batches = parse_int(batches, "calibration batches", 1, MAX_CALIBRATION_BATCHES)
+    batch_size = parse_int(batch_size, "calibration batch size", 1, MAX_CALIBRATION_BATCH_SIZE)
     folder = Path(str(images_dir or "").strip()).expanduser()
     if not str(images_dir or "").strip() or not folder.is_dir():
         raise BpnetError(f"calibration images: folder {str(images_dir or '')!r} does not exist; "
                          "give a folder of images like the deployment's (default: the training images)")
-    have = count_images(folder)
-    if have < batches * batch_size:
-        raise BpnetError(f"calibration: {folder} has {have} images, fewer than batch size × batches = "
-                         f"{batch_size} × {batches} = {batch_size * batches}; lower the batches or add images")
+    problem = calibration_count_problem(count_images(folder), batch_size, batches)   # the run spec's rule
+    if problem:
+        raise BpnetError(f"calibration: {folder} {problem}; add images or lower the batches")
     return folder.resolve(), batches, batch_size
 
 
@@ -406,16 +406,30 @@ def stats_rows(stats):
 
 
 def advice_text(advice):
-    """'recommended 0.05-3.0: reason; reason' for a field's help and caption."""
+    """A field's recommendation as a sentence: 'recommended: 3 (2–7 work): reason; reason',
+    'recommended: 16: …' (not '16–16'), 'FP32, FP16 or INT8; recommended: INT8: …'."""
     value_range = advice.recommended_range
+    value = _shown(advice.value)
     if isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
-            isinstance(v, (int, float)) for v in value_range):
-        shown = f"recommended {value_range[0]:g}–{value_range[1]:g}"
-    elif isinstance(value_range, (tuple, list)):
-        shown = f"options {', '.join(map(str, value_range))}; recommended {advice.value}"
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range):
+        low, high = value_range
+        shown = f"recommended: {value}" + ("" if low == high else f" ({low:g}–{high:g} work)")
+    elif isinstance(value_range, (tuple, list)) and value_range:
+        options = [_shown(v) for v in value_range]
+        listed = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+        shown = f"{listed}; recommended: {value}"
     else:
-        shown = f"recommended {advice.value}"
+        shown = f"recommended: {value}"
     return f"{shown}: " + "; ".join(advice.reasons)
+
+
+def _shown(value):
+    """Precisions in capitals (FP32), numbers without trailing zeros, anything else as written."""
+    if isinstance(value, str) and value.lower() in ("fp32", "fp16", "int8"):
+        return value.upper()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def static_advice():

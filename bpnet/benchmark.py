@@ -113,7 +113,8 @@ def model_complexity(model_path, input_hw, stage=None):
 def latency_stats(seconds, batch_size):
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     median = float(np.median(ms))
-    return {"median_ms": round(median, 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
+    return {"median_ms": round(median, 3), "p5_ms": round(float(np.percentile(ms, 5)), 3),
+            "p95_ms": round(float(np.percentile(ms, 95)), 3),
             "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3),
             "images_per_s": round(batch_size * 1000.0 / median, 3)}
 

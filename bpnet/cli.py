@@ -7,6 +7,7 @@ loaded only by the verbs that need it. A `BpnetError` is printed as `error: ...`
 
 import argparse
 import importlib
+import gc
 import sys
 
 from bpnet.errors import BpnetError, RunCancelled
@@ -57,10 +58,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         with log_file_copy(getattr(args, "log_file", None)):
-            return _run(args)
+            code = _run(args)
     except BpnetError as err:      # the log file itself (_run reports the verb's errors)
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        code = 2
+    # An error raised inside tf.data keeps its input pipeline alive through a reference cycle
+    # (exception -> traceback -> frames); collected only at interpreter shutdown, its threads then
+    # hang or abort the process (SIGABRT, exit 134). Collect it now, while Python is whole.
+    gc.collect()
+    return code
 
 
 def _run(args):

@@ -19,7 +19,7 @@ from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, write_json_atomic
 from bpnet.image_files import list_images
-from bpnet.limits import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_PERCENTILE, STRIDE
+from bpnet.limits import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_PERCENTILE, STRIDE, calibration_count_problem
 from bpnet.onnx_graph import onnx_session, sort_nodes_topologically
 from bpnet.preprocess import check_input_hw
 
@@ -266,11 +266,10 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
             raise BpnetError("--data_type int8 needs calibration images: give --cal_image_dir "
                              "(or an existing --cal_data_file)")
         if not has_data_file:
-            needed = int(batch_size) * int(batches)
-            found = len(list_images(cal_image_dir, "--cal_image_dir"))
-            if found < needed:
-                raise BpnetError(f"--cal_image_dir: {cal_image_dir} holds {found} images, but --batch_size "
-                                 f"{batch_size} x --batches {batches} needs {needed}; add images or lower them")
+            problem = calibration_count_problem(len(list_images(cal_image_dir, "--cal_image_dir")),
+                                                batch_size, batches)
+            if problem:
+                raise BpnetError(f"--cal_image_dir: {cal_image_dir} {problem}; add images or lower the batches")
 
     report = {"model": str(model_path), "data_type": data_type}
     report["export"] = export_onnx(model_path, output_path, input_hw, stage, static_batch_size,

@@ -35,6 +35,8 @@ DEFAULT_CALIBRATION_MIN_KEYPOINTS = 5
 EQUALIZATIONS = ("union", "intersection", "arithmetic_mean", "geometric_mean")
 NORMALIZERS = ("max", "L2")
 DEFAULT_PRUNE_THRESHOLD = 0.1
+DEFAULT_PRUNE_GRANULARITY = 8        # kept filters per layer: a multiple of this (fast GPU kernels)
+DEFAULT_PRUNE_MIN_FILTERS = 16       # and at least this many
 MAX_PRUNE_THRESHOLD = 10.0
 USEFUL_PRUNE_THRESHOLDS = "0.05-3.0"
 
@@ -67,4 +69,14 @@ def prune_threshold_problem(value, sweep=False):
         return f"{value!r} is not a number; {allowed}"
     if not math.isfinite(value) or value < 0 or (sweep and value == 0) or value > MAX_PRUNE_THRESHOLD:
         return f"{value:g} is out of range; {allowed}"
+    return None
+
+
+def calibration_count_problem(found, batch_size, batches):
+    """None when `found` calibration images serve batch_size x batches, else why not (the caller
+    prefixes the field and the folder or file: '<field>: <folder> holds ...')."""
+    needed = int(batch_size) * int(batches)
+    if found < needed:
+        return (f"holds {found} images, fewer than batch_size x batches = {batch_size} x {batches} = "
+                f"{needed}")
     return None

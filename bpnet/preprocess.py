@@ -22,6 +22,9 @@ from bpnet.limits import STRIDE
 
 DEFAULT_IMAGE_SCALE = (256.0, 256.0, 256.0)
 DEFAULT_IMAGE_OFFSET = (0.5, 0.5, 0.5)
+# Largest image read (pixels): a photo of 50 MP decodes to 150 MB; larger ones are refused from
+# their header before decoding (a decompression bomb is a few KB on disk).
+MAX_IMAGE_PIXELS = 50_000_000
 PAD_VALUE = 128  # grey in uint8 becomes 0.0 after default normalisation
 
 
@@ -56,14 +59,39 @@ def check_input_hw(input_hw, where="input_shape"):
 
 
 def read_image(path):
-    """BGR uint8 image, or a BpnetError naming the file when it is missing or not decodable."""
-    data = np.fromfile(str(path), dtype=np.uint8) if _exists(path) else None
-    if data is None:
+    """BGR uint8 image, or a BpnetError naming the file when it is missing, not decodable, or
+    larger than MAX_IMAGE_PIXELS (checked from its header, before anything is decoded)."""
+    if not _exists(path):
         raise BpnetError(f"image not found: {path}")
+    check_image_size(path)
+    data = np.fromfile(str(path), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise BpnetError(f"image {path} is not a readable image (corrupt or unsupported format)")
     return image
+
+
+def check_image_size(path):
+    """Refuse an image whose header says it has more than MAX_IMAGE_PIXELS: a 20000 x 20000 PNG
+    would take 1.2 GB decoded (5 GB at peak). Pillow reads only the header here."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # ours is lower
+            with Image.open(path) as header:
+                width, height = header.size
+    except Image.DecompressionBombError as err:   # Pillow's own limit, far above ours
+        raise BpnetError(f"image {path} has more than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP allowed "
+                         f"({err}); downscale it first") from None
+    except (OSError, ValueError, SyntaxError):
+        return   # not a format Pillow knows, or a broken header: cv2 decides (and names it)
+    if width * height > MAX_IMAGE_PIXELS:
+        raise BpnetError(f"image {path} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), more "
+                         f"than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP allowed; downscale it first (a pose "
+                         "network sees it at a few hundred pixels anyway)")
 
 
 def _exists(path):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bpnet.data.coco import check_unique_ids
 from bpnet.errors import BpnetError
 from bpnet.fileio import read_json, write_json_atomic
 from bpnet.image_files import count_images
@@ -250,8 +251,11 @@ def reason_left_out(image, profile, images_dir, min_persons, min_keypoints, max_
 
 def load_coco(path, flag):
     coco = read_json(path, "annotations file")
-    if not isinstance(coco, dict) or "images" not in coco:
-        raise BpnetError(f"{flag}: {path} is not a COCO file (no 'images' list)")
+    for key in ("images", "annotations"):
+        if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
+            raise BpnetError(f"{flag}: {path} is not a COCO keypoints file: no {key!r} list (expected "
+                             "a JSON object with 'images' and 'annotations')")
+    check_unique_ids(coco, path)
     return coco
 
 
@@ -274,6 +278,11 @@ def sample_calibration(annotations, images_dir, out_dir, n, min_persons=1, min_k
     chosen, reasons, eligible = select_images(
         coco, images_dir, n, min_persons, min_keypoints, randomize, seed, max_persons=max_persons,
         min_visible=min_visible, sizes=sizes, stratify=stratify, target_coco=target)
+    if not chosen:
+        why = "; ".join(f"{count} left out: {why}" for why, count in reasons.items()) or "it lists no images"
+        raise BpnetError(f"-a/--annotations: none of the {len(coco['images'])} images of {annotations} "
+                         f"meets the criteria ({why}); nothing written - relax the criteria or check "
+                         "-i/--images")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, _ in chosen:
         source, target_path = Path(images_dir) / name, out_dir / name

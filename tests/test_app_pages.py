@@ -313,3 +313,20 @@ def test_workers_name_the_running_stage_not_its_hash(config):
     running = at.dataframe[0].value.set_index("worker").loc["cpu-1@host", "running stage"]
     assert running == "retrain s2 pth=0.1 · run synthetic busy"
     assert stage["id"] not in running
+
+
+@pytest.mark.slow
+def test_new_run_shows_what_each_threshold_keeps_on_an_existing_model(config, tmp_path):
+    from tests.tiny_models import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny.hdf5")
+    at = open_page("views/new_run.py")
+    at.radio(key="base").set_value("existing").run()
+    at.selectbox(key="existing_choice").set_value("(a path)").run()
+    at.text_input(key="existing_path").set_value(str(model)).run()
+    at.text_input(key="thresholds").set_value("0.05").run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "parameters kept" in d.value.columns)
+    assert "0.05" in list(table["threshold"]) and "3" in list(table["threshold"])
+    mine = table.set_index("threshold").loc["0.05"]
+    assert "yours" in mine["note"] and mine["kept"].endswith("%")

@@ -1,8 +1,8 @@
 """The dashboard in a real browser: headless Debian Chromium drives `bpnet-studio up` (the README's
 run command: store, embedded broker, a worker and the dashboard) on a temporary data dir and a
 free port. It shows a bad input being refused, submits a tiny run from New run, finds it in Runs,
-waits on Run detail until the worker has finished it, finds the chart on Compare, and submits a
-run whose model file is broken to see the worker's failure explained on Run detail.
+waits on Run detail until the worker has finished it, sees Compare's untrained guard, and sees a
+model file that is not HDF5 refused on New run before anything is queued.
 Screenshots of every step go to test-artifacts/browser/."""
 
 import os
@@ -22,7 +22,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-artifacts" / "browser"
 RUN_NAME = "browser tiny run"
 START_TIMEOUT_S = 60
-RUN_TIMEOUT_S = 420
+RUN_TIMEOUT_S = 600   # a tiny run takes 3-8 min on this shared, loaded machine
 UI_TIMEOUT_MS = 30_000
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -131,6 +131,10 @@ def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
             thresholds.fill("0.1")
             thresholds.press("Enter")
             set_number(page, "Training epochs", 1)
+            stages = page.get_by_role("slider", name="Stages")   # the recommended 3 -> 2: a faster tiny run
+            stages.focus()
+            stages.press("ArrowLeft")
+            page.wait_for_timeout(800)
             page.get_by_text("add a custom resolution").click()
             set_number(page, "H (multiple of 8)", 64)
             set_number(page, "W (multiple of 8)", 64)
@@ -158,15 +162,15 @@ def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
             expect(page.get_by_role("heading", name="Results")).to_be_visible()
             shot(page, "5-run-detail-completed")
 
-            # Compare: the AP vs latency chart with the Pareto front is drawn from the results.
+            # Compare: a 1-epoch model scores AP 0, so instead of a Pareto front of noise the page
+            # says why there is nothing to trade off (the chart itself: test_browser_dashboard.py).
             page.goto(f"{studio}/compare")
-            chart = page.locator(".js-plotly-plot").first
-            expect(chart).to_be_visible()
-            expect(chart.get_by_text("Pareto front", exact=True)).to_be_visible()   # the legend entry
+            expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
             expect(page.get_by_text("optimistic (overfit)")).to_be_visible()
             shot(page, "6-compare")
 
-            # A run that fails in the worker: the "model" is not a Keras file. The page says why.
+            # A "model" that is not a Keras file is refused before anything is queued (the run
+            # spec's model check), in plain words, and Submit stays disabled.
             broken = tmp_path / "not_a_model.hdf5"
             broken.write_bytes(b"these bytes are not an HDF5 file")
             page.goto(f"{studio}/new")
@@ -176,12 +180,8 @@ def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
             path = page.get_by_label("Path of a Keras model (.hdf5)", exact=True)
             path.fill(str(broken))
             path.press("Enter")
-            expect(page.get_by_text("stages to compute")).to_be_visible()
-            page.get_by_role("button", name="Submit run").click()
-            page.get_by_role("link", name="Open its details").click()
-            expect(page.get_by_test_id("stMetricValue").first).to_have_text("failed", timeout=RUN_TIMEOUT_S * 1000)
-            expect(page.get_by_text("This run failed").first).to_be_visible()
-            expect(page.get_by_text("technical details (traceback)").first).to_be_visible()
-            shot(page, "7-run-failed-in-worker")
+            expect(page.get_by_text("is not a readable HDF5 file").first).to_be_visible()
+            expect(page.get_by_role("button", name="Submit run")).to_be_disabled()
+            shot(page, "7-broken-model-refused")
         finally:
             browser.close()

@@ -82,3 +82,19 @@ def test_run_spec_problems_land_under_the_widget_of_their_field():
     assert errors["stages"] == f"stages: {limits.stages_problem(9)}"
     assert "multiples of 8" in errors["resolution"] and errors["max_iters"].startswith("search.max_iters:")
     assert run_spec_problems(run_spec_dict()) == []
+
+
+def test_too_few_calibration_images_is_one_rule_for_form_run_spec_cli_and_tensor_file(tmp_path, coco_mini):
+    from bpnet.calibrate.tensor_file import build_calibration_tensor
+    from bpnet.export import export_model
+
+    images = coco_mini[1]
+    rule = limits.calibration_count_problem(80, 9, 9)
+    assert rule == "holds 80 images, fewer than batch_size x batches = 9 x 9 = 81"
+    assert rule in refusal(forms.check_calibration, images, 9, 9)
+    assert rule in refusal(parse_run_spec, run_spec_dict(precisions=["int8"], calibration={"batch_size": 9, "batches": 9}))
+    model = tmp_path / "m.hdf5"
+    model.write_bytes(b"not read: the image count is checked first")
+    assert rule in refusal(export_model, model, tmp_path / "m.onnx", (64, 64), "int8", None, "entropy", 99.99,
+                           images, None, None, 9, 9)
+    assert rule in refusal(build_calibration_tensor, images, (64, 64), 9, 9)

@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from bpnet.errors import BpnetError
 from bpnet.guide.accuracy_control import AccuracyControlOptions
 from bpnet.image_files import count_images, is_image_file
-from bpnet.limits import PRECISIONS, STRIDE, prune_threshold_problem, stages_problem
+from bpnet.limits import PRECISIONS, STRIDE, calibration_count_problem, prune_threshold_problem, stages_problem
 from bpnet.model_safety import check_model_file
 from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
                          load_yaml, parse_spec)
@@ -228,12 +228,10 @@ def check_run_inputs(spec, source):
         cal_dir = calibration_images(spec)
         need_dir(cal_dir, "calibration.images")
         if Path(cal_dir).is_dir():
-            have = count_images(cal_dir)
-            want = spec.calibration.batch_size * spec.calibration.batches
-            if have < want:
-                problems.append(f"calibration: {cal_dir} has {have} images, fewer than batch_size x "
-                                f"batches = {spec.calibration.batch_size} x {spec.calibration.batches}"
-                                f" = {want}; lower batches or add images")
+            problem = calibration_count_problem(count_images(cal_dir), spec.calibration.batch_size,
+                                                spec.calibration.batches)
+            if problem:
+                problems.append(f"calibration: {cal_dir} {problem}; add images or lower the batches")
     if problems:
         raise BpnetError(f"{source}: {len(problems)} problem(s):\n" +
                          "\n".join(f"  - {p}" for p in problems))

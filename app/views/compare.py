@@ -198,10 +198,21 @@ elif diff:
 else:
     st.caption("The two results have the same configuration.")
 
-for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
-    with col:
-        st.markdown(f"**{name}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)}")
-        try:
-            widgets.truth_gallery(run, row, row["stage_id"], OVERLAY_IMAGES, columns=1)
-        except (BpnetError, KeyError, OSError) as err:
-            st.caption(f"No pictures: {err}")
+tab_truth, tab_maps = st.tabs(["ground truth and prediction", "heatmaps and PAFs"])
+with tab_truth:
+    for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
+        with col:
+            st.markdown(f"**{name}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)}")
+            try:
+                widgets.truth_gallery(run, row, row["stage_id"], OVERLAY_IMAGES, columns=1)
+            except (BpnetError, KeyError, OSError) as err:
+                st.caption(f"No pictures: {err}")
+with tab_maps:
+    try:
+        choice = widgets.map_controls("compare-maps")
+        for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
+            with col:
+                st.markdown(f"**{name}** · {row['label']}")
+                widgets.map_view(run, row, row["stage_id"], *choice)
+    except (BpnetError, KeyError, OSError) as err:
+        st.caption(f"No maps: {err}")

@@ -6,7 +6,7 @@ import json
 import streamlit as st
 import yaml
 
-from app import forms, jobs
+from app import forms, jobs, present
 from bpnet.errors import BpnetError
 
 TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
@@ -60,12 +60,49 @@ def trained_models():
         return []
 
 
+@st.cache_data(show_spinner="reading the base model's weights…", max_entries=16)
+def pruning_dry_run(model, modified_ns, thresholds, prune_json):
+    try:
+        return jobs.preview_prune(model, thresholds, json.loads(prune_json)), None
+    except BpnetError as err:
+        return None, str(err)
+
+
+def prune_preview(spec):
+    """Parameters each threshold keeps on the chosen base model, before anything is submitted."""
+    chosen = tuple(spec.get("prune_thresholds") or ())
+    model = spec.get("model")
+    if not chosen:
+        return
+    if not model:
+        st.caption("What each threshold keeps is shown here once the base model exists (an existing or "
+                   "pretrained model); a model trained by this run is measured after training.")
+        return
+    grid = tuple(sorted(set(present.PRUNE_GRID) | set(chosen)))
+    rows, error = pruning_dry_run(str(model), modification_time(model), grid,
+                                  json.dumps(spec.get("prune") or {}, sort_keys=True))
+    if error:
+        st.warning(f"No pruning preview: {error}", icon=":material/warning:")
+        return
+    useless = [r["threshold"] for r in rows if r["threshold"] in chosen and r["threshold"] not in
+               present.useful_thresholds(rows)]
+    useful = present.useful_thresholds(rows)
+    with st.expander("Parameters each prune threshold keeps on this base model (dry run of the pruning "
+                     "decision on its weights)", expanded=bool(useless)):
+        st.dataframe(present.prune_preview_rows(rows, chosen), hide_index=True, key="prune_preview")
+    if useless:
+        hint = f"; the lowest that removes parameters is {useful[0]:g}" if useful else ""
+        st.warning(f"Threshold(s) {', '.join(f'{t:g}' for t in useless)} prune nothing on this model{hint}.",
+                   icon=":material/content_cut:")
+
+
 def show_error(slot, errors, key):
     if key in errors:
         slot.error(errors[key], icon=":material/block:")
 
 
 st.title("New run")
+submitted_slot = st.container()   # "submitted" goes at the top, where the user looks after clicking
 st.caption("A run trains (or reuses) a base model, prunes it at every threshold, retrains, exports at "
            "every resolution and precision and evaluates each result. Stages already computed by any "
            "run are reused.")
@@ -124,11 +161,10 @@ if base == "train":
     train_epochs = c1.number_input("Training epochs", min_value=1, max_value=1000, value=4, key="train_epochs",
                                    help="epochs of the base model on the chosen data (small CPU spec: "
                                         "narrow backbone, 128×128 training input)")
-    stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES, value=2, key="stages",
+    stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES,
+                       value=int(advice["model.stages"].value), key="stages",
                        help=forms.advice_text(advice["model.stages"]))
     st.caption(f"Stages: {forms.advice_text(advice['model.stages'])}")
-    st.caption(f"Regularization: {forms.advice_text(advice['model.regularization_type'])} — the small "
-               f"training spec used here trains with L1.")
 else:
     train_epochs, stages = 1, 2
     models = trained_models()
@@ -260,6 +296,7 @@ else:
         if result["cached"]:
             with st.expander(f"{len(result['cached'])} stage(s) already computed, reused"):
                 st.write("\n".join(f"- {label}" for label in result["cached"]))
+        prune_preview(spec)
         names = [f"{w['id']} ({', '.join(w['queues'])})" for w in result["workers"]]
         if names:
             st.success("Workers that can run it: " + "; ".join(names), icon=":material/dns:")
@@ -276,7 +313,11 @@ if st.button("Submit run", type="primary", disabled=spec is None, key="submit"):
         preview.clear()
 if st.session_state.get("last_submitted"):
     run_id = st.session_state["last_submitted"]
-    st.success(f"Run `{run_id}` submitted.", icon=":material/rocket_launch:")
-    st.page_link("views/run_detail.py", label="Open its details", icon=":material/arrow_forward:",
-                 query_params={"run": run_id})
-    st.page_link("views/runs.py", label="See all runs", icon=":material/list:")
+    with submitted_slot:
+        st.success(f"Run `{run_id}` submitted.", icon=":material/rocket_launch:")
+        c1, c2, _ = st.columns([1, 1, 3])
+        with c1:
+            st.page_link("views/run_detail.py", label="Open the run", icon=":material/arrow_forward:",
+                         query_params={"run": run_id})
+        with c2:
+            st.page_link("views/runs.py", label="See all runs", icon=":material/list:")

@@ -255,8 +255,13 @@ if rows:
     row = next(r for r in rows if r["stage_id"] == stage_id)
     st.markdown(f"**{row['label']}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)} · "
                 f"{present.fmt_params(row.get('params'))} params · {present.fmt_bytes(row.get('size_bytes'))}")
-    tab_people, tab_worst, tab_deploy = st.tabs(["images with annotated people", "worst-OKS images",
-                                                 "deployables"])
+    tab_people, tab_worst, tab_maps, tab_deploy = st.tabs(["images with annotated people", "worst-OKS images",
+                                                           "heatmaps and PAFs", "deployables"])
+    with tab_maps:
+        try:
+            widgets.map_view(run, row, stage_id, *widgets.map_controls("detail-maps"))
+        except (BpnetError, KeyError, OSError) as err:
+            st.caption(f"No maps: {err}")
     for tab, worst in ((tab_people, False), (tab_worst, True)):
         with tab:
             try:

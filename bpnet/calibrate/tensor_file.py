@@ -11,6 +11,7 @@ from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path
 from bpnet.image_files import list_images
+from bpnet.limits import calibration_count_problem
 
 
 def build_calibration_tensor(image_dir, input_hw, batch_size, batches, normalization=None, progress=None):
@@ -20,9 +21,9 @@ def build_calibration_tensor(image_dir, input_hw, batch_size, batches, normaliza
 
     needed = _images_needed(batch_size, batches)
     images = list_images(image_dir, "--cal_image_dir")
-    if len(images) < needed:
-        raise BpnetError(f"--cal_image_dir: {image_dir} holds {len(images)} images, but --batch_size "
-                         f"{batch_size} x --batches {batches} needs {needed}; add images or lower them")
+    problem = calibration_count_problem(len(images), batch_size, batches)
+    if problem:
+        raise BpnetError(f"--cal_image_dir: {image_dir} {problem}; add images or lower the batches")
     norm = {} if normalization is None else {"image_scale": normalization.image_scale,
                                              "image_offset": normalization.image_offset}
     out = np.empty((needed, *input_hw, 3), dtype=np.float32)
@@ -56,9 +57,9 @@ def load_calibration_tensor(path, input_hw, batch_size, batches):
     if data.ndim != 4 or tuple(data.shape[1:]) != (*input_hw, 3):
         raise BpnetError(f"--cal_data_file: {path} holds shape {tuple(data.shape)}, expected "
                          f"(N, {input_hw[0]}, {input_hw[1]}, 3); delete it to rebuild it for this input size")
-    if data.shape[0] < needed:
-        raise BpnetError(f"--cal_data_file: {path} holds {data.shape[0]} images, but --batch_size "
-                         f"{batch_size} x --batches {batches} needs {needed}; delete it to rebuild it")
+    problem = calibration_count_problem(data.shape[0], batch_size, batches)
+    if problem:
+        raise BpnetError(f"--cal_data_file: {path} {problem}; delete it to rebuild it")
     return np.asarray(data[:needed], dtype=np.float32)
 
 

@@ -282,7 +282,11 @@ def bpnet_error_from(error):
     if marker not in text:
         return None
     message = text.split(marker, 1)[1]
-    return BpnetError(message.split("\nTraceback (most recent call last)", 1)[0].strip())
+    # What follows the message: a traceback, or the worker process's (ProcessPoolExecutor's
+    # _RemoteTraceback chained to it).
+    for tail in ("\nTraceback (most recent call last)", "\nconcurrent.futures.process._RemoteTraceback"):
+        message = message.split(tail, 1)[0]
+    return BpnetError(message.strip())
 
 
 @contextlib.contextmanager

@@ -121,6 +121,9 @@ def run(params, parent, out_dir, progress, inputs=None):
     progress({"stage": "benchmark", "event": "start", "message": "measuring latency"})
     bench = benchmark_model(model_path, params.input_hw, bench_opts.batch_size, bench_opts.runs, bench_opts.warmup)
     write_json_atomic(out_dir / "benchmark.json", bench)
+    from bpnet.sample_maps import SAMPLE_MAPS, save_sample_maps
+    # raw maps of a few images with people, for the dashboard's heatmap/PAF overlays
+    save_sample_maps(model_path, params.annotations, params.images, params.infer_spec, out_dir / SAMPLE_MAPS)
     result = result_row(params, parent, model_path, metrics, bench).model_dump(mode="json")
     numbers = {k: v for k, v in result.items() if k in NUMERIC_METRICS and isinstance(v, (int, float))}
     outputs = Outputs(model=parent.outputs.model, benchmark="benchmark.json", num_stages=parent.outputs.num_stages)
