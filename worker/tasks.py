@@ -26,7 +26,7 @@ from worker.store import open_store
 
 log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_S = 10.0
-RECOVERY_EVERY_N_BEATS = 3
+RECOVERY_EVERY_N_BEATS = 2   # a dead worker's stage is re-queued within ~20 s
 
 app = get_app()
 _state = {"worker_id": None, "current": None, "stop": threading.Event()}
