@@ -24,7 +24,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from bpnet.errors import BpnetError
 from bpnet.guide.accuracy_control import AccuracyControlOptions
 from bpnet.image_files import count_images, is_image_file
-from bpnet.limits import PRECISIONS, STRIDE, calibration_count_problem, prune_threshold_problem, stages_problem
+from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_SEARCH_ITERS, PRECISIONS, STRIDE,
+                          calibration_count_problem, prune_threshold_problem, stages_problem)
 from bpnet.model_safety import check_model_file
 from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
                          load_yaml, parse_spec)
@@ -54,9 +55,9 @@ def _check_resolution(h, w):
 
 class SearchOptions(Strict):
     """`kind: search`: the smallest pruned + retrained model within an AP budget."""
-    budget_ap: float = Field(2.0, ge=0, le=100)        # largest AP drop (points) from the unpruned model
+    budget_ap: float = Field(2.0, ge=0, le=MAX_AP_DROP_POINTS)        # largest AP drop (points) from the unpruned model
     objective: Literal["params", "latency"] = "params"
-    max_iters: int = Field(6, ge=1, le=30)
+    max_iters: int = Field(6, ge=1, le=MAX_SEARCH_ITERS)
     # evaluation (and latency) input [H, W] of every trial; default: the first of `resolutions`
     resolution: Optional[tuple[int, int]] = None
     # the engine measures each trial's latency on the retrained float (Keras) model
@@ -92,7 +93,7 @@ class RunSpec(Strict):
     resolutions: tuple[tuple[int, int], ...] = ((288, 384),)   # network input [H, W] for export/eval
     prune_thresholds: tuple[float, ...] = ()
     prune: PruneOptions = PruneOptions()
-    retrain_epochs: int = Field(2, ge=0, le=10000)   # 0 = evaluate pruned models without retraining
+    retrain_epochs: int = Field(2, ge=0, le=MAX_EPOCHS)   # 0 = evaluate pruned models without retraining
     evaluate_unpruned: bool = True         # also export/evaluate the base model itself
     precisions: tuple[Literal[PRECISIONS], ...] = ("fp32",)
     calibration: CalibrationOptions = CalibrationOptions()
@@ -102,7 +103,7 @@ class RunSpec(Strict):
     eval_max_images: Optional[int] = Field(None, ge=1)   # None = every annotated image
     search: SearchOptions = SearchOptions()
     # INT8/FP16 results losing more AP points than this against their float parent fail the gate
-    int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=100)
+    int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=MAX_AP_DROP_POINTS)
     engines: bool = False                  # also build TensorRT engines (needs a TensorRT worker)
     # INT8 by accuracy control (`bpnet quantize`): every calibrator, then layers back to float
     # until the AP drop is within max_drop (docs/int8.md); None = one calibrator, as exported

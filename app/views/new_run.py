@@ -207,13 +207,13 @@ stages_slot = st.empty()
 budget_ap, objective, max_iters, thresholds = 2.0, "params", 6, ""
 if kind == "search":
     c1, c2, c3 = st.columns(3)
-    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=100.0, value=2.0,
+    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0,
                                 step=0.5, key="budget_ap",
                                 help="the search keeps only models within this many AP points of the unpruned one")
     objective = c2.selectbox("Objective (what to make small)", list(forms.SEARCH_OBJECTIVES), key="objective",
                              format_func={"params": "parameters",
                                           "latency": "latency (FP32, first resolution)"}.get)
-    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=30, value=6, key="max_iters",
+    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=forms.MAX_SEARCH_ITERS, value=6, key="max_iters",
                                 help="each iteration prunes, retrains and evaluates one threshold")
     st.caption("The search tries 0.05 first, then 1.0, then narrows the bracket around your budget from the "
                "measured AP of each retrained model; it never picks a model outside the budget.")
@@ -230,13 +230,13 @@ precisions_slot = st.empty()
 gate_max_ap_drop = 2.0
 if precisions and set(precisions) & {"INT8", "FP16"}:
     gate_max_ap_drop = st.number_input(
-        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=100.0, value=2.0, step=0.5,
+        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0, step=0.5,
         key="gate_max_ap_drop",
         help="every INT8/FP16 result is compared with its float parent on the same evaluation; a larger "
              "AP drop, or outputs that no longer follow the float model's, marks it failed with remedies")
 gate_slot = st.empty()
 retrain_epochs = st.number_input("Retrain epochs (after pruning; 0 = evaluate pruned models as they are)",
-                                 min_value=0, max_value=1000, value=2, key="retrain_epochs")
+                                 min_value=0, max_value=forms.MAX_EPOCHS, value=2, key="retrain_epochs")
 retrain_slot = st.empty()
 cal_images = cal_batches = cal_batch_size = None
 if precisions and "INT8" in precisions:
@@ -245,8 +245,8 @@ if precisions and "INT8" in precisions:
     default_cal = str(info.images) if info is not None else ""
     cal_images = st.text_input("Calibration images folder", value=default_cal, key="cal_images")
     c1, c2 = st.columns(2)
-    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=256, value=8, key="cal_batch_size")
-    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=10000, value=2, key="cal_batches")
+    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=forms.MAX_CALIBRATION_BATCH_SIZE, value=8, key="cal_batch_size")
+    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=forms.MAX_CALIBRATION_BATCHES, value=2, key="cal_batches")
     if stats is not None:
         from bpnet.guide.recommend import recommend_calibration
 
