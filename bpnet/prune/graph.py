@@ -310,8 +310,10 @@ def plan_pruning(config, weights, threshold=0.1, equalization="union", granulari
     decisions, groups = choose_channels(weights, spaces, normalizer, equalization, threshold,
                                         granularity, min_filters)
     kept = kept_channels(layers, inbound, widths, spaces, space_of, decisions)
+    position = {entry["name"]: k for k, entry in enumerate(layers)}   # groups read in graph order
     return PruningPlan(layers=layers, inbound=inbound, kept=kept, widths=widths,
-                       groups=[convs for _, convs in groups])
+                       groups=sorted((sorted(convs, key=position.get) for _, convs in groups),
+                                     key=lambda convs: position[convs[0]]))
 
 
 def _take(array, index, axis):
