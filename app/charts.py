@@ -1,6 +1,6 @@
 """Result rows -> Plotly figures (pure: no Streamlit, no store, no TensorFlow).
 
-A result row is a dict describing one evaluated model (see `app.state.result_rows`):
+A result row is a dict describing one evaluated model (see `app.jobs.result_rows`):
     label, run_id, run_name, pth, input_h, input_w, stages, precision, AP, AP50, AP75, APm, APl,
     latency_ms, params, model_size_mb, backend, device, eval_note
 Any metric may be None (a stage not finished, or not measurable on that worker); a chart simply

@@ -11,21 +11,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpnet.errors import BpnetError
-from bpnet.preprocess import STRIDE
+from bpnet.image_files import count_images
+from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_EPOCHS,
+                          MAX_SEARCH_ITERS, MAX_SIDE_PX, MAX_STAGES, MIN_STAGES, PRECISIONS as RUN_PRECISIONS,
+                          STRIDE)
+from bpnet.limits import calibration_count_problem, prune_threshold_problem, stages_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
 BUNDLED_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
+# The bundled pretrained network (data/models/SOURCE.md): the default base model of a new run;
+# its first run imports it (`bpnet import`, a cached stage).
+PRETRAINED_MODEL = ROOT / "data" / "models" / "mobilenet_v2_pose_dm14_368_432_weight_quant.tflite"
+PRETRAINED_LABEL = "tf-pose MobileNetV2 (depth 1.4) OpenPose, trained on COCO train2017 — bundled, MIT"
 
 RUN_KINDS = ("sweep", "search")
 SEARCH_OBJECTIVES = ("params", "latency")
 RESOLUTION_PRESETS = {"224×320": (224, 320), "288×384": (288, 384), "320×448": (320, 448)}
-PRECISIONS = ("FP32", "FP16", "INT8")
-MIN_STAGES, MAX_STAGES = 2, 7
-MAX_SIDE_PX = 2048
-MAX_THRESHOLD = 10.0
+PRECISIONS = tuple(p.upper() for p in RUN_PRECISIONS)   # as the widgets show them
 IMAGE_CHECK_SAMPLE = 20   # listed images checked on disk; enough to catch a wrong folder quickly
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class DatasetInfo:
 
 @dataclass
 class RunRequest:
-    """A validated New-run form; `state.submit_run` turns it into the job system's run spec."""
+    """A validated New-run form; `jobs.submit_run` turns it into the job system's run spec."""
     name: str
     dataset: DatasetInfo
     base_model: str | None            # None = train a new model; else an existing model's id/path
@@ -111,12 +115,11 @@ def parse_thresholds(text):
         try:
             value = float(token)
         except ValueError:
-            raise BpnetError(f"prune thresholds: {token!r} is not a number; give numbers above 0 "
-                             f"up to {MAX_THRESHOLD}, separated by commas") from None
-        if not math.isfinite(value) or value <= 0 or value > MAX_THRESHOLD:
-            raise BpnetError(f"prune thresholds: {token} is out of range; allowed above 0 up to "
-                             f"{MAX_THRESHOLD} (0.05-3.0 is the useful range; the unpruned model is "
-                             "always evaluated too)")
+            raise BpnetError(f"prune thresholds: {token!r} is not a number; give numbers separated "
+                             "by commas") from None
+        problem = prune_threshold_problem(value, sweep=True)   # the run spec's own rule
+        if problem:
+            raise BpnetError(f"prune thresholds: {problem}")
         values.append(value)
     return sorted(set(values))
 
@@ -128,6 +131,19 @@ def parse_int(value, what, low, high):
         raise BpnetError(f"{what}: {value!r} is not a number; allowed whole numbers {low} to {high}") from None
     if not number.is_integer() or not low <= number <= high:
         raise BpnetError(f"{what}: {value} is not allowed; allowed whole numbers {low} to {high}")
+    return int(number)
+
+
+def parse_stages(value):
+    """The stage count of a new model, checked by the run spec's rule (bpnet.limits.stages_problem)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BpnetError(f"stages: {value!r} is not a number; allowed whole numbers {MIN_STAGES} to "
+                         f"{MAX_STAGES}") from None
+    problem = stages_problem(int(number) if number.is_integer() else number)
+    if problem:
+        raise BpnetError(f"stages: {problem}")
     return int(number)
 
 
@@ -213,22 +229,17 @@ def parse_float(value, what, low, high):
     return number
 
 
-def count_images(folder):
-    return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def check_calibration(images_dir, batches, batch_size):
     """The seed's rule: calibration needs at least batch_size × batches images in its folder."""
-    batches = parse_int(batches, "calibration batches", 1, 10_000)
-    batch_size = parse_int(batch_size, "calibration batch size", 1, 256)
+    batches = parse_int(batches, "calibration batches", 1, MAX_CALIBRATION_BATCHES)
+    batch_size = parse_int(batch_size, "calibration batch size", 1, MAX_CALIBRATION_BATCH_SIZE)
     folder = Path(str(images_dir or "").strip()).expanduser()
     if not str(images_dir or "").strip() or not folder.is_dir():
         raise BpnetError(f"calibration images: folder {str(images_dir or '')!r} does not exist; "
                          "give a folder of images like the deployment's (default: the training images)")
-    have = count_images(folder)
-    if have < batches * batch_size:
-        raise BpnetError(f"calibration: {folder} has {have} images, fewer than batch size × batches = "
-                         f"{batch_size} × {batches} = {batch_size * batches}; lower the batches or add images")
+    problem = calibration_count_problem(count_images(folder), batch_size, batches)   # the run spec's rule
+    if problem:
+        raise BpnetError(f"calibration: {folder} {problem}; add images or lower the batches")
     return folder.resolve(), batches, batch_size
 
 
@@ -258,7 +269,7 @@ def validate_new_run(form, dataset_info=None):
                                form.get("eval_images"))
     custom = (form.get("custom_h"), form.get("custom_w")) if form.get("use_custom") else None
     resolutions = attempt("resolution", collect_resolutions, form.get("presets", []), custom)
-    stages = attempt("stages", parse_int, form.get("stages"), "stages", MIN_STAGES, MAX_STAGES)
+    stages = attempt("stages", parse_stages, form.get("stages"))
     kind = form.get("kind") or "sweep"
     if kind not in RUN_KINDS:
         errors["kind"] = f"run kind: {kind!r} is not one of {list(RUN_KINDS)}"
@@ -266,8 +277,8 @@ def validate_new_run(form, dataset_info=None):
     if kind == "search":
         thresholds = []   # the search picks them
         search["budget_ap"] = attempt("budget_ap", parse_float, form.get("budget_ap", 2.0),
-                                      "AP budget (points)", 0.0, 100.0)
-        search["max_iters"] = attempt("max_iters", parse_int, form.get("max_iters", 6), "search iterations", 1, 30)
+                                      "AP budget (points)", 0.0, MAX_AP_DROP_POINTS)
+        search["max_iters"] = attempt("max_iters", parse_int, form.get("max_iters", 6), "search iterations", 1, MAX_SEARCH_ITERS)
         search["objective"] = form.get("objective") or "params"
         if search["objective"] not in SEARCH_OBJECTIVES:
             errors["objective"] = f"objective: {search['objective']!r} is not one of {list(SEARCH_OBJECTIVES)}"
@@ -275,16 +286,18 @@ def validate_new_run(form, dataset_info=None):
         thresholds = attempt("thresholds", parse_thresholds, form.get("thresholds"))
     precisions = attempt("precisions", check_precisions, form.get("precisions"))
     train_epochs = attempt("train_epochs", parse_int, form.get("train_epochs", 1), "training epochs", 1, 1000)
-    retrain_epochs = attempt("retrain_epochs", parse_int, form.get("retrain_epochs"), "retrain epochs", 0, 1000)
+    retrain_epochs = attempt("retrain_epochs", parse_int, form.get("retrain_epochs"), "retrain epochs", 0, MAX_EPOCHS)
     if kind == "search" and retrain_epochs == 0:
         errors["retrain_epochs"] = ("retrain epochs: the search retrains every pruned model; give at least 1 "
-                                    "(allowed 1 to 1000)")
+                                    f"(allowed 1 to {MAX_EPOCHS})")
     gate_max_ap_drop = 2.0
     if precisions and set(precisions) & {"INT8", "FP16"}:
         gate_max_ap_drop = attempt("gate", parse_float, form.get("gate_max_ap_drop", 2.0),
-                                   "INT8/FP16 gate: largest AP drop (points)", 0.0, 100.0)
+                                   "INT8/FP16 gate: largest AP drop (points)", 0.0, MAX_AP_DROP_POINTS)
     base_model = None
-    if form.get("base") == "existing":
+    if form.get("base", "pretrained") == "pretrained":
+        base_model = str(PRETRAINED_MODEL)
+    elif form.get("base") == "existing":
         base_model = form.get("existing_model") or None
         if base_model is None:
             errors["base"] = "base model: 'existing trained model' chosen but none picked; pick one or train a new model"
@@ -302,6 +315,27 @@ def validate_new_run(form, dataset_info=None):
                       calibration_images=calibration[0], calibration_batches=calibration[1],
                       calibration_batch_size=calibration[2], retrain_epochs=retrain_epochs,
                       eval_dataset=eval_dataset, kind=kind, gate_max_ap_drop=gate_max_ap_drop, **search), {}
+
+
+# The widget that shows a run spec field's problem (first element of a pydantic error `loc`).
+WIDGET_OF_FIELD = {
+    "dataset": "dataset", "model": "base", "train": "base", "train_spec": "base", "stages": "stages",
+    "resolutions": "resolution", "prune_thresholds": "thresholds", "retrain_epochs": "retrain_epochs",
+    "precisions": "precisions", "calibration": "calibration", "int8_gate_max_ap_drop": "gate",
+}
+SEARCH_WIDGETS = {"budget_ap": "budget_ap", "max_iters": "max_iters", "objective": "objective"}
+
+
+def errors_by_widget(problems):
+    """{widget key: message} of the run spec's [(field path, message)] problems, so the page shows
+    the RunSpec's own message under the widget the field came from (unplaced ones under 'base')."""
+    errors = {}
+    for loc, message in problems:
+        field = ".".join(str(part) for part in loc) or "run spec"
+        widget = (SEARCH_WIDGETS.get(loc[1]) if len(loc) > 1 and loc[0] == "search" else None) \
+            or (WIDGET_OF_FIELD.get(loc[0]) if loc else None) or "base"
+        errors.setdefault(widget, f"{field}: {message}")
+    return errors
 
 
 def default_run_name(thresholds, resolutions, precisions, budget_ap=None):
@@ -345,6 +379,9 @@ def run_spec_dict(request, train_template):
         spec["calibration"] = {"images": str(request.calibration_images),
                                "batch_size": request.calibration_batch_size,
                                "batches": request.calibration_batches}
+        if request.base_model == str(PRETRAINED_MODEL):
+            # measured (docs/pretrained.md): entropy collapses this network's INT8 maps, min-max keeps AP
+            spec["calibration"]["calibrator"] = "minmax"
     if set(request.precisions) & {"INT8", "FP16"}:
         spec["int8_gate_max_ap_drop"] = request.gate_max_ap_drop
     if request.kind == "search":
@@ -379,16 +416,30 @@ def stats_rows(stats):
 
 
 def advice_text(advice):
-    """'recommended 0.05-3.0: reason; reason' for a field's help and caption."""
+    """A field's recommendation as a sentence: 'recommended: 3 (2–7 work): reason; reason',
+    'recommended: 16: …' (not '16–16'), 'FP32, FP16 or INT8; recommended: INT8: …'."""
     value_range = advice.recommended_range
+    value = _shown(advice.value)
     if isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
-            isinstance(v, (int, float)) for v in value_range):
-        shown = f"recommended {value_range[0]:g}–{value_range[1]:g}"
-    elif isinstance(value_range, (tuple, list)):
-        shown = f"options {', '.join(map(str, value_range))}; recommended {advice.value}"
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range):
+        low, high = value_range
+        shown = f"recommended: {value}" + ("" if low == high else f" ({low:g}–{high:g} work)")
+    elif isinstance(value_range, (tuple, list)) and value_range:
+        options = [_shown(v) for v in value_range]
+        listed = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+        shown = f"{listed}; recommended: {value}"
     else:
-        shown = f"recommended {advice.value}"
+        shown = f"recommended: {value}"
     return f"{shown}: " + "; ".join(advice.reasons)
+
+
+def _shown(value):
+    """Precisions in capitals (FP32), numbers without trailing zeros, anything else as written."""
+    if isinstance(value, str) and value.lower() in ("fp32", "fp16", "int8"):
+        return value.upper()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def static_advice():

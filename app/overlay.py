@@ -20,51 +20,10 @@ from bpnet.guide.gate import match_people, oks
 from bpnet.preprocess import read_image
 from bpnet.skeleton import load_skeleton
 
-LIMB_COLOR_BGR = (0, 200, 255)
-JOINT_COLOR_BGR = (0, 0, 255)
 GT_COLOR_BGR = (60, 200, 60)          # ground truth: green
 PRED_COLOR_BGR = (255, 80, 200)       # prediction: magenta (distinct from green for most colour vision)
 LOST_COLOR_BGR = (0, 0, 255)          # a labelled keypoint the prediction lost: red ring
 MAX_DRAW_SIDE = 480   # pictures are thumbnails in the page; keep them light
-
-
-def read_results(path):
-    """COCO keypoint results -> {image_id: [(17, 3) keypoints, ...]} (person score ignored)."""
-    path = Path(path)
-    try:
-        entries = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BpnetError(f"results file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BpnetError(f"results file {path} is not valid JSON ({err})") from None
-    if not isinstance(entries, list):
-        raise BpnetError(f"results file {path} must be a list of COCO keypoint results")
-    people = {}
-    for entry in entries:
-        try:
-            keypoints = np.asarray(entry["keypoints"], dtype=np.float32).reshape(-1, 3)
-            people.setdefault(int(entry["image_id"]), []).append(keypoints)
-        except (KeyError, TypeError, ValueError):
-            continue  # a malformed entry is skipped; the evaluator reports those already
-    return people
-
-
-def draw_people(image_bgr, people, skeleton=None, min_score=0.0):
-    """A copy of the image with every person's limbs and joints drawn; returns RGB for display.
-
-    `people`: list of (K_coco, 3) arrays (x, y, v-or-score) in the image's pixels; a joint is drawn
-    when its third value is above `min_score`.
-    """
-    skeleton = skeleton or load_skeleton()
-    parts = []
-    for keypoints in people:
-        p = skeleton.coco_to_parts(np.asarray(keypoints, dtype=np.float32))
-        p[:, 2] = p[:, 2] > min_score
-        parts.append(p)
-    thickness = max(1, round(max(image_bgr.shape[:2]) / 200))
-    canvas = draw_skeletons(image_bgr, parts, skeleton, colors=[LIMB_COLOR_BGR] * len(skeleton.limbs),
-                            joint_color=JOINT_COLOR_BGR, thickness=thickness)
-    return cv2.cvtColor(_shrink(canvas), cv2.COLOR_BGR2RGB)
 
 
 def _shrink(image):
@@ -84,19 +43,6 @@ def image_paths_by_id(annotations):
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise BpnetError(f"annotations file {path} cannot be read for its image list ({err})") from None
 
-
-def images_with_people(results_by_image, limit):
-    """Image ids with the most detected people first (the most telling pictures), at most `limit`."""
-    ranked = sorted(results_by_image, key=lambda i: (-len(results_by_image[i]), i))
-    return ranked[:limit]
-
-
-def overlay_image(images_dir, file_name, people):
-    """Read one dataset image and draw `people` on it (RGB array), or raise a clear BpnetError."""
-    return draw_people(read_image(Path(images_dir) / file_name), people)
-
-
-# ------------------------------------------------------------------ ground truth against prediction
 
 def read_detections(path):
     """COCO keypoint results -> {image_id: [{"keypoints": [51 numbers], "score": s}]}."""
@@ -217,3 +163,79 @@ def draw_truth_and_prediction(image_bgr, gt_people, detections, min_score=0.0, s
 def truth_and_prediction_image(images_dir, file_name, gt_people, detections, min_score=0.0):
     """Read one dataset image and draw ground truth against prediction on it (see above)."""
     return draw_truth_and_prediction(read_image(Path(images_dir) / file_name), gt_people, detections, min_score)
+
+
+# ------------------------------------------------------------------ heatmap and PAF overlays
+
+def read_sample_maps(path):
+    """The evaluate stage's sample_maps.npz -> [{image_id, file_name, heatmaps, pafs, scale,
+    image_hw, input_hw}] (maps (h, w, C) on the network's output grid)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [{"image_id": int(data["image_ids"][k]), "file_name": str(data["file_names"][k]),
+                     "heatmaps": data[f"heatmaps_{k}"], "pafs": data[f"pafs_{k}"],
+                     "scale": float(data["scales"][k]), "image_hw": tuple(int(v) for v in data["image_hw"][k]),
+                     "input_hw": tuple(int(v) for v in data["input_hw"][k])}
+                    for k in range(len(data["image_ids"]))]
+    except (OSError, KeyError, ValueError) as err:
+        raise BpnetError(f"sample maps {path} cannot be read ({err})") from None
+
+
+def map_on_image(grid_map, scale, image_hw, input_hw):
+    """One (h, w) output-grid map -> the original image's pixels (undo the letterbox: the image
+    fills the input's top-left round(h*scale) x round(w*scale), the rest is padding)."""
+    H, W = input_hw
+    h, w = image_hw
+    full = cv2.resize(np.asarray(grid_map, np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+    crop = full[:max(1, min(H, round(h * scale))), :max(1, min(W, round(w * scale)))]
+    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def paf_magnitude(pafs, limb):
+    """|PAF| of one limb: the length of its (x, y) field, channels 2*limb and 2*limb+1."""
+    pafs = np.asarray(pafs, np.float32)
+    return np.hypot(pafs[..., 2 * limb], pafs[..., 2 * limb + 1])
+
+
+def lost_parts(on_image, points, floor):
+    """Per ground-truth point (x, y): True when the map at that pixel is below `floor`."""
+    h, w = on_image.shape[:2]
+    lost = []
+    for x, y in points:
+        xi, yi = min(w - 1, max(0, int(round(x)))), min(h - 1, max(0, int(round(y))))
+        lost.append(bool(on_image[yi, xi] < floor))
+    return lost
+
+
+def draw_map(image_bgr, on_image, points=(), lost=(), alpha=0.55):
+    """RGB picture of a map blended on the image (colour = map value, clipped to 0..1), ground
+    truth points ringed green when the map has them and red when it lost them."""
+    heat = cv2.applyColorMap((np.clip(on_image, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    canvas = cv2.addWeighted(image_bgr, 1 - alpha, heat, alpha, 0)
+    radius = max(4, round(max(image_bgr.shape[:2]) / 80))
+    for (x, y), is_lost in zip(points, lost):
+        color = LOST_COLOR_BGR if is_lost else GT_COLOR_BGR
+        cv2.circle(canvas, (int(x), int(y)), radius, color, max(2, radius // 3), cv2.LINE_AA)
+    return cv2.cvtColor(_shrink(canvas), cv2.COLOR_BGR2RGB)
+
+
+def map_picture(images_dir, sample, gt_people, channel, kind, floor, skeleton=None):
+    """(RGB picture, number of lost GT points) of one sample image: the heatmap of part
+    `channel` (kind "part") or the PAF magnitude of limb `channel` (kind "limb"), with the
+    ground truth of that part (or both ends of that limb) ringed: red where the map is below
+    `floor` at the labelled point (the model lost it)."""
+    skeleton = skeleton or load_skeleton()
+    image = read_image(Path(images_dir) / sample["file_name"])
+    if kind == "part":
+        grid = np.asarray(sample["heatmaps"][..., channel], np.float32)
+        wanted = [channel]
+    else:
+        grid = paf_magnitude(sample["pafs"], channel)
+        wanted = list(skeleton.limbs[channel])
+    on_image = map_on_image(grid, sample["scale"], sample["image_hw"], sample["input_hw"])
+    points = []
+    for person in gt_people:
+        parts = skeleton.coco_to_parts(np.asarray(person["xyv"], np.float32))
+        points += [(float(parts[p, 0]), float(parts[p, 1])) for p in wanted if parts[p, 2] > 0]
+    lost = lost_parts(on_image, points, floor)
+    return draw_map(image, on_image, points, lost), sum(lost)

@@ -2,7 +2,7 @@
 
 Numbers are formatted the way a user reads them (1.22 M params, 12.4 ms, AP 0.392, 3.1 MB),
 columns get human names, and the guards live here: a set of results whose AP cannot mean
-anything, a prune that removed nothing. The raw rows stay in `app.state` (CSV export, charts).
+anything, a prune that removed nothing. The raw rows stay in `app.jobs` (CSV export, charts).
 """
 
 import math
@@ -78,7 +78,7 @@ def latency_text(row):
     return f"{text} ({', '.join(spread)})" if spread and text != "–" else text
 
 
-# Display columns: human name -> how to read it from a chart row (see `app.state.chart_rows`).
+# Display columns: human name -> how to read it from a chart row (see `app.jobs.chart_rows`).
 RESULT_COLUMNS = {
     "run": lambda r: r.get("run_name"),
     "prune threshold": lambda r: r.get("pth"),
@@ -260,3 +260,26 @@ def model_card_text(row, note):
         f"- latency {latency_text(row)} on {row.get('backend')} · {row.get('device')}",
         f"- parameters {fmt_params(row.get('params'))} · model file {fmt_bytes(row.get('size_bytes'))}",
         f"- evaluation: {note}", ""])
+
+
+# ------------------------------------------------------------------ prune preview
+
+PRUNE_GRID = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0, 3.0)
+
+
+def prune_preview_rows(rows, chosen):
+    """Dry-run rows -> the table New run shows: threshold, parameters kept, share, and whether
+    it is one of the user's thresholds or prunes nothing."""
+    out = []
+    for r in rows:
+        kept = r["kept"]
+        out.append({"threshold": f"{r['threshold']:g}", "parameters kept": fmt_params(r["params_after"]),
+                    "kept": "–" if kept is None else f"{100 * kept:.1f}%",
+                    "note": ("pruned nothing" if kept is not None and kept > PRUNED_NOTHING_RATIO else "")
+                    + (" · yours" if r["threshold"] in chosen else "")})
+    return out
+
+
+def useful_thresholds(rows):
+    """The thresholds of a dry run that remove parameters (keep under 99%)."""
+    return [r["threshold"] for r in rows if r["kept"] is not None and r["kept"] <= PRUNED_NOTHING_RATIO]

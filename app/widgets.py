@@ -1,10 +1,10 @@
-"""Streamlit pieces more than one page uses (the pure logic stays in state/forms/charts)."""
+"""Streamlit pieces more than one page uses (the pure logic stays in jobs/present/forms/charts)."""
 
 from pathlib import Path
 
 import streamlit as st
 
-from app import overlay, state
+from app import jobs, overlay
 from bpnet.errors import BpnetError
 
 ERROR_ICON = ":material/block:"
@@ -15,13 +15,13 @@ def run_action_buttons(run_id, status, cancel_slot, rerun_slot, key):
     if cancel_slot.button("Cancel run", key=f"cancel-{key}", disabled=status not in ("queued", "running"),
                           help="queued stages are dropped; running ones stop at their next step"):
         try:
-            stopped = state.cancel_run(run_id)
+            stopped = jobs.cancel_run(run_id)
             st.toast("run cancelled" if stopped else "the run had already finished")
         except BpnetError as err:
             st.error(str(err), icon=ERROR_ICON)
     if rerun_slot.button("Re-run", key=f"rerun-{key}", help="the same spec as a new run; finished stages are reused"):
         try:
-            new_id = state.rerun(run_id)
+            new_id = jobs.rerun(run_id)
         except BpnetError as err:
             st.error(f"Re-run refused: {err}", icon=ERROR_ICON)
         else:
@@ -30,22 +30,9 @@ def run_action_buttons(run_id, status, cancel_slot, rerun_slot, key):
                          query_params={"run": new_id})
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
-def detections(results_file, _mtime_ns):
-    """People per image of a results.json (cached: the live pages redraw every few seconds)."""
-    return overlay.read_results(results_file)
-
-
 @st.cache_data(max_entries=16, show_spinner=False)
-def image_names(annotations, _mtime_ns):
+def image_names(annotations, modified_ns):
     return overlay.image_paths_by_id(annotations)
-
-
-@st.cache_data(max_entries=128, show_spinner=False)
-def skeleton_picture(images_dir, file_name, results_file, _mtime_ns, image_id):
-    """One dataset image with the people a result found on it (RGB)."""
-    people = detections(results_file, _mtime_ns).get(image_id, [])
-    return overlay.overlay_image(images_dir, file_name, people)
 
 
 def mtime_ns(path):
@@ -53,29 +40,29 @@ def mtime_ns(path):
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def ground_truth(annotations, _mtime_ns):
+def ground_truth(annotations, modified_ns):
     """Labelled people per image of a COCO file (cached per file and modification time)."""
     return overlay.read_ground_truth(annotations)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def scored_detections(results_file, _mtime_ns):
+def scored_detections(results_file, modified_ns):
     """Detections with their scores per image of a results.json (cached)."""
     return overlay.read_detections(results_file)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def truth_picture(images_dir, file_name, annotations, results_file, _stamps, image_id, min_score):
+def truth_picture(images_dir, file_name, annotations, results_file, stamps, image_id, min_score):
     """(RGB picture, OKS per person) of one image: ground truth against one result's prediction."""
-    gt = ground_truth(annotations, _stamps[0]).get(image_id, [])
-    found = scored_detections(results_file, _stamps[1]).get(image_id, [])
+    gt = ground_truth(annotations, stamps[0]).get(image_id, [])
+    found = scored_detections(results_file, stamps[1]).get(image_id, [])
     return overlay.truth_and_prediction_image(images_dir, file_name, gt, found, min_score)
 
 
 def result_file(run, stage_id, name):
     """Path of one named artifact of a result's stage in a run (None when it has none)."""
     art = next((a for a in run["artifacts"] if a["stage_id"] == stage_id and a["name"] == name), None)
-    return state.artifact_path(art["id"]) if art else None
+    return jobs.artifact_path(art["id"]) if art else None
 
 
 def keypoint_floor(run, stage_id):
@@ -118,3 +105,54 @@ def truth_gallery(run, row, stage_id, count, worst=False, columns=2):
         col.image(picture, caption=f"{names[image_id]} · {len(scores)} annotated · mean OKS "
                                    f"{sum(scores) / len(scores):.2f}")
     st.caption(LEGEND.format(floor=floor))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def sample_maps(path, modified_ns):
+    return overlay.read_sample_maps(path)
+
+
+def map_floors(run, stage_id):
+    """(heatmap floor, PAF floor) of the result's inference spec: below these the decoder does
+    not take a peak or a connection, so a labelled point below them is lost."""
+    stage = next((s for s in run["stages"] if s["id"] == stage_id), None)
+    spec = ((stage or {}).get("params") or {}).get("infer_spec") or {}
+    return float(spec.get("heatmap_threshold", 0.1)), float(spec.get("paf_threshold", 0.05))
+
+
+def map_controls(key):
+    """(kind, channel, sample index) chosen by the user for the heatmap/PAF overlays."""
+    from bpnet.skeleton import load_skeleton
+
+    skeleton = load_skeleton()
+    c1, c2, c3 = st.columns([1, 2, 1])
+    kind = c1.radio("Map", ["part", "limb"], horizontal=True, key=f"{key}-kind",
+                    format_func={"part": "heatmap (part)", "limb": "PAF (limb)"}.get)
+    if kind == "part":
+        channel = c2.selectbox("Part", range(skeleton.num_parts), format_func=lambda i: skeleton.parts[i],
+                               key=f"{key}-part")
+    else:
+        channel = c2.selectbox("Limb", range(len(skeleton.limbs)), key=f"{key}-limb",
+                               format_func=lambda i: " → ".join(skeleton.parts[p] for p in skeleton.limbs[i]))
+    index = c3.selectbox("Image", range(3), format_func=lambda i: f"image {i + 1}", key=f"{key}-image")
+    return kind, channel, index
+
+
+def map_view(run, row, stage_id, kind, channel, index):
+    """One result's map of the chosen part or limb on the chosen sample image (or why not)."""
+    path = result_file(run, stage_id, "sample_maps.npz")
+    if path is None:
+        st.caption("No sample maps: this result was evaluated before the evaluate stage saved the network's "
+                   "outputs (sample_maps.npz); re-run it to get them.")
+        return
+    samples = sample_maps(str(path), mtime_ns(path))
+    if not samples:
+        st.caption("No sample maps (the evaluation images have no annotated people).")
+        return
+    sample = samples[min(index, len(samples) - 1)]
+    gt = ground_truth(row["annotations"], mtime_ns(row["annotations"])).get(sample["image_id"], [])
+    heat_floor, paf_floor = map_floors(run, stage_id)
+    floor = heat_floor if kind == "part" else paf_floor
+    picture, lost = overlay.map_picture(row["images"], sample, gt, channel, kind, floor)
+    st.image(picture, caption=f"{sample['file_name']} · {lost} labelled point(s) below the "
+                              f"{'heatmap' if kind == 'part' else 'PAF'} threshold {floor:g} (red: lost)")

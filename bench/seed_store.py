@@ -73,17 +73,40 @@ def ground_truth_detections(annotations=ANNOTATIONS):
             for a in data["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd")]
 
 
+# A Keras HDF5 file with a real (one input layer) architecture and no weights: it passes the
+# submit-time model check (bpnet.model_safety) like a trained model would, but is not one.
+PLACEHOLDER_HDF5 = object()
+
+
+def write_placeholder_hdf5(path):
+    import h5py
+
+    config = {"class_name": "Functional",
+              "config": {"name": "synthetic_placeholder",
+                         "layers": [{"class_name": "InputLayer", "config": {"name": "input"}}]}}
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config)
+
+
 def stage_files(stage, detections):
     """{file name: bytes or JSON-able} a finished stage of this kind leaves in its folder."""
     kind = stage["kind"]
     if kind in ("train", "retrain"):
-        return {"bpnet_model.hdf5": b"synthetic placeholder, not a model",
+        return {"bpnet_model.hdf5": PLACEHOLDER_HDF5,
                 "train_spec.yaml": "synthetic: true\n"}
     if kind == "prune":
-        return {"pruned_model.hdf5": b"synthetic placeholder, not a model"}
+        return {"pruned_model.hdf5": PLACEHOLDER_HDF5}
     if kind == "export":
         return {"model.onnx": b"synthetic placeholder, not a model"}
     return {"results.json": detections, "metrics.json": {"synthetic": True}}
+
+
+SYNTHETIC_OUTPUTS = {   # the outputs each kind's worker.kinds module records, for the files above
+    "train": {"model": "bpnet_model.hdf5", "num_stages": 2}, "retrain": {"model": "bpnet_model.hdf5", "num_stages": 2},
+    "prune": {"model": "pruned_model.hdf5", "num_stages": 2},
+    "export": {"model": "model.onnx", "onnx": "model.onnx", "precision": "fp32", "num_stages": 2},
+    "evaluate": {"model": "model.onnx", "metrics": "metrics.json", "results": "results.json", "num_stages": 2},
+}
 
 
 def finish_stage(store, config, stage, detections, started, with_files=True, untrained=False):
@@ -93,7 +116,9 @@ def finish_stage(store, config, stage, detections, started, with_files=True, unt
     if with_files:
         out_dir = artifacts.prepare_stage_dir(config.artifact_root, stage["kind"], stage["key"])
         for name, content in stage_files(stage, detections).items():
-            if isinstance(content, (bytes, str)):
+            if content is PLACEHOLDER_HDF5:
+                write_placeholder_hdf5(out_dir / name)
+            elif isinstance(content, (bytes, str)):
                 (out_dir / name).write_bytes(content.encode() if isinstance(content, str) else content)
             else:
                 write_json_atomic(out_dir / name, content)
@@ -111,7 +136,8 @@ def finish_stage(store, config, stage, detections, started, with_files=True, unt
                                                             "step": step, "loss": 2.0 / step,
                                                             "time": started + step})
     store.update_stage(stage["id"], status="completed", artifact_dir=rel, result=result,
-                       outputs={"model": "synthetic"}, fraction=1.0, started_at=started,
+                       outputs=SYNTHETIC_OUTPUTS.get(stage["kind"], {"model": "synthetic"}), fraction=1.0,
+                       started_at=started,
                        finished_at=started + 5, duration_s=5.0, message="done", worker_id="synthetic@host")
 
 

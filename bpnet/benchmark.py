@@ -47,8 +47,11 @@ def keras_complexity(model_path, input_hw, stage=None):
 
 
 def onnx_complexity(onnx_path, input_hw):
-    """(params, GFLOPs per image) from the Conv nodes of an ONNX graph (float, FP16 or Q/DQ)."""
+    """(params, GFLOPs per image) from the Conv nodes of an ONNX graph (float, FP16 or Q/DQ);
+    zero channels added by channel padding (bpnet.onnx_pad) are not counted."""
     import onnx
+
+    from bpnet.onnx_pad import padded_channels
 
     model = onnx.load(str(onnx_path))
     dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -70,6 +73,7 @@ def onnx_complexity(onnx_path, input_hw):
             name = produced_by[name].input[0]
         return initializers.get(name)
 
+    padding = padded_channels(model)
     params = flops = 0
     for node in model.graph.node:
         if node.op_type != "Conv":
@@ -80,6 +84,8 @@ def onnx_complexity(onnx_path, input_hw):
             raise BpnetError(f"{onnx_path}: cannot size Conv node {node.name!r} (weight or output shape unknown)")
         groups = next((a.i for a in node.attribute if a.name == "group"), 1)
         out_channels, in_per_group, kh, kw = kernel
+        zero_filters, zero_inputs = padding.get(node.name, (0, 0))   # bpnet.onnx_pad's, not the model's
+        out_channels, in_per_group = out_channels - zero_filters, in_per_group - zero_inputs
         p, f = conv_cost((kh, kw), in_per_group * groups, out_channels, out[2:4], groups,
                          bias=len(node.input) > 2 and bool(node.input[2]))
         params, flops = params + p, flops + f
@@ -107,7 +113,8 @@ def model_complexity(model_path, input_hw, stage=None):
 def latency_stats(seconds, batch_size):
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     median = float(np.median(ms))
-    return {"median_ms": round(median, 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
+    return {"median_ms": round(median, 3), "p5_ms": round(float(np.percentile(ms, 5)), 3),
+            "p95_ms": round(float(np.percentile(ms, 95)), 3),
             "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3),
             "images_per_s": round(batch_size * 1000.0 / median, 3)}
 
@@ -118,14 +125,17 @@ def device_name(backend_name):
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
-def benchmark_model(model_path, input_hw=None, batch_size=1, runs=20, warmup=3, stage=None):
-    """Time `runs` predictions of one random batch after `warmup` untimed ones; returns a dict."""
+def benchmark_model(model_path, input_hw=None, batch_size=1, runs=20, warmup=3, stage=None, threads=None):
+    """Time `runs` predictions of one random batch after `warmup` untimed ones; returns a dict
+    (with the machine it ran on: CPU, instruction set, threads, load average)."""
+    from bpnet.machine import describe_cpu
+
     from bpnet.backends import load_backend
 
     for flag, value, low in (("--batch_size", batch_size, 1), ("--runs", runs, 1), ("--warmup", warmup, 0)):
         if int(value) < low:
             raise BpnetError(f"{flag}: {value} must be >= {low}")
-    backend = load_backend(model_path, stage=stage)
+    backend = load_backend(model_path, stage=stage, threads=threads)
     try:
         fixed = tuple(backend.input_hw) if backend.input_hw else None
         if input_hw is not None:
@@ -150,4 +160,151 @@ def benchmark_model(model_path, input_hw=None, batch_size=1, runs=20, warmup=3, 
             "precision": described.get("precision"), "device": device_name(described.get("backend")),
             "input_hw": list(input_hw), "batch_size": int(batch_size), "runs": int(runs),
             "warmup": int(warmup), "stage": described.get("stage"), **latency_stats(seconds, int(batch_size)),
-            "params": params, "gflops": round(gflops, 3) if gflops is not None else None}
+            "params": params, "gflops": round(gflops, 3) if gflops is not None else None,
+            "machine": describe_cpu(threads)}
+
+
+# ---------------------------------------------------------------- end to end
+
+# Images with this many detected people or more share a row of the split.
+PEOPLE_BINS = ((0, 0), (1, 1), (2, 3), (4, 7), (8, None))
+QUEUE_DEPTH = 4   # images in flight between two stages
+
+
+def _prepare_one(item, spec):
+    """read + letterbox + normalise one image; returns (batch of 1, letterbox, read s, prepare s)."""
+    from bpnet.preprocess import prepare_batch, read_image
+
+    started = time.perf_counter()
+    image = read_image(item.path)
+    read_done = time.perf_counter()
+    norm = spec.normalization
+    batch, boxes = prepare_batch([image], spec.input_shape, spec.keep_aspect_ratio_mode,
+                                 norm.image_scale, norm.image_offset)
+    return batch, boxes[0], read_done - started, time.perf_counter() - read_done
+
+
+def _run_stages(items, backend, spec, skeleton, pipelined):
+    """Every image through read -> letterbox -> CNN -> decode -> COCO keypoints; returns
+    (wall seconds, per-image records). Pipelined: one thread per stage, connected by bounded
+    queues, so the CNN of image i overlaps the reading of i+1 and the decoding of i-1 (OpenCV,
+    ONNX Runtime and TensorFlow release the GIL while they compute)."""
+    import queue
+    import threading
+
+    from bpnet.decode import decode, decode_options, person_to_coco
+
+    options = decode_options(spec)
+    records = [dict(image_id=item.image_id) for item in items]
+
+    def prepare(i):
+        batch, box, read_s, prep_s = _prepare_one(items[i], spec)
+        records[i].update(read_ms=1000 * read_s, prepare_ms=1000 * prep_s)
+        return batch, box
+
+    def cnn(i, batch):
+        started = time.perf_counter()
+        heatmaps, pafs = backend.predict(batch)
+        records[i]["cnn_ms"] = 1000 * (time.perf_counter() - started)
+        return heatmaps[0], pafs[0]
+
+    def finish(i, maps, box):
+        started = time.perf_counter()
+        people = decode(maps[0], maps[1], skeleton, **options)
+        keypoints = [person_to_coco(p, box, skeleton, items[i].image_id) for p in people]
+        records[i].update(decode_ms=1000 * (time.perf_counter() - started), people=len(keypoints))
+        return keypoints
+
+    started = time.perf_counter()
+    if not pipelined:
+        for i in range(len(items)):
+            batch, box = prepare(i)
+            finish(i, cnn(i, batch), box)
+        return time.perf_counter() - started, records
+
+    to_cnn, to_decode, failures = queue.Queue(QUEUE_DEPTH), queue.Queue(QUEUE_DEPTH), []
+
+    def guarded(body):
+        def run():
+            try:
+                body()
+            except BaseException as err:   # surfaced in the calling thread below
+                failures.append(err)
+                for q in (to_cnn, to_decode):
+                    try:
+                        q.put_nowait(None)
+                    except queue.Full:
+                        pass
+        return run
+
+    def reader():
+        for i in range(len(items)):
+            if failures:
+                return
+            to_cnn.put((i, *prepare(i)))
+        to_cnn.put(None)
+
+    def network():
+        while (job := to_cnn.get()) is not None:
+            i, batch, box = job
+            to_decode.put((i, cnn(i, batch), box))
+        to_decode.put(None)
+
+    threads = [threading.Thread(target=guarded(body), daemon=True) for body in (reader, network)]
+    for thread in threads:
+        thread.start()
+    try:
+        while (job := to_decode.get()) is not None:
+            finish(*job)
+    except BaseException:
+        failures.append(None)   # tells the reader to stop; blocked threads are daemons
+        raise
+    if failures:
+        raise failures[0]
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, records
+
+
+def people_split(records):
+    """Mean per-image ms of each stage by number of people found (PEOPLE_BINS)."""
+    rows = []
+    for low, high in PEOPLE_BINS:
+        chosen = [r for r in records if r["people"] >= low and (high is None or r["people"] <= high)]
+        if not chosen:
+            continue
+        label = f"{low}" if low == high else (f"{low}+" if high is None else f"{low}-{high}")
+        row = {"people": label, "images": len(chosen)}
+        for stage in ("read", "prepare", "cnn", "decode"):
+            row[f"{stage}_ms"] = round(float(np.mean([r[f"{stage}_ms"] for r in chosen])), 3)
+        rows.append(row)
+    return rows
+
+
+def benchmark_end_to_end(model_path, images, infer_spec, threads=None, max_images=None, pipelined=True):
+    """Deployment throughput: images/s from image files to COCO keypoints (read -> letterbox ->
+    CNN -> decode), batch 1, stages pipelined across threads (or one after another), and the
+    per-stage split by number of people. One untimed pass over the first images warms up."""
+    from bpnet.backends import load_backend
+    from bpnet.infer import check_backend_fits, list_images
+    from bpnet.machine import describe_cpu
+    from bpnet.skeleton import load_skeleton
+
+    items = list_images(images)
+    if max_images is not None:
+        if int(max_images) < 1:
+            raise BpnetError(f"--max_images: {max_images} must be >= 1")
+        items = items[:int(max_images)]
+    skeleton = load_skeleton(infer_spec.skeleton)
+    with load_backend(model_path, stage=infer_spec.output_stage_to_use, threads=threads) as backend:
+        check_backend_fits(backend, infer_spec)
+        _run_stages(items[:2], backend, infer_spec, skeleton, pipelined=False)   # warm-up
+        wall, records = _run_stages(items, backend, infer_spec, skeleton, pipelined)
+        described = backend.describe()
+    busy = {stage: round(float(np.mean([r[f"{stage}_ms"] for r in records])), 3)
+            for stage in ("read", "prepare", "cnn", "decode")}
+    return {"model": str(model_path), "backend": described["backend"], "precision": described["precision"],
+            "input_hw": list(infer_spec.input_shape), "images": len(items), "pipelined": bool(pipelined),
+            "images_per_s": round(len(items) / wall, 3), "wall_s": round(wall, 3),
+            "ms_per_image": busy, "people_found": int(sum(r["people"] for r in records)),
+            "by_people": people_split(records), "machine": describe_cpu(threads)}

@@ -7,6 +7,7 @@ loaded only by the verbs that need it. A `BpnetError` is printed as `error: ...`
 
 import argparse
 import importlib
+import gc
 import sys
 
 from bpnet.errors import BpnetError, RunCancelled
@@ -25,26 +26,58 @@ VERBS = {
     "quantize": "The fastest INT8 model within an AP budget (calibrator comparison, layers back to float).",
     "divergence": "Per-layer agreement of two versions of one network; the first layer that parts.",
     "explore": "AP and latency of every stage exit at several resolutions and precisions, with the oracle.",
+    "dataset_convert": "TAO's TFRecord conversion is not needed (bpnet reads COCO directly): "
+                       "checks the data of a coco_spec.json instead.",
+    "import": "Import a pretrained pose network (TFLite, frozen .pb, ONNX, TAO .hdf5) with its model card.",
+    "spec": "Show a spec as bpnet reads it; --from-tao FILE prints the native spec of a TAO spec file.",
 }
+# TAO's spellings of our verbs, so its command lines and scripts find them.
+ALIASES = {"sample-calibration": ["sample_calibration", "sample_calibration_images"],
+           "dataset-stats": ["dataset_stats"], "dataset_convert": ["dataset-convert"]}
+MODULE_NAMES = {"import": "import_"}   # `import` is a Python keyword
 
 
 def _module(verb):
-    return importlib.import_module(f"bpnet.commands.{verb.replace('-', '_')}")
+    name = MODULE_NAMES.get(verb, verb.replace("-", "_"))
+    return importlib.import_module(f"bpnet.commands.{name}")
 
 
 def build_parser():
+    from bpnet.commands.tao_flags import add_launcher_arguments
+
     parser = argparse.ArgumentParser(prog="bpnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, help_text in VERBS.items():
-        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p = sub.add_parser(verb, help=help_text, description=help_text, aliases=ALIASES.get(verb, []))
+        p.set_defaults(verb_module=verb)
         _module(verb).add_arguments(p)
+        add_launcher_arguments(p)
     return parser
 
 
 def main(argv=None):
+    from bpnet.commands.tao_flags import log_file_copy
+
     args = build_parser().parse_args(argv)
     try:
-        return _module(args.verb).run(args) or 0
+        with log_file_copy(getattr(args, "log_file", None)):
+            code = _run(args)
+    except BpnetError as err:      # the log file itself (_run reports the verb's errors)
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    # An error raised inside tf.data keeps its input pipeline alive through a reference cycle
+    # (exception -> traceback -> frames); collected only at interpreter shutdown, its threads then
+    # hang or abort the process (SIGABRT, exit 134). Collect it now, while Python is whole.
+    gc.collect()
+    return code
+
+
+def _run(args):
+    from bpnet.commands.tao_flags import apply_launcher_arguments
+
+    try:
+        apply_launcher_arguments(args)
+        return _module(args.verb_module).run(args) or 0
     except BpnetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -102,6 +102,21 @@ def results_index(coco, results, category_id):
     return empty
 
 
+def check_scoreable(coco, category_id, image_ids, annotations):
+    """AP is defined only over images with at least one labelled person: COCOeval would report
+    -1.0 for none, which is no score. Raise a BpnetError before any inference runs."""
+    if not image_ids:
+        raise BpnetError(f"COCO annotations file {annotations}: no images to evaluate "
+                         "(its 'images' list is empty)")
+    wanted = set(int(i) for i in image_ids)
+    people = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=sorted(wanted), catIds=[category_id]))
+              if not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
+    if not people:
+        raise BpnetError(f"COCO annotations file {annotations}: none of the {len(wanted)} evaluated "
+                         "images has a person with labelled keypoints, so AP is undefined (COCOeval "
+                         "would report -1); evaluate on images with annotated people")
+
+
 def score_results(coco, results, category_id, image_ids):
     """pycocotools COCOeval('keypoints') over `image_ids` -> (stats dict, printed summary table)."""
     from pycocotools.cocoeval import COCOeval
@@ -147,6 +162,7 @@ def evaluate_results(results_json, annotations, out_dir, skeleton_name="bpnet_18
     results = read_json(results_json, "results file")
     check_results(results, coco, category_id, results_json, len(skeleton.coco_keypoints))
     image_ids = coco.getImgIds()
+    check_scoreable(coco, category_id, image_ids, annotations)
     stats, table = score_results(coco, results, category_id, image_ids)
     metrics = base_metrics(stats, "results", annotations, image_ids, table)
     metrics["results_file"] = str(results_json)
@@ -174,6 +190,7 @@ def evaluate_oracle(annotations, images_dir, infer_spec, out_dir, target_spec=No
     skeleton = load_skeleton(infer_spec.skeleton)
     coco, category_id = load_ground_truth(annotations, skeleton)
     samples = annotated_samples(coco, category_id, images_dir, skeleton, max_images)
+    check_scoreable(coco, category_id, [s.image_id for s in samples], annotations)
     results, decode_s = [], 0.0
     for n, sample in enumerate(samples, 1):
         _, box = letterbox_image(read_image(sample.image_path), infer_spec.input_shape,
@@ -205,6 +222,7 @@ def evaluate_model(model_path, annotations, images_dir, infer_spec, out_dir, max
     skeleton = load_skeleton(infer_spec.skeleton)
     coco, category_id = load_ground_truth(annotations, skeleton)
     samples = annotated_samples(coco, category_id, images_dir, skeleton, max_images)
+    check_scoreable(coco, category_id, [s.image_id for s in samples], annotations)
     items = [ImageItem(s.image_id, s.image_path) for s in samples]
     emit(progress, "evaluate", "start", num_steps=len(items), message=f"{len(items)} images")
     with load_backend(model_path, stage=infer_spec.output_stage_to_use) as backend:

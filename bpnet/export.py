@@ -19,7 +19,7 @@ from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, write_json_atomic
 from bpnet.image_files import list_images
-from bpnet.limits import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_PERCENTILE, STRIDE
+from bpnet.limits import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_PERCENTILE, STRIDE, calibration_count_problem
 from bpnet.onnx_graph import onnx_session, sort_nodes_topologically
 from bpnet.preprocess import check_input_hw
 
@@ -87,20 +87,31 @@ def max_output_difference(keras_model, model_proto, batch):
 
 
 def export_onnx(model_path, output_path, input_hw, stage=None, batch_size=None, opset=OPSET,
-                sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None):
+                sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None,
+                channels_first=False):
     """Write the ONNX of one stage of the Keras model at `model_path`; returns a summary dict
     (with `max_abs_diff`, the largest output difference from Keras on a test batch)."""
     from bpnet.model import load_model
 
     emit(progress, "export", "phase", message="loading the Keras model")
+    from bpnet.imports.card import read_model_card
+
+    if Path(model_path).suffix.lower() == ".onnx":   # an ONNX import (bpnet import)
+        from bpnet.imports.onnx_source import export_imported_onnx
+        return export_imported_onnx(model_path, output_path, input_hw, stage, sdk_compatible)
     summary = export_keras(load_model(model_path), output_path, input_hw, stage, batch_size, opset,
-                           sdk_compatible, upsample_ratio, progress)
+                           sdk_compatible, upsample_ratio, progress, channels_first,
+                           card=read_model_card(model_path))
     return {"model": str(model_path), **summary}
 
 
 def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opset=OPSET,
-                 sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None):
-    """`export_onnx` for a BodyPoseNet already in memory (all stages; `stage` picks one)."""
+                 sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None,
+                 channels_first=False, card=None):
+    """`export_onnx` for a BodyPoseNet already in memory (all stages; `stage` picks one).
+    `channels_first` (TAO's `--data_format channels_first`) makes the input NCHW (N, 3, H, W);
+    the SDK variant is always NCHW. `card`: the model card of an imported network, stored in
+    the ONNX metadata."""
     import onnx
 
     input_hw = check_input_hw(input_hw, "input_hw")
@@ -114,15 +125,21 @@ def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opse
                          f"{PARITY_TOLERANCE:.0e}); the conversion is wrong for this model")
     if sdk_compatible:
         proto = make_sdk_model(proto, upsample_ratio)
+    elif channels_first:
+        nchw_input(proto.graph)
     # The ONNX Runtime backend reads which stage the file holds from here.
     onnx.helper.set_model_props(proto, {"bpnet_stage": str(stage or stages),
                                         "bpnet_input_hw": f"{input_hw[0]},{input_hw[1]}",
                                         "bpnet_sdk_compatible": str(bool(sdk_compatible)).lower()})
+    if card is not None:
+        from bpnet.imports.card import set_onnx_card
+        set_onnx_card(proto, card)
     with atomic_path(output_path) as tmp:
         onnx.save(proto, str(tmp))
     return {"onnx": str(output_path), "input_hw": list(input_hw), "stage": stage or stages,
             "num_stages": stages, "opset": opset, "batch_size": batch_size or "dynamic",
             "max_abs_diff": diff, "sdk_compatible": bool(sdk_compatible),
+            "input_layout": "NCHW" if sdk_compatible or channels_first else "NHWC",
             "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -164,13 +181,7 @@ def make_sdk_model(model_proto, upsample_ratio=DEFAULT_UPSAMPLE_RATIO):
     graph = model_proto.graph
     # (N, H/8, W/8, C) outputs: C was set by the model from its skeleton
     channels_of = {o.name: o.type.tensor_type.shape.dim[3].dim_value for o in graph.output}
-    old_input = graph.input[0]
-    dims = [d.dim_param or d.dim_value for d in old_input.type.tensor_type.shape.dim]   # (N, H, W, 3)
-    nhwc_name = "input_nhwc"
-    for node in graph.node:
-        node.input[:] = [nhwc_name if name == old_input.name else name for name in node.input]
-    graph.node.insert(0, helper.make_node("Transpose", ["input"], [nhwc_name], perm=[0, 2, 3, 1],
-                                          name="sdk_input_to_nhwc"))
+    batch, height, width = nchw_input(graph)
     new_nodes = []
     graph.initializer.append(helper.make_tensor("sdk_scales", TensorProto.FLOAT, [4], [1.0, 1.0, ratio, ratio]))
     outputs = []
@@ -191,15 +202,29 @@ def make_sdk_model(model_proto, upsample_ratio=DEFAULT_UPSAMPLE_RATIO):
     ]
     outputs.append(("heatmap_peaks", channels_of["heatmaps"]))
     graph.node.extend(new_nodes)
-    batch, height, width = dims[0], dims[1], dims[2]
-    graph.input.remove(old_input)
-    graph.input.append(helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, height, width]))
     out_hw = [height // STRIDE * ratio, width // STRIDE * ratio]
     del graph.output[:]
     for name, channels in outputs:
         graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, channels, *out_hw]))
     onnx.checker.check_model(model_proto)
     return model_proto
+
+
+def nchw_input(graph):
+    """Make the graph's NHWC input `input` an NCHW one (a Transpose in front); returns (N, H, W)."""
+    from onnx import TensorProto, helper
+
+    old_input = graph.input[0]
+    dims = [d.dim_param or d.dim_value for d in old_input.type.tensor_type.shape.dim]   # (N, H, W, 3)
+    nhwc_name = "input_nhwc"
+    for node in graph.node:
+        node.input[:] = [nhwc_name if name == old_input.name else name for name in node.input]
+    graph.node.insert(0, helper.make_node("Transpose", ["input"], [nhwc_name], perm=[0, 2, 3, 1],
+                                          name="sdk_input_to_nhwc"))
+    batch, height, width = dims[0], dims[1], dims[2]
+    graph.input.remove(old_input)
+    graph.input.append(helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, height, width]))
+    return batch, height, width
 
 
 # ---------------------------------------------------------------- the whole verb
@@ -218,9 +243,17 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
                  cal_cache_file=None, batch_size=1, batches=10, normalization=None,
                  engine_file=None, max_batch_size=None, max_workspace_size=None,
                  sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO,
-                 static_batch_size=None, progress=None):
+                 static_batch_size=None, progress=None, channels_first=False, strict_types=False,
+                 opt_batch_size=None, optimize_for=None):
     """`bpnet export`: every check that needs no work first, then ONNX -> FP16/INT8 -> engine.
+    `optimize_for` "cpu" pads channel counts when that measurably speeds ONNX Runtime up
+    (bpnet.onnx_pad), "trt" leaves the layout to TensorRT; None = "trt" with --engine_file, else "cpu".
     Returns the report (also written to OUTPUT.export.json)."""
+    from bpnet.onnx_pad import OPTIMIZE_FOR, choose_padding
+
+    optimize_for = optimize_for or ("trt" if engine_file is not None else "cpu")
+    if optimize_for not in OPTIMIZE_FOR:
+        raise BpnetError(f"--optimize_for: {optimize_for!r} is not one of {', '.join(OPTIMIZE_FOR)}")
     if data_type not in DATA_TYPES:
         raise BpnetError(f"--data_type: {data_type!r} is not one of {', '.join(DATA_TYPES)}")
     input_hw = check_input_hw(input_hw, "-d/--input_dims")
@@ -243,24 +276,31 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
             raise BpnetError("--data_type int8 needs calibration images: give --cal_image_dir "
                              "(or an existing --cal_data_file)")
         if not has_data_file:
-            needed = int(batch_size) * int(batches)
-            found = len(list_images(cal_image_dir, "--cal_image_dir"))
-            if found < needed:
-                raise BpnetError(f"--cal_image_dir: {cal_image_dir} holds {found} images, but --batch_size "
-                                 f"{batch_size} x --batches {batches} needs {needed}; add images or lower them")
+            problem = calibration_count_problem(len(list_images(cal_image_dir, "--cal_image_dir")),
+                                                batch_size, batches)
+            if problem:
+                raise BpnetError(f"--cal_image_dir: {cal_image_dir} {problem}; add images or lower the batches")
 
     report = {"model": str(model_path), "data_type": data_type}
     report["export"] = export_onnx(model_path, output_path, input_hw, stage, static_batch_size,
                                    sdk_compatible=sdk_compatible, upsample_ratio=upsample_ratio,
-                                   progress=progress)
+                                   progress=progress, channels_first=channels_first)
+    if sdk_compatible:   # an NCHW DeepStream graph: TensorRT's, not ONNX Runtime's
+        report["channel_padding"] = {"optimize_for": optimize_for, "padded": False,
+                                     "reason": "the SDK variant is for TensorRT/DeepStream"}
+    else:
+        emit(progress, "export", "phase", message=f"channel layout for {optimize_for}")
+        report["channel_padding"] = choose_padding(output_path, optimize_for,
+                                                   batch_size=static_batch_size or 1)
     engine_source = Path(output_path)
     if data_type == "fp16":
         report["fp16_onnx"] = str(to_fp16(output_path, paths["fp16"]))
         engine_source = paths["fp16"]
     if data_type == "int8":
+        normalization = _card_normalization(model_path, normalization)
         report["int8"] = int8_artifacts(output_path, input_hw, calibrator, percentile, cal_image_dir,
                                         cal_data_file, cal_cache_file, batch_size, batches,
-                                        normalization, paths, progress)
+                                        normalization, paths, progress, channels_first)
         engine_source = paths["int8_tensorrt"]
     if engine_file is not None:
         from bpnet.backends.trt_backend import build_engine
@@ -270,14 +310,45 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
             precision=data_type, input_hw=input_hw, max_batch_size=max_batch_size or max(1, int(batch_size)),
             max_workspace_size=max_workspace_size, cal_cache_file=cal_cache_file,
             cal_data_file=cal_data_file, batch_size=batch_size, batches=batches,
-            nchw_input=sdk_compatible, stage=report["export"]["stage"])
+            nchw_input=sdk_compatible or channels_first, stage=report["export"]["stage"],
+            strict_types=strict_types, opt_batch_size=opt_batch_size)
+    made = {"fp16": [paths["fp16"]], "int8": [paths["int8"], paths["int8_tensorrt"]]}.get(data_type, [])
+    _copy_card_to_derived(output_path, made)
     write_json_atomic(paths["report"], report)
     report["report"] = str(paths["report"])
     return report
 
 
+def _copy_card_to_derived(onnx_path, derived):
+    """FP16/INT8 files get the FP32 file's model card (converters drop metadata)."""
+    import onnx
+
+    from bpnet.imports.card import read_model_card, set_onnx_card
+
+    card = read_model_card(onnx_path)
+    for path in derived:
+        if card is None or not Path(path).is_file():
+            continue
+        proto = onnx.load(str(path))
+        set_onnx_card(proto, card)
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
+
+
+def _card_normalization(model_path, normalization):
+    """Calibration images are prepared as the model card says (imported networks)."""
+    from bpnet.imports.card import model_normalization
+    from bpnet.preprocess import normalization_for
+
+    card = model_normalization(model_path)
+    if card is None:
+        return normalization
+    return normalization_for(normalization or card, card, "export normalization (-e SPEC)")
+
+
 def int8_artifacts(onnx_path, input_hw, calibrator, percentile, cal_image_dir, cal_data_file,
-                   cal_cache_file, batch_size, batches, normalization, paths, progress=None):
+                   cal_cache_file, batch_size, batches, normalization, paths, progress=None,
+                   channels_first=False):
     """Calibration tensor (reused if it exists) -> thresholds -> cache + Q/DQ ONNX models."""
     from bpnet.calibrate.graph_stats import calibrate_onnx
     from bpnet.calibrate.qdq import write_qdq_onnx
@@ -286,7 +357,7 @@ def int8_artifacts(onnx_path, input_hw, calibrator, percentile, cal_image_dir, c
 
     started = time.perf_counter()
     data, reused = calibration_tensor(input_hw, batch_size, batches, cal_image_dir, cal_data_file,
-                                      normalization, progress)
+                                      normalization, progress, channels_first)
     prepared = time.perf_counter() - started
     calibration = calibrate_onnx(onnx_path, data, (calibrator,), percentile, progress=progress)[calibrator]
     write_trt_cache(cal_cache_file, calibration)

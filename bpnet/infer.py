@@ -19,7 +19,7 @@ from bpnet.events import emit
 from bpnet.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic
 from bpnet.image_files import IMAGE_SUFFIXES
 from bpnet.image_files import list_images as list_image_files
-from bpnet.preprocess import STRIDE, prepare_batch, read_image
+from bpnet.preprocess import STRIDE, normalization_for, prepare_batch, read_image
 from bpnet.skeleton import load_skeleton
 from bpnet.specs import spec_to_yaml
 
@@ -45,7 +45,8 @@ class Detections:
 # ---------------------------------------------------------------- image lists
 
 def list_images(source, images_dir=None):
-    """Images to run: every image file of a folder, or every image of a COCO JSON.
+    """Images to run: one image, every image file of a folder, every image of a COCO JSON, or
+    the paths of a JSON list (TAO's `--input_type json`).
 
     Folder images get the number in their file name as id when it is one (COCO's 000000123.jpg ->
     123), else their position in name order. A COCO JSON's file names are looked up in
@@ -56,10 +57,13 @@ def list_images(source, images_dir=None):
         files = list_image_files(source)
         if not files:
             raise BpnetError(f"image folder {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        numeric = all(p.stem.isdigit() for p in files) and len({int(p.stem) for p in files}) == len(files)
-        return [ImageItem(int(p.stem) if numeric else i, p) for i, p in enumerate(files)]
+        return _numbered(files)
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        return _numbered([source])
     if source.suffix.lower() == ".json":
         data = read_json(source, "COCO image list")
+        if isinstance(data, list):
+            return _path_list(source, data, images_dir)
         images = data.get("images") if isinstance(data, dict) else None
         if not isinstance(images, list) or not images:
             raise BpnetError(f"COCO image list {source}: needs a non-empty 'images' list of "
@@ -70,7 +74,22 @@ def list_images(source, images_dir=None):
         except (KeyError, TypeError, ValueError):
             raise BpnetError(f"COCO image list {source}: every 'images' entry needs an integer 'id' "
                              "and a 'file_name'") from None
-    raise BpnetError(f"images: {source} is neither a folder of images nor a COCO JSON file")
+    raise BpnetError(f"images: {source} is neither a folder of images, an image, nor a JSON file "
+                     "(COCO, or a list of image paths)")
+
+
+def _numbered(files):
+    """Ids from the numbers in COCO-style file names when they are unique numbers, else positions."""
+    numeric = all(p.stem.isdigit() for p in files) and len({int(p.stem) for p in files}) == len(files)
+    return [ImageItem(int(p.stem) if numeric else i, p) for i, p in enumerate(files)]
+
+
+def _path_list(source, data, images_dir=None):
+    """TAO's `--input_type json`: a JSON list of image paths (relative ones under `images_dir`)."""
+    if not data or not all(isinstance(p, str) for p in data):
+        raise BpnetError(f"image list {source}: needs a non-empty list of image paths (strings)")
+    base = Path(images_dir) if images_dir else Path()
+    return _numbered([base / p for p in data])
 
 
 # ---------------------------------------------------------------- network
@@ -107,7 +126,7 @@ def predict_maps(backend, images, spec):
     to within the rounding of the image size to whole pixels.
     """
     scales = spec.scales if spec.multi_scale_inference else (1.0,)
-    norm = spec.normalization
+    norm = normalization_for(spec.normalization, backend.normalization, "inference spec normalization")
     start = time.perf_counter()
     base, letterboxes = prepare_batch(images, spec.input_shape, spec.keep_aspect_ratio_mode,
                                       norm.image_scale, norm.image_offset)

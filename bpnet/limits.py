@@ -25,14 +25,32 @@ DEFAULT_PERCENTILE = 99.99
 MAX_CALIBRATION_BATCH_SIZE = 256
 MAX_CALIBRATION_BATCHES = 10000
 
+# `bpnet sample-calibration` (TAO's sample_calibration_images.py defaults, which the workflow
+# uses): 500 images with at least one person, a person counting with 5 labelled keypoints.
+DEFAULT_CALIBRATION_IMAGES = 500
+DEFAULT_CALIBRATION_MIN_PERSONS = 1
+DEFAULT_CALIBRATION_MIN_KEYPOINTS = 5
+
 # Pruning (TAO's `prune` options).
 EQUALIZATIONS = ("union", "intersection", "arithmetic_mean", "geometric_mean")
 NORMALIZERS = ("max", "L2")
 DEFAULT_PRUNE_THRESHOLD = 0.1
+DEFAULT_PRUNE_GRANULARITY = 8        # kept filters per layer: a multiple of this (fast GPU kernels)
+DEFAULT_PRUNE_MIN_FILTERS = 16       # and at least this many
 MAX_PRUNE_THRESHOLD = 10.0
 USEFUL_PRUNE_THRESHOLDS = "0.05-3.0"
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+# Run specs and the New-run form.
+MAX_EPOCHS = 10000
+MAX_AP_DROP_POINTS = 100.0      # AP budgets and gate thresholds, in AP points
+MAX_SEARCH_ITERS = 30
+
+# `bpnet export` input size when neither -d nor an inference spec gives one: the workflow's
+# deployment size (its INT8 export and strict evaluation use 288x384). TAO's own default was the
+# training size 256x256, which the workflow overrode every time.
+DEFAULT_EXPORT_HW = (288, 384)
 
 
 def stages_problem(value):
@@ -52,7 +70,18 @@ def prune_threshold_problem(value, sweep=False):
     low = "above 0" if sweep else "from 0"
     allowed = (f"allowed {low} up to {MAX_PRUNE_THRESHOLD:g} ({USEFUL_PRUNE_THRESHOLDS} is the useful "
                "range" + ("; the unpruned model is always evaluated too)" if sweep else ")"))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (sweep and value == 0) or value > MAX_PRUNE_THRESHOLD:
-        return f"{value!r} is out of range; {allowed}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r} is not a number; {allowed}"
+    if not math.isfinite(value) or value < 0 or (sweep and value == 0) or value > MAX_PRUNE_THRESHOLD:
+        return f"{value:g} is out of range; {allowed}"
+    return None
+
+
+def calibration_count_problem(found, batch_size, batches):
+    """None when `found` calibration images serve batch_size x batches, else why not (the caller
+    prefixes the field and the folder or file: '<field>: <folder> holds ...')."""
+    needed = int(batch_size) * int(batches)
+    if found < needed:
+        return (f"holds {found} images, fewer than batch_size x batches = {batch_size} x {batches} = "
+                f"{needed}")
     return None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bpnet.data.coco import check_unique_ids
 from bpnet.errors import BpnetError
 from bpnet.fileio import read_json, write_json_atomic
 from bpnet.image_files import count_images
@@ -207,20 +208,17 @@ def check_sampling_options(n, min_persons, min_keypoints, max_persons=None, min_
 
 
 def select_images(coco, images_dir, n, min_persons=1, min_keypoints=1, randomize=False, seed=0, *,
-                  max_persons=None, min_visible=0, sizes=SIZE_CLASSES, stratify=False, target_coco=None,
-                  exclude=()):
+                  max_persons=None, min_visible=0, sizes=SIZE_CLASSES, stratify=False, target_coco=None):
     """(chosen [(file name, persons)], reasons {why an image was left out: how many}, eligible count).
 
-    `stratify`: follow the mix of `target_coco` (default `coco`: the same file); `exclude`: file
-    names never to choose."""
+    `stratify`: follow the mix of `target_coco` (default `coco`: the same file)."""
     images_dir = Path(images_dir)
     profiles = image_profiles(coco, min_keypoints, min_visible)
     eligible, reasons = [], {}
-    exclude = set(exclude)
     images = {im["id"]: im for im in coco.get("images", [])}
     for image in sorted(images.values(), key=lambda im: im["file_name"]):
         why = reason_left_out(image, profiles[image["id"]], images_dir, min_persons, min_keypoints,
-                              max_persons, min_visible, sizes, exclude)
+                              max_persons, min_visible, sizes)
         if why is None:
             eligible.append(image["id"])
         else:
@@ -236,13 +234,10 @@ def select_images(coco, images_dir, n, min_persons=1, min_keypoints=1, randomize
     return chosen, reasons, len(eligible)
 
 
-def reason_left_out(image, profile, images_dir, min_persons, min_keypoints, max_persons, min_visible, sizes,
-                    exclude):
+def reason_left_out(image, profile, images_dir, min_persons, min_keypoints, max_persons, min_visible, sizes):
     persons = len(profile["sizes"])
     counted = f"person(s) with >= {min_keypoints} labelled" + (f" and >= {min_visible} visible" if min_visible
                                                                else "") + " keypoints"
-    if image["file_name"] in exclude:
-        return "excluded (kept for evaluation or already chosen)"
     if persons < min_persons:
         return f"fewer than {min_persons} {counted}"
     if max_persons is not None and persons > max_persons:
@@ -256,14 +251,17 @@ def reason_left_out(image, profile, images_dir, min_persons, min_keypoints, max_
 
 def load_coco(path, flag):
     coco = read_json(path, "annotations file")
-    if not isinstance(coco, dict) or "images" not in coco:
-        raise BpnetError(f"{flag}: {path} is not a COCO file (no 'images' list)")
+    for key in ("images", "annotations"):
+        if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
+            raise BpnetError(f"{flag}: {path} is not a COCO keypoints file: no {key!r} list (expected "
+                             "a JSON object with 'images' and 'annotations')")
+    check_unique_ids(coco, path)
     return coco
 
 
 def sample_calibration(annotations, images_dir, out_dir, n, min_persons=1, min_keypoints=1,
                        randomize=False, seed=0, link=False, *, max_persons=None, min_visible=0,
-                       sizes=SIZE_CLASSES, stratify=False, eval_annotations=None, exclude=()):
+                       sizes=SIZE_CLASSES, stratify=False, eval_annotations=None):
     """Copy (or symlink) the chosen images into `out_dir`; returns the report (also written to
     OUT_DIR/calibration_images.json). `eval_annotations`: the data the model will be scored on
     (stratification target and the mix comparison; default `annotations`)."""
@@ -279,7 +277,12 @@ def sample_calibration(annotations, images_dir, out_dir, n, min_persons=1, min_k
                          "so the calibration set is exactly what this command chose")
     chosen, reasons, eligible = select_images(
         coco, images_dir, n, min_persons, min_keypoints, randomize, seed, max_persons=max_persons,
-        min_visible=min_visible, sizes=sizes, stratify=stratify, target_coco=target, exclude=exclude)
+        min_visible=min_visible, sizes=sizes, stratify=stratify, target_coco=target)
+    if not chosen:
+        why = "; ".join(f"{count} left out: {why}" for why, count in reasons.items()) or "it lists no images"
+        raise BpnetError(f"-a/--annotations: none of the {len(coco['images'])} images of {annotations} "
+                         f"meets the criteria ({why}); nothing written - relax the criteria or check "
+                         "-i/--images")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, _ in chosen:
         source, target_path = Path(images_dir) / name, out_dir / name

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bpnet.errors import BpnetError
-from bpnet.limits import DEFAULT_STAGES, MAX_STAGES, MIN_STAGES, STRIDE
+from bpnet.limits import DEFAULT_STAGES, MAX_STAGES, STRIDE, stages_problem
 from bpnet.preprocess import DEFAULT_IMAGE_OFFSET, DEFAULT_IMAGE_SCALE
 
 
@@ -73,13 +73,20 @@ class DataloaderSpec(Strict):
 class ModelSpec(Strict):
     backbone: Literal["vgg"] = "vgg"
     backbone_width: float = Field(1.0, gt=0, le=2)   # channel multiplier; 0.25 = narrow CPU model
-    stages: int = Field(DEFAULT_STAGES, ge=MIN_STAGES, le=MAX_STAGES)
+    stages: int = DEFAULT_STAGES                      # MIN_STAGES..MAX_STAGES (bpnet.limits)
     heat_channels: int = 19
     paf_channels: int = 38
     use_bias: bool = True
     use_batch_norm: bool = False
     regularization_type: Literal["l1", "l2", "none"] = "l1"
     kernel_regularization_factor: float = Field(5e-4, ge=0)
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_range(cls, value):
+        if stages_problem(value):
+            raise ValueError(stages_problem(value))
+        return value
 
 
 class LRScheduleSpec(Strict):

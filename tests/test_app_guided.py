@@ -46,8 +46,10 @@ def test_new_run_shows_dataset_statistics_recommendations_and_ranges(config):
     shown = texts(at.info)
     assert "Recommended input resolution" in shown and "medium or small" in shown
     captions = texts(at.caption)
-    assert "recommended 0.05–3" in captions and "recommended 2–7" in captions
-    assert "INT8 within 2-3 AP points" in captions and "L1" in captions
+    assert "recommended: 0.05 (0.05–3 work)" in captions and "recommended: 3 (2–7 work)" in captions
+    assert "FP32, FP16 or INT8; recommended: INT8" in captions and "INT8 within 2-3 AP points" in captions
+    assert "Regularization" not in captions          # not a field of this form: no advice for it
+    assert at.slider(key="stages").value == 3        # the default is the recommendation
     at.pills(key="precisions").set_value(["FP32", "INT8"]).run()
     assert "at least that many" in texts(at.caption)            # calibration images advice
     assert at.number_input(key="gate_max_ap_drop").value == 2.0

@@ -49,7 +49,7 @@ def test_thresholds_parse_sorted_unique_and_reject_bad_lists():
 
 def test_calibration_follows_the_seed_rule(coco_mini, tmp_path):
     assert forms.check_calibration(coco_mini[1], 10, 8) == (coco_mini[1].resolve(), 10, 8)
-    with pytest.raises(BpnetError, match="80 images, fewer than .* 9 × 9 = 81"):
+    with pytest.raises(BpnetError, match="80 images, fewer than .* 9 x 9 = 81"):
         forms.check_calibration(coco_mini[1], 9, 9)
     with pytest.raises(BpnetError, match="does not exist"):
         forms.check_calibration(tmp_path / "none", 1, 1)
@@ -176,32 +176,32 @@ def test_dag_dot_has_every_stage_and_edge():
 
 # ---------------------------------------------------------------- overlays
 
-def test_draw_people_marks_joints_and_limbs():
+def test_a_drawn_person_has_its_limbs_and_joints():
     image = np.zeros((100, 100, 3), np.uint8)
-    person = np.zeros((17, 3), np.float32)
+    person = np.zeros((17, 3), np.float64)
     person[5] = (30, 40, 2)   # left shoulder
     person[7] = (30, 80, 2)   # left elbow
-    drawn = overlay.draw_people(image, [person])
-    assert drawn.shape == (100, 100, 3)
+    drawn, oks = overlay.draw_truth_and_prediction(image, [{"xyv": person, "area": 400.0}], [])
+    assert drawn.shape == (100, 100, 3) and oks == [0.0]
     assert drawn[60, 30].any()          # on the upper arm, between the two joints
-    assert not drawn[10, 90].any()      # nothing far away
-    assert not overlay.draw_people(image, []).any()
+    assert not drawn[95, 90].any()      # nothing far away
+    assert not overlay.draw_truth_and_prediction(image, [], [])[0].any()
 
 
-def test_read_results_groups_by_image_and_rejects_garbage(tmp_path):
+def test_read_detections_groups_by_image_and_rejects_garbage(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps([{"image_id": 3, "keypoints": [1.0] * 51, "score": 0.9},
                                 {"image_id": 3, "keypoints": [2.0] * 51, "score": 0.5},
                                 {"image_id": 4, "keypoints": "broken"}]))
-    people = overlay.read_results(path)
-    assert list(people) == [3] and len(people[3]) == 2
+    people = overlay.read_detections(path)
+    assert list(people) == [3] and [p["score"] for p in people[3]] == [0.9, 0.5]
     path.write_text("{")
     with pytest.raises(BpnetError, match="not valid JSON"):
-        overlay.read_results(path)
+        overlay.read_detections(path)
 
 
 def test_loss_points_keep_per_step_loss_and_epoch_means_apart():
-    from app.state import loss_points
+    from app.jobs import loss_points
 
     raw = [{"stage_label": "train s2", "event": "step", "epoch": 1, "step": 1, "loss": 3.0, "time": 1},
            {"stage_label": "train s2", "event": "step", "epoch": 1, "step": 2, "loss": 2.0, "time": 2},

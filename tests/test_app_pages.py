@@ -80,10 +80,11 @@ def test_new_run_rejects_a_file_that_is_not_coco(config, tmp_path):
 def test_new_run_previews_and_submits_a_sweep(config):
     seed_store.register_worker(config)
     at = open_page("views/new_run.py")
+    at.radio(key="base").set_value("train").run()   # train from scratch (the default is pretrained)
     at.text_input(key="thresholds").set_value("0.1, 0.3").run()
     at.number_input(key="train_epochs").set_value(1).run()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["results"] == "3"          # unpruned + 2 thresholds, 1 resolution, FP32
+    assert metrics["results"] == "6"          # unpruned + 2 thresholds, 1 resolution, FP32 + INT8 (default)
     assert metrics["stages cached"] == "0"
     assert "no TensorRT worker" in texts(at.warning)
     assert "cpu-worker@test" in texts(at.success)
@@ -313,3 +314,20 @@ def test_workers_name_the_running_stage_not_its_hash(config):
     running = at.dataframe[0].value.set_index("worker").loc["cpu-1@host", "running stage"]
     assert running == "retrain s2 pth=0.1 · run synthetic busy"
     assert stage["id"] not in running
+
+
+@pytest.mark.slow
+def test_new_run_shows_what_each_threshold_keeps_on_an_existing_model(config, tmp_path):
+    from tests.tiny_models import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny.hdf5")
+    at = open_page("views/new_run.py")
+    at.radio(key="base").set_value("existing").run()
+    at.selectbox(key="existing_choice").set_value("(a path)").run()
+    at.text_input(key="existing_path").set_value(str(model)).run()
+    at.text_input(key="thresholds").set_value("0.05").run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "parameters kept" in d.value.columns)
+    assert "0.05" in list(table["threshold"]) and "3" in list(table["threshold"])
+    mine = table.set_index("threshold").loc["0.05"]
+    assert "yours" in mine["note"] and mine["kept"].endswith("%")

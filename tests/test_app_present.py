@@ -145,3 +145,17 @@ def test_detections_and_ground_truth_files_are_read_with_clear_errors(tmp_path):
     annotations.write_text("{")
     with pytest.raises(Exception, match="cannot be read for its people"):
         overlay.read_ground_truth(annotations)
+
+
+def test_a_map_is_placed_back_on_the_image_and_lost_points_found():
+    grid = np.zeros((8, 8), np.float32)
+    grid[1, 2] = 1.0                          # one peak in the top-left quarter
+    # a 100x200 image letterboxed into 64x64: scale 0.32, the image fills the top 32 rows
+    on_image = overlay.map_on_image(grid, 0.32, (100, 200), (64, 64))
+    assert on_image.shape == (100, 200)
+    y, x = np.unravel_index(np.argmax(on_image), on_image.shape)
+    assert abs(x - (2.5 * 8 / 0.32)) < 15 and abs(y - (1.5 * 8 / 0.32)) < 15
+    assert overlay.lost_parts(on_image, [(x, y), (190, 90)], 0.1) == [False, True]
+    pafs = np.zeros((8, 8, 4), np.float32)
+    pafs[..., 2], pafs[..., 3] = 0.3, 0.4
+    assert np.allclose(overlay.paf_magnitude(pafs, 1), 0.5) and np.allclose(overlay.paf_magnitude(pafs, 0), 0)

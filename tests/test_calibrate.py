@@ -119,7 +119,7 @@ def test_tensor_file_is_written_once_then_reused(tmp_path, coco_mini, monkeypatc
     assert reused and np.array_equal(first, second)
     with pytest.raises(BpnetError, match="expected"):
         calibrate.calibration_tensor((64, 96), 2, 3, None, data_file)
-    with pytest.raises(BpnetError, match="needs 8"):
+    with pytest.raises(BpnetError, match="holds 6 images, fewer than batch_size x batches = 4 x 2 = 8"):
         calibrate.calibration_tensor((64, 64), 4, 2, None, data_file)
 
 
@@ -129,7 +129,7 @@ def test_too_few_images_is_the_seeds_error(tmp_path, coco_mini):
     few.mkdir()
     for path in sorted(images.iterdir())[:3]:
         (few / path.name).write_bytes(path.read_bytes())
-    with pytest.raises(BpnetError, match="holds 3 images.*needs 4"):
+    with pytest.raises(BpnetError, match="holds 3 images, fewer than batch_size x batches = 2 x 2 = 4"):
         calibrate.calibration_tensor((64, 64), 2, 2, few, None)
     with pytest.raises(BpnetError, match="--cal_image_dir"):
         calibrate.calibration_tensor((64, 64), 2, 2, None, None)

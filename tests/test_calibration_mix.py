@@ -65,8 +65,10 @@ def test_criteria_on_size_and_visible_keypoints(tmp_path):
     annotations, images = write_coco(tmp_path, [["large"], ["medium"], ["medium", "medium"]])
     report = sample_calibration(annotations, images, tmp_path / "m", 3, sizes=("medium",), max_persons=1)
     assert [f["file_name"] for f in report["files"]] == ["001.jpg"]
-    none = sample_calibration(annotations, images, tmp_path / "v", 3, min_visible=9)
-    assert none["chosen"] == 0 and any("calibration set holds no people" in w for w in none["warnings"])
+    # no image meets the criteria: an error, not a report of 0 images (nothing is written)
+    with pytest.raises(BpnetError, match=r"none of the 3 images .* meets the criteria .*visible"):
+        sample_calibration(annotations, images, tmp_path / "v", 3, min_visible=9)
+    assert not (tmp_path / "v").exists()
 
 
 @pytest.mark.parametrize("kwargs, message", [({"sizes": ("tiny",)}, "--sizes: tiny"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bpnet.errors import BpnetError
-from bpnet.guide.divergence import first_divergence, find_divergence, largest_jump, tensor_agreement
+from bpnet.guide.divergence import first_divergence, find_divergence, largest_jump, tensor_agreement, with_jumps
 from tests.tiny_models import CHAIN_HARMFUL, build_chain_onnx
 
 
@@ -37,7 +37,9 @@ def test_first_divergence_and_jump_on_rows():
             {"tensor": "c", "relative_error": 0.9, "cosine": 0.5}]
     assert first_divergence(rows)["tensor"] == "b"                 # cosine below 0.98
     assert first_divergence(rows, min_cosine=0.9)["tensor"] == "c"
-    assert largest_jump(rows, {"b": ["a"], "c": ["b"]})["tensor"] == "c"
+    jumped = with_jumps(rows, {"b": ["a"], "c": ["b"]})
+    assert [round(r["jump"], 2) for r in jumped] == [0.01, 0.14, 0.75]
+    assert largest_jump(jumped)["tensor"] == "c"
 
 
 def test_names_the_harmful_layer(chain, tmp_path):
@@ -111,3 +113,17 @@ def test_divergence_command(chain, coco_mini, tmp_path, capsys):
     assert f"first layer beyond tolerance: conv{CHAIN_HARMFUL[0]}" in capsys.readouterr().out
     assert main([*args, "-m", str(float_path)]) == 0
     assert "all tensors within tolerance" in capsys.readouterr().out
+
+
+def test_layers_back_in_float_are_compared_as_their_readers_see_them(chain):
+    """Returning a layer to float rewires it to the pre-Q tensor, which ONNX Runtime's quantizer
+    left un-clamped (it folded the Relu into the Q): the comparison must clamp it again, or the
+    tensor looks broken although the model is fine."""
+    from bpnet.guide.sensitivity import keep_layers_float
+
+    float_path, int8_path, folder = chain
+    repaired = keep_layers_float(int8_path, folder / "repaired.onnx", [f"conv{k}" for k in CHAIN_HARMFUL],
+                                 float_path=float_path)
+    report = find_divergence(float_path, repaired, images(4, seed=3))
+    assert report["first_divergence"] is None, report["first_divergence"]
+    assert report["num_compared"] >= 12

@@ -100,3 +100,37 @@ def test_explorer_refuses_a_stage_exit_beyond_the_model_before_any_work(tmp_path
     assert code == 2
     assert "stages: [3] beyond this model's stages 1..2" in capsys.readouterr().err
     assert not (tmp_path / "out" / "explorer.json").exists()
+
+
+def _report():
+    points = [{"resolution": hw, "stage": s, "precision": p, "AP": ap, "APm": ap, "APl": ap + 0.1,
+               "AP50": ap, "pre_ms": 1.0, "cnn_ms": 10.0 * s, "decode_ms": 2.0, "latency_ms": 3.0 + 10.0 * s,
+               "model_file": "m.onnx"}
+              for hw, base in (([224, 320], 0.3), ([288, 384], 0.4)) for s in (1, 2)
+              for p, ap in (("fp32", base + 0.05 * s), ("int8", base + 0.05 * s - 0.01))]
+    oracle = [{"resolution": [224, 320], "AP": 0.8, "APm": 0.7, "APl": 0.9, "AP50": 0.9},
+              {"resolution": [288, 384], "AP": 0.9, "APm": 0.85, "APl": 0.92, "AP50": 0.95}]
+    groups = [{"people": "0", "images": 3, "pre_ms": 1.0, "cnn_ms": 10.0, "decode_ms": 0.1},
+              {"people": "2-3", "images": 2, "pre_ms": 1.0, "cnn_ms": 10.0, "decode_ms": 2.5}]
+    return {"points": points, "oracle": oracle, "apm_gain_per_step": gain_per_step(points),
+            "latency_by_people": [{"resolution": [288, 384], "stage": 2, "precision": "fp32", "groups": groups}]}
+
+
+def test_explorer_charts_show_every_point_and_the_oracle_ceiling():
+    from app import explorer_charts as charts
+
+    report = _report()
+    fig = charts.ap_vs_latency(report)
+    assert sum(len(t.x) for t in fig.data) == len(report["points"]) == 8
+    ceilings = sorted(shape.y0 for shape in fig.layout.shapes)
+    assert ceilings == [0.8, 0.9]
+    assert fig.layout.yaxis.range[0] == 0
+    rows = charts.table_rows(report)
+    assert [r["stage exit"] for r in rows[:5]] == ["oracle (ceiling)", "stage 1", "stage 1", "stage 2", "stage 2"]
+    bars = charts.latency_by_people(report, [288, 384], 2, "fp32")
+    assert [t.name for t in bars.data] == ["pre-processing", "CNN", "decoding"]
+    assert list(bars.data[2].y) == [0.1, 2.5]
+    assert len(charts.latency_by_people(report, [224, 320], 2, "fp32").data) == 0
+    by_res = charts.ap_by_resolution(report)
+    assert len(by_res.data) == 4  # AP medium + AP large for each of the two stage exits
+    assert charts.gain_rows(report)[0]["gain %"] == round(100 * 0.1 / 0.35, 1)

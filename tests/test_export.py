@@ -198,7 +198,7 @@ def test_fewer_images_than_batch_size_times_batches(two_stage_model, tmp_path, c
     from bpnet.export import export_model
 
     _, images = coco_mini
-    with pytest.raises(BpnetError, match=r"holds 80 images, but --batch_size 9 x --batches 9 needs 81"):
+    with pytest.raises(BpnetError, match=r"holds 80 images, fewer than batch_size x batches = 9 x 9 = 81"):
         export_model(two_stage_model, tmp_path / "m.onnx", HW, data_type="int8", cal_image_dir=images,
                      batch_size=9, batches=9)
     assert not (tmp_path / "m.onnx").exists()

@@ -106,7 +106,7 @@ def gate_and_evaluate(pth=0.1, precision="int8"):
     spec = parse_run_spec(run_spec_dict(prune_thresholds=[0.1, 0.5], precisions=["fp32", "int8"],
                                         stages=[2, 3])).model_dump(mode="json")
     evaluate = {"params": {"precision": precision, "input_hw": [64, 64], "prune_threshold": pth,
-                           "stages_label": "s3"}}
+                           "stages_label": "s3"}, "result": {"stages": 3}}
     gate = {"label": "gate", "status": "completed", "result": FAILED}
     return spec, evaluate, gate
 

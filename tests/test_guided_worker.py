@@ -62,7 +62,12 @@ def submit_and_run(config, queue, spec=None, remedy=None):
     return run_id
 
 
-def test_search_run_gate_failure_and_remedy(tmp_path):
+def test_search_run_gate_failure_and_remedy(tmp_path, monkeypatch):
+    # A one-minute model scores AP 0, where the gate answers "not meaningful" and offers no
+    # remedy (tests/test_guide_gate.py); this test is about the output-agreement verdict and the
+    # remedy run, so it lowers the floor (the stages run in this process).
+    import bpnet.guide.gate
+    monkeypatch.setattr(bpnet.guide.gate, "MEANINGFUL_AP_FLOOR", 0.0)
     config = load_config({"BPNET_STUDIO_HOME": str(tmp_path / "studio")})
     queue = []
     run_id = submit_and_run(config, queue, spec=search_run_spec(blank_images(tmp_path / "blank")))

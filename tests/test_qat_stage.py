@@ -14,7 +14,7 @@ from worker.runs import expand_run, parse_run_spec
 def test_export_stage_with_qat_steps_fine_tunes_and_writes_float_and_int8_onnx(tmp_path):
     import onnx
 
-    from worker.stages import run_stage
+    from worker.stages import parent_of, run_stage
 
     float_path = save_tiny_model(tmp_path / "float.hdf5", bias=0.05)
     spec = parse_run_spec(run_spec_dict(model=str(float_path), train=tiny_train_spec_dict(),
@@ -27,8 +27,8 @@ def test_export_stage_with_qat_steps_fine_tunes_and_writes_float_and_int8_onnx(t
     out_dir = tmp_path / "export"
     out_dir.mkdir()
     events = []
-    outputs, result, metrics = run_stage(export, tmp_path, {"model": float_path.name, "num_stages": 2},
-                                         out_dir, events.append)
+    parent_stage = parent_of("import", tmp_path, {"model": float_path.name, "num_stages": 2})
+    outputs, result, metrics = run_stage(export, parent_stage, out_dir, events.append)
     assert outputs["model"] == "model.int8.onnx" and outputs["qat_steps"] == 2 and result is None
     assert (out_dir / "model.onnx").is_file()
     ops = [n.op_type for n in onnx.load(out_dir / "model.int8.onnx").graph.node]

@@ -12,7 +12,7 @@ from bpnet.errors import BpnetError
 from tests.test_runs import run_spec_dict
 from worker import artifacts, client
 from worker.config import load_config
-from worker.execution import MAX_ATTEMPTS, recover_lost_stages, worker_is_gone
+from worker.recovery import MAX_ATTEMPTS, recover_lost_stages, worker_is_gone
 from worker.runs import expand_run, parse_run_spec
 from worker.store import Store
 
@@ -158,7 +158,7 @@ def test_recovery_advances_a_run_whose_worker_died_before_advancing(config):
     # completed, but the worker died before advancing: the children are still pending
     store.update_stage(root["id"], status="completed", artifact_dir=out.name, outputs={"model": "bpnet_model.hdf5"})
     sent = []
-    outcome = recover_lost_stages(store, config, sent.append, resend_queued=True)
+    outcome = recover_lost_stages(store, config, sent.append, waiting=set())
     children = [st for st in store.stages(run) if st["parent_id"] == root["id"]]
     assert {st["status"] for st in children} == {"queued"}
     assert sorted(s["id"] for s in sent) == sorted(st["id"] for st in children)   # each sent once

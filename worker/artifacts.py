@@ -26,6 +26,7 @@ _KINDS = (
     (lambda n: n.endswith((".engine", ".plan")), "tensorrt engine"),
     (lambda n: n.endswith((".cache", ".calib", ".cal.bin")) or "cal_cache" in n,
      "calibration cache"),
+    (lambda n: n == "sample_maps.npz", "network outputs (sample images)"),
     (lambda n: n.endswith((".tensorfile", ".npy", ".npz")), "calibration tensor file"),
     (lambda n: n.endswith((".yaml", ".yml")), "spec"),
     (lambda n: n == "metrics.json" or n.endswith("metrics.json"), "metrics"),

@@ -21,10 +21,13 @@ import time
 from pathlib import Path
 
 from bpnet.errors import BpnetError
+from worker.config import mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "app" / "main.py"
 FINAL = ("completed", "failed", "cancelled")
+LOCAL_ADDRESS = "127.0.0.1"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_parser():
@@ -57,6 +60,10 @@ def build_parser():
 
     p = sub.add_parser("up", help="Everything on this machine: store, embedded broker, a worker, the dashboard.")
     p.add_argument("--port", type=int, default=8501, help="dashboard port")
+    p.add_argument("--address", default=LOCAL_ADDRESS,
+                   help="dashboard bind address (default 127.0.0.1: this machine only). 0.0.0.0 "
+                        "opens it to the network WITHOUT a login: put a reverse proxy with a "
+                        "password in front (docker-compose.yml, profile `auth`)")
     p.add_argument("--no-dashboard", action="store_true")
     p.add_argument("--no-worker", action="store_true")
     return parser
@@ -232,22 +239,35 @@ def cmd_up(args):
     open_store(config.database_url)   # creates or migrates the schema before anyone uses it
     env = {**os.environ, **config_env(config)}
     print(f"data dir: {config.home}")
-    print(f"broker:   {'embedded SQLite' if config.embedded_broker else config.broker_url}")
+    print(f"store:    {mask_url(config.database_url)}")
+    print(f"broker:   {'embedded SQLite' if config.embedded_broker else mask_url(config.broker_url)}")
     print(f"demo run: bpnet-studio submit {ROOT / 'specs' / 'run_demo.yaml'}")
     children = []
     if not args.no_worker:
         children.append(subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT))
     if not args.no_dashboard:
         if DASHBOARD.is_file():
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", str(DASHBOARD), "--server.port", str(args.port),
-                 "--server.headless", "true", "--browser.gatherUsageStats", "false"], env=env, cwd=ROOT))
-            print(f"dashboard: http://localhost:{args.port}")
+            children.append(subprocess.Popen(dashboard_command(args.address, args.port), env=env, cwd=ROOT))
+            print(f"dashboard: {dashboard_url(args.address, args.port)}")
+            if args.address not in LOOPBACK:
+                print(f"warning: the dashboard listens on {args.address}, open to the network with no "
+                      "login; anyone who reaches this port can submit runs and download models. Put a "
+                      "reverse proxy with a password in front (see README, 'Security')", file=sys.stderr)
         else:
             print(f"no dashboard yet ({DASHBOARD} is missing); running the worker only")
     if not children:
         return 0
     return _wait_children(children)
+
+
+def dashboard_command(address, port):
+    return [sys.executable, "-m", "streamlit", "run", str(DASHBOARD), "--server.address", address,
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+
+
+def dashboard_url(address, port):
+    host = "localhost" if address in LOOPBACK else address
+    return f"http://{host}:{port}"
 
 
 COMMANDS = {"worker": cmd_worker, "submit": cmd_submit, "status": cmd_status, "cancel": cmd_cancel,

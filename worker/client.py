@@ -19,6 +19,7 @@ Guided optimization
 Results, models and artifacts
 - `list_results(run_ids=None) -> [flat row]` for Compare (with the INT8/FP16 gate's verdict)
 - `list_models(limit=200) -> [dict]` trained Keras models
+- `preview_prune(model_path, thresholds, prune=None) -> [dict]` parameters each threshold keeps (dry run)
 - `artifact_path(artifact_id) -> Path` (cannot leave the artifact root)
 - `run_bundle(run_id) -> Path` zip of a run's artifacts with a manifest
 Workers
@@ -34,14 +35,13 @@ import yaml
 from bpnet.errors import BpnetError
 from worker import artifacts, costs, scheduler
 from worker.config import load_config
+from worker.kinds.evaluate import RESULT_FIELDS as EVALUATION_RESULT_FIELDS
 from worker.runs import dataset_label, expand_run, parse_run_spec
 from worker.store import STAGE_DONE, open_store
 
-RESULT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-RESULT_FIELDS = RESULT_METRICS + (
-    "precision", "input_hw", "resolution", "pth", "stages", "latency_ms", "latency_p95_ms",
-    "throughput", "cnn_ms_per_image", "decode_ms_per_image", "params", "gflops", "size_bytes",
-    "backend", "device", "num_images", "model_artifact_id", "artifact_ids", "branch")
+# The fields of one evaluated model (worker.kinds.evaluate.EvaluationResult): what the evaluate
+# stage stores, what list_results returns and what the Compare charts read.
+RESULT_FIELDS = EVALUATION_RESULT_FIELDS
 
 
 def _cfg(config):
@@ -75,6 +75,13 @@ def validate_run_spec(spec, base_dir=None, source="run spec"):
     """Parse and check a run spec (dict or YAML text): the RunSpec, or a BpnetError listing every
     problem (field, value, what is allowed; missing files; too few calibration images)."""
     return parse_run_spec(_as_dict(spec, source), source, base_dir)
+
+
+def run_spec_problems(spec):
+    """[(field path, message)] of the fields of a run spec dict the RunSpec refuses."""
+    from worker.runs import run_spec_problems as problems
+
+    return problems(_as_dict(spec, "run spec"))
 
 
 def preview_run(spec, base_dir=None, config=None):
@@ -283,6 +290,28 @@ def list_models(limit=200, config=None):
     return models
 
 
+def preview_prune(model_path, thresholds, prune=None):
+    """What pruning `model_path` at each threshold would keep, from its weights alone (the
+    pruning decision's dry run, `bpnet.prune.preview_pruning`; no TensorFlow, about a second):
+    [{threshold, params_before, params_after, kept (fraction)}]. `prune`: the run spec's prune
+    options (equalization, granularity, min_filters, normalizer, excluded_layers)."""
+    from bpnet.prune.model_file import load_for_preview, preview_pruning
+    from worker.runs import PruneOptions
+
+    try:
+        options = PruneOptions(**(prune or {})).model_dump()
+    except ValueError as err:
+        raise BpnetError(f"prune options: {err}") from None
+    loaded = load_for_preview(str(model_path))
+    rows = []
+    for threshold in thresholds:
+        report = preview_pruning(loaded, float(threshold), **{**options, "excluded_layers": tuple(options["excluded_layers"])})
+        rows.append({"threshold": float(threshold), "params_before": report["params_before"],
+                     "params_after": report["params_after"],
+                     "kept": report["params_after"] / report["params_before"] if report["params_before"] else None})
+    return rows
+
+
 # ------------------------------------------------------------------ guided optimization
 
 def search_progress(run_id, config=None):
@@ -415,5 +444,5 @@ def _current_stage(store, stage_id):
 
 __all__ = ["validate_run_spec", "preview_run", "submit_run", "cancel_run", "rerun", "list_runs",
            "list_datasets", "get_run", "run_events", "loss_curve", "list_results", "list_models",
-           "search_progress", "submit_remedy", "artifact_path", "run_bundle", "list_workers",
+           "search_progress", "submit_remedy", "preview_prune", "artifact_path", "run_bundle", "list_workers",
            "estimate_cost", "get_store"]

@@ -12,6 +12,7 @@
 """
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def load_config(env=None):
     env = os.environ if env is None else env
     home = Path(env.get("BPNET_STUDIO_HOME") or "studio-data").expanduser().resolve()
     redis_url = env.get("REDIS_URL") or None
-    database_url = env.get("DATABASE_URL") or f"sqlite:///{home / 'studio.sqlite'}"
+    database_url = normalize_database_url(env.get("DATABASE_URL") or f"sqlite:///{home / 'studio.sqlite'}")
     if redis_url:
         broker_url = result_backend = redis_url
     else:
@@ -57,3 +58,40 @@ def config_env(config):
     if config.redis_url:
         env["REDIS_URL"] = config.redis_url
     return env
+
+
+# The form users write (and Heroku-style `postgres://`) -> the driver this project installs
+# (psycopg2-binary). SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, which is not installed.
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POSTGRES_DRIVER_SCHEME = "postgresql+psycopg2://"
+
+
+def normalize_database_url(url):
+    for scheme in _POSTGRES_SCHEMES:
+        if url.startswith(scheme):
+            return POSTGRES_DRIVER_SCHEME + url[len(scheme):]
+    return url
+
+
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*:)(?P<password>[^/@]+)@")
+
+
+def mask_url(url):
+    """`url` with its password replaced by *** (for printing and showing; never log a secret)."""
+    return _PASSWORD.sub(lambda m: f"{m['head']}***@", str(url)) if url else url
+
+
+def mask_secrets(text, urls=()):
+    """Any text (an error message) with every URL password masked, and the passwords of `urls`
+    (e.g. the configured database and broker URLs) wherever else they appear."""
+    text = mask_url(str(text))
+    for url in urls:
+        password = _password_of(url)
+        if password and len(password) >= 4:   # a 1-3 letter one would mangle the text
+            text = text.replace(password, "***")
+    return text
+
+
+def _password_of(url):
+    match = _PASSWORD.search(url or "")
+    return match["password"] if match else None

@@ -2,14 +2,11 @@
 
 Kept apart from Celery so it is tested directly. Every path ends with the stage in a final state
 (completed, failed or cancelled) and the run advanced; an exception from the engine becomes a
-readable `error` (the traceback is kept separately for the details view). Lost workers are found
-from the store (`recover_lost_stages`), not from the broker, so a SIGKILLed worker's stage is
-re-queued (once) or failed whatever broker is used.
+readable `error` (the traceback is kept separately for the details view). Lost workers and lost
+messages are found from the store by `worker.recovery`, whatever broker is used.
 """
 
 import logging
-import os
-import socket
 import time
 import traceback
 from pathlib import Path
@@ -19,8 +16,6 @@ from worker import artifacts, scheduler
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 2              # a stage whose worker died twice is failed, not retried forever
-STALE_WORKER_S = 120.0        # no heartbeat for this long = the worker is gone
 EVENT_INTERVAL_S = 1.0        # step events are stored at most this often (all others always)
 CANCEL_CHECK_INTERVAL_S = 1.0
 
@@ -96,11 +91,10 @@ def _run_claimed(store, config, stage):
     store.add_event(stage["run_id"], stage["id"], {"stage": stage["kind"], "event": "start",
                                                    "message": f"{stage['label']} on {stage['worker_id']}"})
     try:
-        parent_dir, parent_outputs = _parent(store, config, stage)
+        parent = _parent(store, config, stage)
         out_dir = artifacts.prepare_stage_dir(config.artifact_root, stage["kind"], stage["key"])
         from worker.stages import run_stage   # the engine (TensorFlow) only inside workers
-        outputs, result, metrics = run_stage(stage, parent_dir, parent_outputs, out_dir,
-                                             StageProgress(store, stage),
+        outputs, result, metrics = run_stage(stage, parent, out_dir, StageProgress(store, stage),
                                              inputs=_inputs(store, config, stage))
         entries = artifacts.write_manifest(config.artifact_root, out_dir)
         ids = store.add_artifacts(stage["id"], stage["key"], entries)
@@ -130,17 +124,22 @@ def _finish(store, stage, status, message, tb=None):
 
 
 def _parent(store, config, stage):
+    """The stage's parent as a worker.kinds.Parent (None for a first stage)."""
+    from worker.stages import parent_of
+
     if not stage["parent_id"]:
-        return None, {}
+        return None
     parent = store.stage(stage["parent_id"])
     if parent["status"] not in ("completed", "cached") or not parent["artifact_dir"]:
         raise BpnetError(f"parent stage {parent['label']} is {parent['status']}, not completed")
-    return Path(config.artifact_root) / parent["artifact_dir"], parent["outputs"] or {}
+    return parent_of(parent["kind"], Path(config.artifact_root) / parent["artifact_dir"], parent["outputs"])
 
 
 def _inputs(store, config, stage):
-    """{name: {"dir", "outputs"}} of the finished stages of the same run named in the stage's
+    """{name: Parent} of the finished stages of the same run named in the stage's
     `params["inputs"]` (name -> key); a failed or skipped one is left out."""
+    from worker.stages import parent_of
+
     wanted = (stage["params"] or {}).get("inputs") or {}
     if not wanted:
         return {}
@@ -149,8 +148,8 @@ def _inputs(store, config, stage):
     for name, key in wanted.items():
         other = by_key.get(key)
         if other and other["status"] in ("completed", "cached") and other["artifact_dir"]:
-            found[name] = {"dir": Path(config.artifact_root) / other["artifact_dir"],
-                           "outputs": other["outputs"] or {}}
+            found[name] = parent_of(other["kind"], Path(config.artifact_root) / other["artifact_dir"],
+                                    other["outputs"])
     return found
 
 
@@ -180,84 +179,3 @@ def advance_after(store, config, stage, enqueue):
             scheduler.advance(store, run_id, enqueue, config.artifact_root)
         except Exception:   # one run's bad state must not stop the others from advancing
             log.exception("advancing run %s failed", run_id)
-
-
-# ------------------------------------------------------------------ lost workers
-
-def worker_is_gone(worker, now=None, this_host=None):
-    """True when a worker row belongs to a dead process: same host and its pid is gone, or no
-    heartbeat for STALE_WORKER_S."""
-    if worker is None:
-        return True
-    now = time.time() if now is None else now
-    this_host = this_host or socket.gethostname()
-    if worker["status"] == "offline":
-        return True
-    if worker["hostname"] == this_host and not pid_alive(worker["pid"]):
-        return True
-    return now - worker["heartbeat_at"] > STALE_WORKER_S
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed child not yet reaped) still answers kill(0); it is dead for us.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def recover_lost_stages(store, config, enqueue, resend_queued=False):
-    """Stages left `running` by a dead worker are re-queued (up to MAX_ATTEMPTS) or failed; with
-    `resend_queued`, messages of queued stages are sent again (a broker that lost them, e.g. the
-    embedded one after a SIGKILL, would otherwise never deliver them; duplicates are dropped by
-    `claim_stage`). Returns {stage_id: 'requeued' | 'failed' | 'resent'}."""
-    workers = {w["id"]: w for w in store.workers()}
-    outcome = {}
-    for st in store.stages_by_status(("running",)):
-        worker = workers.get(st["worker_id"])
-        if not worker_is_gone(worker):
-            continue
-        if worker is not None and worker["status"] != "offline":
-            store.heartbeat(worker["id"], status="offline")
-        who = st["worker_id"] or "unknown worker"
-        if st["attempts"] < MAX_ATTEMPTS and store.run_status(st["run_id"]) != "cancelled":
-            if store.update_stage(st["id"], only_from=("running",), status="queued",
-                                  attempts=st["attempts"] + 1, queued_at=time.time(), worker_id=None,
-                                  message=f"re-queued: worker {who} was lost while running it"):
-                store.add_event(st["run_id"], st["id"], {"stage": st["kind"], "event": "requeued",
-                                                         "message": f"worker {who} lost; attempt "
-                                                                    f"{st['attempts'] + 1}"})
-                enqueue({**st, "attempts": st["attempts"] + 1})
-                outcome[st["id"]] = "requeued"
-        else:
-            message = (f"worker {who} was lost while running this stage (killed or out of memory); "
-                       f"{st['attempts']} attempt(s) made")
-            if store.run_status(st["run_id"]) == "cancelled":
-                message = "cancelled by the user (its worker was lost)"
-            status = "cancelled" if store.run_status(st["run_id"]) == "cancelled" else "failed"
-            if store.update_stage(st["id"], only_from=("running",), status=status,
-                                  finished_at=time.time(), error=message if status == "failed" else None,
-                                  message=message):
-                outcome[st["id"]] = status
-                advance_after(store, config, st, enqueue)
-    # A worker killed between finishing a stage and advancing its run leaves ready stages pending;
-    # advancing is idempotent, so every active run is advanced here.
-    for run_id in store.active_run_ids():
-        try:
-            for st in scheduler.advance(store, run_id, enqueue, config.artifact_root):
-                outcome[st["id"]] = "queued"
-        except Exception:
-            log.exception("advancing run %s failed", run_id)
-    if resend_queued:
-        for st in store.stages_by_status(("queued",)):
-            if st["id"] not in outcome:
-                enqueue(st)
-                outcome[st["id"]] = "resent"
-    return outcome

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bpnet.errors import BpnetError
 from bpnet.guide.gate import QAT_REMEDY_STEPS
-from worker.runs import count_images
+from bpnet.image_files import count_images
 from worker.store import STAGE_DONE
 
 
@@ -36,9 +36,11 @@ def offered_remedy(gate, kind, calibrator=None):
                      f"offered: {names or 'none'}")
 
 
-def narrow_to_result(spec, evaluate_params):
-    """The run spec reduced to the model and resolution of one result, FP32 + its precision."""
+def narrow_to_result(spec, evaluate):
+    """The run spec reduced to the model and resolution of one result (an evaluate stage row),
+    FP32 + its precision."""
     spec = copy.deepcopy(spec)
+    evaluate_params = evaluate["params"]
     precision = evaluate_params["precision"]
     spec["resolutions"] = [list(evaluate_params["input_hw"])]
     spec["precisions"] = ["fp32"] if precision == "fp32" else ["fp32", precision]
@@ -50,9 +52,9 @@ def narrow_to_result(spec, evaluate_params):
         spec.pop("search", None)
     else:
         spec.update(prune_thresholds=[pth], evaluate_unpruned=False)
-    label = str(evaluate_params.get("stages_label") or "")
-    if spec.get("stages") and label.startswith("s") and label[1:].isdigit():
-        spec["stages"] = [int(label[1:])]
+    stages = (evaluate.get("result") or {}).get("stages")   # the evaluated model's stage count
+    if spec.get("stages") and stages:
+        spec["stages"] = [int(stages)]
     return spec
 
 
@@ -79,7 +81,7 @@ def more_images(calibration, training_images, wanted):
 def remedy_spec(spec, evaluate, gate, kind, calibrator=None):
     """(follow-up run spec, remedy title) for one offered remedy of a failed gate."""
     remedy = offered_remedy(gate, kind, calibrator)
-    follow = narrow_to_result(spec, evaluate["params"])
+    follow = narrow_to_result(spec, evaluate)
     calibration = dict(follow.get("calibration") or {})
     if kind == "other_calibrator":
         calibration["calibrator"] = remedy["params"]["calibrator"]

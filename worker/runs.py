@@ -15,21 +15,30 @@ No TensorFlow here: the dashboard imports this module to validate forms and prev
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bpnet.errors import BpnetError
+from bpnet.guide.accuracy_control import AccuracyControlOptions
+from bpnet.image_files import count_images, is_image_file
+from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_SEARCH_ITERS, PRECISIONS, STRIDE,
+                          calibration_count_problem, prune_threshold_problem, stages_problem)
 from bpnet.model_safety import check_model_file
 from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
                          load_yaml, parse_spec)
+from worker.kinds import engine, evaluate, export, gate, import_model, prune, quantize, retrain, search, train
+from worker.kinds.evaluate import BenchmarkOptions
+# A run's base `model` may be a pretrained .tflite/.pb (its model card beside it): the import
+# stage rebuilds it with `bpnet import` on first use; the stage cache keeps the result.
+from worker.kinds.import_model import IMPORTED_SUFFIXES
+from worker.kinds.export import CalibrationOptions
+from worker.kinds.prune import PruneOptions
 
 # Bump when an engine change makes old cached outputs wrong: every key changes with it.
 ENGINE_CACHE_VERSION = "1"
-PRECISIONS = ("fp32", "fp16", "int8")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 class RunDataset(Strict):
@@ -39,31 +48,16 @@ class RunDataset(Strict):
     eval_images: Optional[Path] = None        # default: the training images
 
 
-class PruneOptions(Strict):
-    equalization: Literal["union", "intersection", "arithmetic_mean", "geometric_mean"] = "union"
-    granularity: int = Field(8, ge=1)
-    min_filters: int = Field(16, ge=1)
-    normalizer: Literal["max", "L2"] = "max"
-    excluded_layers: tuple[str, ...] = ()
-
-
-class CalibrationOptions(Strict):
-    images: Optional[Path] = None          # default: the training images
-    batch_size: int = Field(8, ge=1, le=256)
-    batches: int = Field(10, ge=1, le=10000)
-    calibrator: Literal["entropy", "minmax", "percentile"] = "entropy"
-    # Q/DQ nodes of these layers are removed after calibration (the gate's FP32-fallback remedy)
-    keep_float_layers: tuple[str, ...] = ()
-    # > 0: INT8 by quantization-aware fine-tuning of the float model for this many steps instead
-    # of post-training calibration (the gate's QAT remedy)
-    qat_steps: int = Field(0, ge=0, le=100000)
+def _check_resolution(h, w):
+    if h <= 0 or w <= 0 or h % STRIDE or w % STRIDE:
+        raise ValueError(f"[{h}, {w}]: H and W must be positive multiples of {STRIDE}")
 
 
 class SearchOptions(Strict):
     """`kind: search`: the smallest pruned + retrained model within an AP budget."""
-    budget_ap: float = Field(2.0, ge=0, le=100)        # largest AP drop (points) from the unpruned model
+    budget_ap: float = Field(2.0, ge=0, le=MAX_AP_DROP_POINTS)        # largest AP drop (points) from the unpruned model
     objective: Literal["params", "latency"] = "params"
-    max_iters: int = Field(6, ge=1, le=30)
+    max_iters: int = Field(6, ge=1, le=MAX_SEARCH_ITERS)
     # evaluation (and latency) input [H, W] of every trial; default: the first of `resolutions`
     resolution: Optional[tuple[int, int]] = None
     # the engine measures each trial's latency on the retrained float (Keras) model
@@ -72,9 +66,9 @@ class SearchOptions(Strict):
 
     @field_validator("resolution")
     @classmethod
-    def _resolution_multiple_of_8(cls, value):
-        if value is not None and (value[0] <= 0 or value[1] <= 0 or value[0] % 8 or value[1] % 8):
-            raise ValueError(f"{list(value)}: H and W must be positive multiples of 8")
+    def _resolution_multiple_of_stride(cls, value):
+        if value is not None:
+            _check_resolution(*value)
         return value
 
     @field_validator("threshold_range")
@@ -83,12 +77,6 @@ class SearchOptions(Strict):
         if not 0 < value[0] < value[1] <= 10:
             raise ValueError(f"{list(value)}: give [low, high] with 0 < low < high <= 10")
         return value
-
-
-class BenchmarkOptions(Strict):
-    batch_size: int = Field(1, ge=1, le=256)
-    runs: int = Field(20, ge=1, le=10000)
-    warmup: int = Field(3, ge=0, le=1000)
 
 
 class RunSpec(Strict):
@@ -100,14 +88,14 @@ class RunSpec(Strict):
     dataset: RunDataset
     train_spec: Optional[Path] = None      # training spec YAML for the base model
     train: Optional[dict] = None           # ... or the same inline (dataset filled from `dataset`)
-    model: Optional[Path] = None           # ... or an existing trained Keras model (.hdf5)
+    model: Optional[Path] = None           # ... or an existing model (.hdf5, or .tflite/.pb + card)
     stages: tuple[int, ...] = ()           # model stage counts to train (a sweep); () = the spec's
     resolutions: tuple[tuple[int, int], ...] = ((288, 384),)   # network input [H, W] for export/eval
     prune_thresholds: tuple[float, ...] = ()
     prune: PruneOptions = PruneOptions()
-    retrain_epochs: int = Field(2, ge=0, le=10000)   # 0 = evaluate pruned models without retraining
+    retrain_epochs: int = Field(2, ge=0, le=MAX_EPOCHS)   # 0 = evaluate pruned models without retraining
     evaluate_unpruned: bool = True         # also export/evaluate the base model itself
-    precisions: tuple[Literal["fp32", "fp16", "int8"], ...] = ("fp32",)
+    precisions: tuple[Literal[PRECISIONS], ...] = ("fp32",)
     calibration: CalibrationOptions = CalibrationOptions()
     infer_spec: Optional[Path] = None      # inference spec YAML (input_shape is set per resolution)
     infer: Optional[dict] = None           # ... or inline fields
@@ -115,31 +103,36 @@ class RunSpec(Strict):
     eval_max_images: Optional[int] = Field(None, ge=1)   # None = every annotated image
     search: SearchOptions = SearchOptions()
     # INT8/FP16 results losing more AP points than this against their float parent fail the gate
-    int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=100)
+    int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=MAX_AP_DROP_POINTS)
     engines: bool = False                  # also build TensorRT engines (needs a TensorRT worker)
+    # INT8 by accuracy control (`bpnet quantize`): every calibrator, then layers back to float
+    # until the AP drop is within max_drop (docs/int8.md); None = one calibrator, as exported
+    accuracy_control: Optional[AccuracyControlOptions] = None
 
     @field_validator("stages")
     @classmethod
     def _stage_range(cls, value):
-        if any(s < 2 or s > 7 for s in value):
-            raise ValueError("each stages value must be between 2 and 7")
+        for stages in value:
+            if stages_problem(stages):
+                raise ValueError(stages_problem(stages))
         return tuple(dict.fromkeys(value))
 
     @field_validator("resolutions")
     @classmethod
-    def _multiples_of_8(cls, value):
+    def _multiples_of_stride(cls, value):
         if not value:
             raise ValueError("give at least one resolution [H, W]")
         for h, w in value:
-            if h <= 0 or w <= 0 or h % 8 or w % 8:
-                raise ValueError(f"[{h}, {w}]: H and W must be positive multiples of 8")
+            _check_resolution(h, w)
         return tuple(dict.fromkeys(value))
 
     @field_validator("prune_thresholds")
     @classmethod
     def _threshold_range(cls, value):
-        if any(t <= 0 or t > 10 for t in value):
-            raise ValueError("each prune threshold must be in (0, 10] (typical 0.05-3.0)")
+        for threshold in value:
+            problem = prune_threshold_problem(threshold, sweep=True)
+            if problem:
+                raise ValueError(problem)
         return tuple(dict.fromkeys(value))
 
     @field_validator("precisions")
@@ -148,6 +141,15 @@ class RunSpec(Strict):
         if not value:
             raise ValueError(f"give at least one precision of {', '.join(PRECISIONS)}")
         return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _accuracy_control_needs_int8(self):
+        if self.accuracy_control is not None:
+            if "int8" not in self.precisions:
+                raise ValueError("accuracy_control applies to INT8: add int8 to precisions")
+            if self.calibration.qat_steps:
+                raise ValueError("accuracy_control and calibration.qat_steps both make the INT8 model; give one")
+        return self
 
     @model_validator(mode="after")
     def _one_base(self):
@@ -186,6 +188,16 @@ def parse_run_spec(data, source="run spec", base_dir=None):
     return spec
 
 
+def run_spec_problems(data):
+    """[(field path, message)] of every field of a run spec dict that RunSpec refuses (no file
+    checks): what the dashboard shows under each widget."""
+    try:
+        RunSpec.model_validate(data)
+    except ValidationError as err:
+        return [(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in err.errors()]
+    return []
+
+
 def load_run_spec(path):
     path = Path(path)
     return parse_run_spec(load_yaml(path, "run spec"), f"run spec {path}", path.resolve().parent)
@@ -209,8 +221,15 @@ def check_run_inputs(spec, source):
     need_file(spec.train_spec, "train_spec")
     need_file(spec.model, "model")
     need_file(spec.infer_spec, "infer_spec")
-    if spec.model is not None and spec.model.suffix.lower() not in (".hdf5", ".h5"):
-        problems.append(f"model: {spec.model} is not a Keras model (.hdf5 or .h5)")
+    if spec.model is not None and spec.model.suffix.lower() in IMPORTED_SUFFIXES:
+        from bpnet.imports import find_card
+        try:   # a pretrained network the import stage rebuilds: its model card must be there
+            find_card(spec.model)
+        except BpnetError as err:
+            problems.append(f"model: {err}")
+    elif spec.model is not None and spec.model.suffix.lower() not in (".hdf5", ".h5"):
+        problems.append(f"model: {spec.model} is not a Keras model (.hdf5 or .h5) nor a pretrained "
+                        f"network `bpnet import` rebuilds ({', '.join(IMPORTED_SUFFIXES)})")
     elif spec.model is not None and Path(spec.model).is_file():
         try:   # a model file is data: a Lambda/custom layer is refused before anything is queued
             check_model_file(spec.model, "model")
@@ -220,22 +239,16 @@ def check_run_inputs(spec, source):
         cal_dir = calibration_images(spec)
         need_dir(cal_dir, "calibration.images")
         if Path(cal_dir).is_dir():
-            have = count_images(cal_dir)
-            want = spec.calibration.batch_size * spec.calibration.batches
-            if have < want:
-                problems.append(f"calibration: {cal_dir} has {have} images, fewer than batch_size x "
-                                f"batches = {spec.calibration.batch_size} x {spec.calibration.batches}"
-                                f" = {want}; lower batches or add images")
+            problem = calibration_count_problem(count_images(cal_dir), spec.calibration.batch_size,
+                                                spec.calibration.batches)
+            if problem:
+                problems.append(f"calibration: {cal_dir} {problem}; add images or lower the batches")
     if problems:
         raise BpnetError(f"{source}: {len(problems)} problem(s):\n" +
                          "\n".join(f"  - {p}" for p in problems))
     if spec.train_spec is not None or spec.train is not None:
         base_train_spec(spec, source)   # raises on an invalid training spec
     infer_spec(spec, spec.resolutions[0], source)
-
-
-def count_images(folder):
-    return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def calibration_images(spec):
@@ -309,7 +322,7 @@ def folder_fingerprint(path):
     """Hash of a folder's image names, sizes and mtimes: changes when any image changes."""
     h = hashlib.sha256()
     for entry in sorted(os.scandir(path), key=lambda e: e.name):
-        if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+        if entry.is_file() and is_image_file(entry.name):
             st = entry.stat()
             h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
@@ -323,34 +336,50 @@ def cache_key(kind, params, parent_key, data_fingerprints=()):
 
 # ------------------------------------------------------------------ DAG expansion
 
+@dataclass(frozen=True)
+class ModelNode:
+    """A model the run exports and evaluates: its node, which branch it is and its threshold."""
+    node: int
+    branch: str                          # unpruned | pruned | search
+    threshold: Optional[float] = None    # the sweep's prune threshold (pruned only)
+
+    def tag(self, stages_label):
+        if self.branch == "search":
+            return f"{stages_label} search"
+        return stages_label if self.threshold is None else f"{stages_label} pth={self.threshold:g}"
+
+
 def expand_run(spec, tensorrt=False):
-    """The run's stages in topological order: dicts with kind, label, params, parent (index into
-    the list or None) and key. Paths to parent outputs are not params; the worker finds them.
-    `tensorrt`: a TensorRT worker is registered, so `engines: true` adds engine stages."""
+    """The run's stages in topological order: dicts with kind, label, params (the kind's Params
+    dump), parent (index into the list or None) and key. Paths to parent outputs are not params:
+    the worker reads the parent's Outputs. `tensorrt`: a TensorRT worker is registered, so
+    `engines: true` adds engine stages."""
     nodes = []
 
     def add(kind, label, params, parent, data=()):
+        """Append a node of `kind` (a worker.kinds module) with `params` (its Params)."""
+        stored = params.key_dict()
         parent_key = nodes[parent]["key"] if parent is not None else None
-        nodes.append({"kind": kind, "label": label, "params": params, "parent": parent,
-                      "key": cache_key(kind, params, parent_key, data)})
+        nodes.append({"kind": kind.KIND, "label": label, "params": stored, "parent": parent,
+                      "key": cache_key(kind.KIND, stored, parent_key, data)})
         return len(nodes) - 1
 
     train_data = (file_fingerprint(spec.dataset.annotations), folder_fingerprint(spec.dataset.images))
     for base, stages_label in _base_nodes(spec, add, train_data):
         unpruned_only = spec.kind == "sweep" and not spec.prune_thresholds
-        models = [(base, None)] if spec.evaluate_unpruned or unpruned_only else []
+        models = [ModelNode(base, "unpruned")] if spec.evaluate_unpruned or unpruned_only else []
         if spec.kind == "search":
-            models.append((_add_search(spec, add, nodes, base, stages_label, train_data), "search"))
+            models.append(ModelNode(_add_search(spec, add, nodes, base, stages_label, train_data), "search"))
         for pth in spec.prune_thresholds:
-            pruned = add("prune", f"prune {stages_label} pth={pth:g}",
-                         {"threshold": pth, **spec.prune.model_dump(mode="json")}, base)
+            pruned = add(prune, f"prune {stages_label} pth={pth:g}",
+                         prune.Params(threshold=pth, **spec.prune.model_dump()), base)
             if spec.retrain_epochs > 0:
-                pruned = add("retrain", f"retrain {stages_label} pth={pth:g}",
-                             {"train_spec": _retrain_spec_dict(spec, nodes[base])}, pruned, train_data)
-            models.append((pruned, pth))
-        qat_train = _qat_train_spec_dict(spec, nodes[base]) if spec.calibration.qat_steps else None
-        for model, pth in models:
-            _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorrt, qat_train)
+                pruned = add(retrain, f"retrain {stages_label} pth={pth:g}",
+                             retrain.Params(train_spec=_retrain_spec(spec, nodes[base])), pruned, train_data)
+            models.append(ModelNode(pruned, "pruned", pth))
+        qat_train = _qat_train_spec(spec, nodes[base]) if spec.calibration.qat_steps else None
+        for model in models:
+            _add_export_and_evaluate(spec, add, nodes, model, stages_label, tensorrt, qat_train)
     return nodes
 
 
@@ -361,139 +390,142 @@ def _add_search(spec, add, nodes, base, stages_label, train_data):
     eval_ann, eval_images = eval_data(spec)
     latency = None
     if options.objective == "latency":
-        latency = {"input_hw": list(hw), "batch_size": spec.benchmark.batch_size,
-                   "runs": spec.benchmark.runs, "warmup": spec.benchmark.warmup}
-    params = {"retrain_spec": _retrain_spec_dict(spec, nodes[base]),
-              "prune": spec.prune.model_dump(mode="json"), "budget_ap": options.budget_ap,
-              "objective": options.objective, "max_iters": options.max_iters,
-              "threshold_range": list(options.threshold_range), "input_hw": list(hw),
-              "infer_spec": infer_spec(spec, hw).model_dump(mode="json"),
-              "annotations": str(eval_ann), "images": str(eval_images),
-              "max_images": spec.eval_max_images, "latency": latency}
+        latency = search.LatencyOptions(input_hw=hw, **spec.benchmark.model_dump())
+    params = search.Params(
+        retrain_spec=_retrain_spec(spec, nodes[base]), prune=spec.prune, budget_ap=options.budget_ap,
+        objective=options.objective, max_iters=options.max_iters, threshold_range=options.threshold_range,
+        input_hw=hw, infer_spec=infer_spec(spec, hw), annotations=str(eval_ann), images=str(eval_images),
+        max_images=spec.eval_max_images, latency=latency)
     eval_fp = (file_fingerprint(eval_ann), folder_fingerprint(eval_images))
-    return add("search", f"search {stages_label} budget {options.budget_ap:g} AP {options.objective}",
+    return add(search, f"search {stages_label} budget {options.budget_ap:g} AP {options.objective}",
                params, base, train_data + eval_fp)
 
 
 def _base_nodes(spec, add, train_data):
+    """[(node, stages label)] of the run's base models: the imported model, or one trained model
+    per stage count."""
     if spec.model is not None:
-        base = add("import", f"import {spec.model.name}", {"model": str(spec.model)}, None,
-                   (file_fingerprint(spec.model),))
+        base = add(import_model, f"import {spec.model.name}", import_model.Params(model=str(spec.model)),
+                   None, (file_fingerprint(spec.model),))
         return [(base, "model")]
     bases = []
     for stages in spec.stages or (None,):
-        train = base_train_spec(spec, stages=stages)
-        label = f"s{train.model.stages}"
-        params = {"train_spec": train.model_dump(mode="json")}
-        bases.append((add("train", f"train {label}", params, None, train_data), label))
+        spec_of_base = base_train_spec(spec, stages=stages)
+        label = f"s{spec_of_base.model.stages}"
+        bases.append((add(train, f"train {label}", train.Params(train_spec=spec_of_base), None, train_data), label))
     return bases
 
 
-def _retrain_spec_dict(spec, base_node):
-    # Retraining continues from the pruned graph (the worker fills pretrained_weights).
-    if base_node["kind"] == "train":
-        train = dict(base_node["params"]["train_spec"])
+def _retrain_spec(spec, base_node):
+    """The retraining recipe: the base model's (or, for an imported model, the run's) training
+    spec for `retrain_epochs`, continuing from the pruned graph (the worker sets the weights)."""
+    if base_node["kind"] == train.KIND:
+        recipe = train.Params.model_validate(base_node["params"]).train_spec
     else:
-        train = base_train_spec_for_import(spec)
-    train["num_epoch"] = spec.retrain_epochs
-    train["load_graph"] = True
-    train["pretrained_weights"] = None
-    train["checkpoint_n_epoch"] = min(train.get("checkpoint_n_epoch") or 1, spec.retrain_epochs)
-    return train
+        recipe = base_train_spec_for_import(spec)
+    return recipe.model_copy(update={
+        "num_epoch": spec.retrain_epochs, "load_graph": True, "pretrained_weights": None,
+        "checkpoint_n_epoch": min(recipe.checkpoint_n_epoch or 1, spec.retrain_epochs)})
 
 
-def _qat_train_spec_dict(spec, base_node):
+def _qat_train_spec(spec, base_node):
     """The recipe of the QAT fine-tune: the base model's data and loss at a tenth of its learning
     rate (fake quantization needs small updates); the worker gives it the model to start from."""
-    train = _retrain_spec_dict(spec, base_node)
-    train["load_graph"] = False
-    schedule = train["optimizer"]["learning_rate_schedule"]
-    train["optimizer"] = {**train["optimizer"], "learning_rate_schedule": {
-        **schedule, "base_learning_rate": schedule["base_learning_rate"] / 10,
-        "min_learning_rate": schedule["min_learning_rate"] / 10}}
-    return train
+    recipe = _retrain_spec(spec, base_node)
+    schedule = recipe.optimizer.learning_rate_schedule
+    slower = schedule.model_copy(update={"base_learning_rate": schedule.base_learning_rate / 10,
+                                         "min_learning_rate": schedule.min_learning_rate / 10})
+    return recipe.model_copy(update={"load_graph": False,
+                                     "optimizer": recipe.optimizer.model_copy(update={"learning_rate_schedule": slower})})
 
 
 def base_train_spec_for_import(spec):
     """The retraining recipe for an imported model: the run's train_spec/train when given, else
     the bundled small spec, on the run's dataset."""
     if spec.train_spec is not None or spec.train is not None:
-        return base_train_spec(spec).model_dump(mode="json")
-    default = Path(__file__).resolve().parent.parent / "specs" / "train_small.yaml"
+        return base_train_spec(spec)
+    pretrained = spec.model is not None and spec.model.suffix.lower() in IMPORTED_SUFFIXES
+    default = Path(__file__).resolve().parent.parent / "specs" / (
+        "retrain_pretrained.yaml" if pretrained else "train_small.yaml")
     data = load_yaml(default, "default training spec")
     data["dataloader"]["dataset"] = {"annotations": str(spec.dataset.annotations),
                                      "images": str(spec.dataset.images),
                                      "include_images_without_people": False}
-    return parse_spec(TrainSpec, data, f"default training spec {default}").model_dump(mode="json")
+    return parse_spec(TrainSpec, data, f"default training spec {default}")
 
 
-GATED_PRECISIONS = ("int8", "fp16")
-
-
-def _add_export_and_evaluate(spec, add, nodes, model, pth, stages_label, tensorrt=False, qat_train=None):
+def _add_export_and_evaluate(spec, add, nodes, model, stages_label, tensorrt=False, qat_train=None):
     """Per resolution and precision: export -> evaluate; then a gate after every FP16/INT8
     evaluate, comparing it with its FP32 sibling (same model and resolution). `qat_train`: the
     training recipe of an INT8 export by quantization-aware fine-tuning (calibration.qat_steps)."""
     eval_ann, eval_images = eval_data(spec)
     eval_fp = (file_fingerprint(eval_ann), folder_fingerprint(eval_images))
     cal_fp = (folder_fingerprint(calibration_images(spec)),)
-    searched = pth == "search"   # the search's chosen model: its threshold is known only at run time
-    tag = stages_label if pth is None else f"{stages_label} search" if searched else f"{stages_label} pth={pth:g}"
+    tag = model.tag(stages_label)
     for hw in spec.resolutions:
-        infer = infer_spec(spec, hw).model_dump(mode="json")
+        infer = infer_spec(spec, hw)
         evaluations = {}
         for precision in spec.precisions:
-            params = {"input_hw": list(hw), "precision": precision}
-            if precision == "int8":
-                params["calibration"] = calibration_params(spec)
-                if qat_train is not None:   # fine-tuned at the resolution it is exported at
-                    params["qat_train_spec"] = {**qat_train, "dataloader": {**qat_train["dataloader"],
-                                                                            "image_shape": list(hw)}}
+            int8 = precision == "int8"
+            # fine-tuned at the resolution it is exported at
+            qat = (qat_train.model_copy(update={"dataloader": qat_train.dataloader.model_copy(update={"image_shape": hw})})
+                   if int8 and qat_train is not None else None)
+            export_params = export.Params(input_hw=hw, precision=precision,
+                                          calibration=calibration_params(spec) if int8 else None,
+                                          qat_train_spec=qat)
             name = f"{tag} {hw[0]}x{hw[1]} {precision}"
-            export = add("export", f"export {name}", params, model,
-                         cal_fp if precision == "int8" else ())
-            if spec.engines and tensorrt:   # a leaf: results are measured on ONNX Runtime
-                add("engine", f"engine {name}", {key: params[key] for key in params}, export)
-            params = {"infer_spec": infer, "annotations": str(eval_ann), "images": str(eval_images),
-                      "benchmark": spec.benchmark.model_dump(mode="json"), "precision": precision,
-                      "max_images": spec.eval_max_images, "input_hw": list(hw),
-                      "prune_threshold": None if searched else pth, "stages_label": stages_label}
-            if searched:
-                params["branch"] = "search"
-            evaluate = add("evaluate", f"evaluate {name}", params, export, eval_fp)
-            evaluations[precision] = (export, evaluate, name)
-        for precision in GATED_PRECISIONS:
+            if int8 and spec.accuracy_control is not None:
+                exported = _add_quantize(spec, add, model, hw, infer, name, cal_fp + eval_fp)
+            else:
+                exported = add(export, f"export {name}", export_params, model.node, cal_fp if int8 else ())
+            if spec.engines and tensorrt and nodes[exported]["kind"] == export.KIND:   # a leaf: results are measured on ONNX Runtime
+                add(engine, f"engine {name}", export_params, exported)
+            evaluate_params = evaluate.Params(
+                infer_spec=infer, annotations=str(eval_ann), images=str(eval_images), benchmark=spec.benchmark,
+                precision=precision, max_images=spec.eval_max_images, input_hw=hw,
+                prune_threshold=model.threshold, stages_label=stages_label,
+                branch="search" if model.branch == "search" else None)
+            evaluated = add(evaluate, f"evaluate {name}", evaluate_params, exported, eval_fp)
+            evaluations[precision] = (exported, evaluated, name)
+        for precision in gate.GATED_PRECISIONS:
             if precision in evaluations:
                 _add_gate(spec, add, nodes, evaluations, precision, infer, eval_ann, eval_images, eval_fp)
 
 
+def _add_quantize(spec, add, model, hw, infer, name, data):
+    """INT8 with accuracy control in place of the INT8 export. Calibration images in the
+    evaluation folder are chosen from the evaluation annotations (and kept out of the subset the
+    AP drop is measured on); another folder is used as it is."""
+    eval_ann, eval_images = eval_data(spec)
+    cal_images = calibration_images(spec)
+    separate = Path(cal_images).resolve() != Path(eval_images).resolve()
+    params = quantize.Params(input_hw=hw, accuracy_control=spec.accuracy_control, infer_spec=infer,
+                             annotations=str(eval_ann), images=str(eval_images),
+                             calibration_images=str(cal_images) if separate else None)
+    return add(quantize, f"quantize {name} (max drop {spec.accuracy_control.max_drop:g} AP)", params, model.node, data)
+
+
 def calibration_params(spec):
-    cal = {**spec.calibration.model_dump(mode="json"), "images": str(calibration_images(spec))}
-    for option in ("keep_float_layers", "qat_steps"):
-        if not cal[option]:
-            del cal[option]   # keeps the keys of runs made before this option existed
-    return cal
+    return export.CalibrationParams(**{**spec.calibration.model_dump(), "images": str(calibration_images(spec))})
 
 
 def _add_gate(spec, add, nodes, evaluations, precision, infer, eval_ann, eval_images, eval_fp):
-    export, evaluate, name = evaluations[precision]
+    exported, evaluated, name = evaluations[precision]
     # Stages of the same run this one reads besides its parent, by key: the scheduler starts the
     # gate once they are final (a failed FP32 sibling only means the gate evaluates the parent).
-    inputs = {"export": nodes[export]["key"]}
+    inputs = {"export": nodes[exported]["key"]}
     if "fp32" in evaluations:
         float_export, float_evaluate, _ = evaluations["fp32"]
         inputs.update(float_export=nodes[float_export]["key"], float_evaluate=nodes[float_evaluate]["key"])
-    params = {"precision": precision, "threshold_ap": spec.int8_gate_max_ap_drop, "infer_spec": infer,
-              "annotations": str(eval_ann), "images": str(eval_images), "max_images": spec.eval_max_images,
-              "calibrator": spec.calibration.calibrator if precision == "int8" else None,
-              "num_calibration_images": (spec.calibration.batch_size * spec.calibration.batches
-                                         if precision == "int8" else None),
-              "inputs": inputs}
-    add("gate", f"gate {name}", params, evaluate, eval_fp)
-
-
-def run_spec_to_yaml(spec):
-    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    int8 = precision == "int8"
+    calibrated = int8 and nodes[exported]["kind"] == export.KIND    # accuracy control picks its own
+    params = gate.Params(
+        precision=precision, threshold_ap=spec.int8_gate_max_ap_drop, infer_spec=infer, annotations=str(eval_ann),
+        images=str(eval_images), max_images=spec.eval_max_images,
+        calibrator=spec.calibration.calibrator if calibrated else None,
+        num_calibration_images=spec.calibration.batch_size * spec.calibration.batches if calibrated else None,
+        inputs=inputs)
+    add(gate, f"gate {name}", params, evaluated, eval_fp)
 
 
 def dataset_label(spec):

@@ -9,7 +9,8 @@ always finds the row).
 A stage whose parent is done is
 - cached, when a stage with the same cache key completed (in any run) and its artifacts exist;
 - left pending, when the same key is being computed by another run (this run is advanced again
-  when that one finishes);
+  when that one finishes); `store.claim_key` makes this atomic, so N runs submitted at once
+  compute a shared stage exactly once;
 - left pending, while a stage of the same run it also reads (`params["inputs"]`: name -> key, e.g.
   a gate's FP32 sibling) is not final yet;
 - queued otherwise, on the queue its kind needs.
@@ -68,7 +69,7 @@ def advance(store, run_id, enqueue, artifact_root):
         if _reuse_cached(store, st, artifact_root):
             st["status"] = "cached"
             continue
-        if store.active_stage_with_key(st["key"], exclude_id=st["id"]):
+        if not store.claim_key(st["key"], st["id"]):
             continue   # the same computation is under way in another run; wait for it
         if workers is None:
             workers = store.workers()

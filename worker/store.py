@@ -2,7 +2,13 @@
 
 SQLite by default (WAL journal and a busy timeout, so a worker and the dashboard can write at the
 same time), Postgres through `DATABASE_URL`. The schema is created on open and missing columns are
-added, so an older store keeps working after an upgrade.
+added, so an older store keeps working after an upgrade. Processes that start at the same moment
+(workers, the dashboard) do that under one lock (a Postgres advisory lock; for SQLite a file lock
+beside the database), so none sees a half-created schema or fails with "table already exists".
+Why not Alembic: the schema only ever grows by tables and nullable columns, which this does from
+the models themselves; Alembic would add a revision script per change for the same result.
+
+A store that cannot be reached is a `StoreUnavailable` (a BpnetError): one line, password masked.
 
 Status vocabulary
 - run: queued -> running -> completed | failed | cancelled
@@ -12,20 +18,34 @@ Status vocabulary
 Times are UNIX seconds (floats), identical on SQLite and Postgres.
 """
 
+import contextlib
+import fcntl
 import json
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from sqlalchemy import (Float, ForeignKey, Integer, String, Text, create_engine, event, func,
                         inspect, select, text, update)
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from bpnet.errors import BpnetError
+from worker.config import mask_secrets, mask_url, normalize_database_url
 
 RUN_ACTIVE = ("queued", "running")
 RUN_FINAL = ("completed", "failed", "cancelled")
 STAGE_DONE = ("completed", "cached")
 STAGE_FINAL = ("completed", "cached", "failed", "cancelled", "skipped")
 STAGE_WAITING = ("pending", "queued")
+
+
+class StoreUnavailable(BpnetError):
+    """The job store cannot be reached or opened (the message names the masked URL)."""
+
+
+CHECK_HINT = ". Is BPNET_STUDIO_HOME / DATABASE_URL right, and the database running?"
 
 
 def new_id():
@@ -75,6 +95,7 @@ class Stage(Base):
     traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     queued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)   # last (re)send by recovery
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -131,6 +152,15 @@ class Worker(Base):
     current_stage_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
+class Computation(Base):
+    """Which stage computes a cache key: the primary key makes "one computation per key" atomic
+    however many runs and workers advance at once."""
+    __tablename__ = "computations"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    stage_id: Mapped[str] = mapped_column(String(32))
+    claimed_at: Mapped[float] = mapped_column(Float)
+
+
 def row_dict(obj):
     """A mapped row as a plain dict; `*_json` columns are decoded (key without the suffix)."""
     out = {}
@@ -154,23 +184,74 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
+def sqlite_path(database_url):
+    """The file of a SQLite URL, or None (in-memory, or not SQLite)."""
+    if not database_url.startswith("sqlite"):
+        return None
+    path = database_url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def make_engine(database_url):
-    if database_url.startswith("sqlite"):
-        path = database_url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            from pathlib import Path
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(database_url, pool_pre_ping=True)
+    database_url = normalize_database_url(database_url)
+    try:
+        if database_url.startswith("sqlite"):
+            path = sqlite_path(database_url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(database_url, pool_pre_ping=True, connect_args=_connect_timeout(database_url))
+    except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
+        raise StoreUnavailable(f"the job store at {mask_url(database_url)} cannot be read: "
+                               f"{_one_line(err, database_url)}{CHECK_HINT}") from None
+    event.listen(engine, "handle_error", lambda ctx: _unreachable(ctx, database_url))
+    return engine
 
 
-def migrate(engine):
-    """Create missing tables and add missing (nullable or defaulted) columns of existing ones."""
-    Base.metadata.create_all(engine)
-    inspector = inspect(engine)
-    with engine.begin() as conn:
+def _connect_timeout(database_url):
+    # A dead Postgres host should fail in seconds, not after the OS TCP timeout (minutes).
+    return {"connect_timeout": 10} if database_url.startswith("postgresql+psycopg2") else {}
+
+
+def _unreachable(ctx, database_url):
+    """SQLAlchemy error hook: a lost or refused connection becomes one readable line."""
+    if ctx.is_disconnect or ctx.connection is None:
+        raise StoreUnavailable(f"the job store at {mask_url(database_url)} cannot be read (unreachable: "
+                               f"{_one_line(ctx.original_exception, database_url)}){CHECK_HINT}") from None
+
+
+def _one_line(err, database_url):
+    message = str(getattr(err, "orig", None) or err).strip().splitlines()
+    return mask_secrets(message[0] if message else type(err).__name__, [database_url])
+
+
+@contextlib.contextmanager
+def schema_lock(engine, database_url):
+    """One process at a time creates or upgrades the schema (others wait, then find it done)."""
+    path = sqlite_path(database_url)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            # Transaction-scoped: released at commit, also if this process dies.
+            conn.execute(text("SELECT pg_advisory_xact_lock(4242013)"))
+            yield conn
+    elif path is not None:
+        with open(path.with_name(path.name + ".schema-lock"), "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)   # released on close or when the process dies
+            with engine.begin() as conn:
+                yield conn
+    else:
+        with engine.begin() as conn:
+            yield conn
+
+
+def migrate(engine, database_url=""):
+    """Create missing tables and add missing (nullable or defaulted) columns of existing ones,
+    under the schema lock."""
+    with schema_lock(engine, database_url) as conn:
+        Base.metadata.create_all(conn)
+        inspector = inspect(conn)
         for table in Base.metadata.sorted_tables:
             present = {c["name"] for c in inspector.get_columns(table.name)}
             for col in table.columns:
@@ -186,7 +267,15 @@ class Store:
     def __init__(self, database_url):
         self.database_url = database_url
         self.engine = make_engine(database_url)
-        migrate(self.engine)
+        try:
+            migrate(self.engine, database_url)
+        except StoreUnavailable:
+            self.engine.dispose()
+            raise
+        except (DBAPIError, SQLAlchemyError) as err:
+            self.engine.dispose()
+            raise StoreUnavailable(f"the job store at {mask_url(database_url)} cannot be read: "
+                                   f"{_one_line(err, database_url)}{CHECK_HINT}") from None
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self):
@@ -327,13 +416,36 @@ class Store:
             st = s.scalars(q.limit(1)).first()
             return row_dict(st) if st else None
 
-    def active_stage_with_key(self, key, exclude_id):
-        """A queued or running stage computing `key` (in any run), or None."""
-        with self.Session() as s:
-            q = select(Stage).where(Stage.key == key, Stage.status.in_(("queued", "running")),
-                                    Stage.id != exclude_id)
-            st = s.scalars(q.limit(1)).first()
-            return row_dict(st) if st else None
+    def claim_key(self, key, stage_id):
+        """Make `stage_id` the one stage that computes `key`; False while another stage owns it
+        and is not final. A final owner (failed, cancelled, or completed but its files deleted)
+        is taken over by compare-and-set, so of N runs advancing at once exactly one wins."""
+        now = time.time()
+        try:
+            with self.Session.begin() as s:
+                s.add(Computation(key=key, stage_id=stage_id, claimed_at=now))
+            return True
+        except IntegrityError:
+            pass
+        with self.Session.begin() as s:
+            owner = s.scalar(select(Computation.stage_id).where(Computation.key == key))
+            if owner == stage_id:
+                return True
+            owner_status = s.scalar(select(Stage.status).where(Stage.id == owner))
+            if owner_status not in (None, *STAGE_FINAL):
+                return False
+            q = (update(Computation).where(Computation.key == key, Computation.stage_id == owner)
+                 .values(stage_id=stage_id, claimed_at=now))
+            return s.execute(q).rowcount == 1
+
+    def mark_sent(self, stage_id, not_since):
+        """Compare-and-set of a queued stage's `sent_at`: True for the one caller that may resend
+        its message now (nobody sent it since `not_since`)."""
+        with self.Session.begin() as s:
+            q = (update(Stage).where(Stage.id == stage_id, Stage.status == "queued",
+                                     func.coalesce(Stage.sent_at, Stage.queued_at, 0.0) < not_since)
+                 .values(sent_at=time.time()))
+            return s.execute(q).rowcount == 1
 
     def runs_waiting_on_key(self, key):
         """Active runs with a pending stage of this key (they were waiting for it elsewhere)."""
@@ -349,16 +461,6 @@ class Store:
             if older_than is not None:
                 q = q.where(func.coalesce(Stage.queued_at, Stage.created_at) < older_than)
             return [row_dict(st) for st in s.scalars(q)]
-
-    def stage_durations(self, kinds=None):
-        """(kind, params, duration_s) of stages computed here: the data for time estimates."""
-        with self.Session() as s:
-            q = select(Stage.kind, Stage.params_json, Stage.duration_s).where(
-                Stage.status == "completed", Stage.duration_s.is_not(None))
-            if kinds:
-                q = q.where(Stage.kind.in_(kinds))
-            q = q.order_by(Stage.finished_at.desc()).limit(500)
-            return [(k, json.loads(p), d) for k, p, d in s.execute(q)]
 
     def stage_history(self, limit=500):
         """Completed stages computed here, newest first: kind, queue (the worker kind it ran on),
@@ -438,17 +540,22 @@ class Store:
             return [row_dict(a) for a in s.scalars(q)]
 
     def model_artifacts(self, stage_kinds, limit=200):
-        """Keras models produced by stages of `stage_kinds`, newest first, with their run."""
+        """The models stages of `stage_kinds` produced (the file their outputs name as `model`,
+        not checkpoints), newest first, with their run."""
         with self.Session() as s:
             q = (select(Artifact.id, Artifact.relpath, Artifact.name, Artifact.created_at, Stage.kind,
-                        Stage.label, Stage.run_id, Run.name)
+                        Stage.label, Stage.run_id, Run.name, Stage.outputs_json)
                  .join(Stage, Stage.id == Artifact.stage_id).join(Run, Run.id == Stage.run_id)
-                 .where(Stage.kind.in_(list(stage_kinds)), Artifact.kind == "keras model",
-                        Artifact.name.in_(("bpnet_model.hdf5", "chosen_model.hdf5")))
-                 .order_by(Artifact.created_at.desc()).limit(limit))
-            return [{"artifact_id": aid, "relpath": rel, "name": name, "created_at": created,
-                     "kind": kind, "stage_label": label, "run_id": run_id, "run_name": run_name}
-                    for aid, rel, name, created, kind, label, run_id, run_name in s.execute(q)]
+                 .where(Stage.kind.in_(list(stage_kinds)), Artifact.kind == "keras model")
+                 .order_by(Artifact.created_at.desc()))
+            rows = []
+            for aid, rel, name, created, kind, label, run_id, run_name, outputs in s.execute(q):
+                if name == json.loads(outputs or "{}").get("model"):
+                    rows.append({"artifact_id": aid, "relpath": rel, "name": name, "created_at": created,
+                                 "kind": kind, "stage_label": label, "run_id": run_id, "run_name": run_name})
+                    if len(rows) >= limit:
+                        break
+            return rows
 
     def artifact(self, artifact_id):
         with self.Session() as s:
@@ -488,16 +595,20 @@ class Store:
 
     # ------------------------------------------------------------ workers
     def register_worker(self, worker_id, hostname, pid, queues, capabilities):
+        """Insert (or refresh) this worker's row; returns it, read back, so a caller knows the
+        registration really is in the store before it takes tasks."""
         now = time.time()
+        values = dict(hostname=hostname, pid=pid, queues=",".join(queues),
+                      capabilities_json=json.dumps(capabilities), started_at=now, heartbeat_at=now,
+                      status="online", current_stage_id=None)
         with self.Session.begin() as s:
+            if s.execute(update(Worker).where(Worker.id == worker_id).values(**values)).rowcount == 0:
+                s.add(Worker(id=worker_id, **values))
+        with self.Session() as s:
             w = s.get(Worker, worker_id)
             if w is None:
-                w = Worker(id=worker_id)
-                s.add(w)
-            w.hostname, w.pid, w.queues = hostname, pid, ",".join(queues)
-            w.capabilities_json = json.dumps(capabilities)
-            w.started_at = w.heartbeat_at = now
-            w.status, w.current_stage_id = "online", None
+                raise StoreUnavailable(f"worker {worker_id}: registration is not in the job store")
+            return row_dict(w)
 
     def heartbeat(self, worker_id, current_stage_id=None, status="online"):
         with self.Session.begin() as s:

@@ -10,7 +10,7 @@ import io
 
 import streamlit as st
 
-from app import charts, present, state, widgets
+from app import charts, jobs, present, widgets
 from bpnet.errors import BpnetError
 
 DEFAULT_RUNS = 5
@@ -39,7 +39,7 @@ def open_result(run_id, stage_id):
 st.title("Compare")
 
 try:
-    runs = [r for r in state.list_runs(limit=200) if r["status"] in ("completed", "running", "failed", "cancelled")]
+    runs = [r for r in jobs.list_runs(limit=200) if r["status"] in ("completed", "running", "failed", "cancelled")]
 except BpnetError as err:
     st.error(str(err), icon=":material/block:")
     st.stop()
@@ -56,7 +56,7 @@ if not run_ids:
     st.info("Pick at least one run.", icon=":material/info:")
     st.stop()
 try:
-    rows = state.chart_rows(state.list_results(run_ids))
+    rows = jobs.chart_rows(jobs.list_results(run_ids))
 except BpnetError as err:
     st.error(str(err), icon=":material/block:")
     st.stop()
@@ -90,13 +90,13 @@ if not rows:
 notes = {}
 for run_id in dict.fromkeys(r["run_id"] for r in rows):
     first = next(r for r in rows if r["run_id"] == run_id)
-    note = state.evaluation_note(first.get("annotations"), first.get("dataset"))
+    note = jobs.evaluation_note(first.get("annotations"), first.get("dataset"))
     notes.setdefault(note, []).append(first["run_name"])
 for note, run_names in notes.items():
     st.info(f"{note} (runs: {', '.join(run_names)})", icon=":material/image:")
 
 # Results the INT8/FP16 gate refused: measured, but not to be deployed as they are.
-refused = state.failed_gates(rows)
+refused = jobs.failed_gates(rows)
 for row in refused:
     st.error(f"**Gate failed** · {row['label']}: {'; '.join(row['gate_reasons'])}. Remedies on its run's "
              "page.", icon=":material/gpp_bad:")
@@ -157,9 +157,9 @@ table_event = st.dataframe(present.result_display_rows(rows), hide_index=True, k
 selected_rows = table_event.selection.rows if table_event else []
 if selected_rows and selected_rows[0] < len(rows):
     open_result(rows[selected_rows[0]]["run_id"], rows[selected_rows[0]]["stage_id"])
-table = state.result_table(rows)
+table = jobs.result_table(rows)
 buffer = io.StringIO()
-writer = csv.DictWriter(buffer, fieldnames=list(state.RESULT_TABLE_COLUMNS))
+writer = csv.DictWriter(buffer, fieldnames=list(jobs.RESULT_TABLE_COLUMNS))
 writer.writeheader()
 writer.writerows(table)
 st.download_button("Export CSV (raw numbers)", buffer.getvalue(), file_name="bpnet-results.csv", mime="text/csv",
@@ -182,8 +182,8 @@ st.caption("The address bar holds the runs, filters and the two results: copy it
 row_a = next(r for r in rows if r["stage_id"] == left)
 row_b = next(r for r in rows if r["stage_id"] == right)
 try:
-    run_a = state.get_run(row_a["run_id"], events_limit=0)
-    run_b = run_a if row_b["run_id"] == row_a["run_id"] else state.get_run(row_b["run_id"], events_limit=0)
+    run_a = jobs.get_run(row_a["run_id"], events_limit=0)
+    run_b = run_a if row_b["run_id"] == row_a["run_id"] else jobs.get_run(row_b["run_id"], events_limit=0)
 except BpnetError as err:
     st.error(str(err), icon=":material/block:")
     st.stop()
@@ -198,10 +198,21 @@ elif diff:
 else:
     st.caption("The two results have the same configuration.")
 
-for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
-    with col:
-        st.markdown(f"**{name}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)}")
-        try:
-            widgets.truth_gallery(run, row, row["stage_id"], OVERLAY_IMAGES, columns=1)
-        except (BpnetError, KeyError, OSError) as err:
-            st.caption(f"No pictures: {err}")
+tab_truth, tab_maps = st.tabs(["ground truth and prediction", "heatmaps and PAFs"])
+with tab_truth:
+    for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
+        with col:
+            st.markdown(f"**{name}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)}")
+            try:
+                widgets.truth_gallery(run, row, row["stage_id"], OVERLAY_IMAGES, columns=1)
+            except (BpnetError, KeyError, OSError) as err:
+                st.caption(f"No pictures: {err}")
+with tab_maps:
+    try:
+        choice = widgets.map_controls("compare-maps")
+        for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
+            with col:
+                st.markdown(f"**{name}** · {row['label']}")
+                widgets.map_view(run, row, row["stage_id"], *choice)
+    except (BpnetError, KeyError, OSError) as err:
+        st.caption(f"No maps: {err}")

@@ -6,15 +6,17 @@ import json
 import streamlit as st
 import yaml
 
-from app import forms, state
+from app import forms, jobs, present
 from bpnet.errors import BpnetError
 
 TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
 PREVIEW_TTL_S = 10
 
 
+# `modified_ns` is part of the cache key on purpose (Streamlit leaves `_`-named arguments out of
+# it), so an edited file is read again.
 @st.cache_data(show_spinner="checking the dataset…", max_entries=32)
-def inspect_dataset(annotations, images, bundled, _mtime):
+def inspect_dataset(annotations, images, bundled, modified_ns):
     """(DatasetInfo, None) or (None, message); cached per path and modification time because a
     real COCO annotations file takes seconds to parse."""
     try:
@@ -32,7 +34,7 @@ def modification_time(path):
 
 
 @st.cache_data(show_spinner="computing the dataset statistics…", max_entries=16)
-def dataset_statistics(annotations, _mtime):
+def dataset_statistics(annotations, modified_ns):
     """(statistics, None) or (None, message) of a COCO file (pure, but seconds on a real COCO file)."""
     from bpnet.guide.dataset_stats import dataset_stats_file
 
@@ -45,7 +47,7 @@ def dataset_statistics(annotations, _mtime):
 @st.cache_data(ttl=PREVIEW_TTL_S, show_spinner="previewing the sweep…", max_entries=16)
 def preview(spec_json):
     try:
-        return state.preview_run(json.loads(spec_json)), None
+        return jobs.preview_run(json.loads(spec_json)), None
     except BpnetError as err:
         return None, str(err)
 
@@ -53,9 +55,45 @@ def preview(spec_json):
 @st.cache_data(ttl=30, show_spinner=False)
 def trained_models():
     try:
-        return state.trained_models()
+        return jobs.trained_models()
     except BpnetError:
         return []
+
+
+@st.cache_data(show_spinner="reading the base model's weights…", max_entries=16)
+def pruning_dry_run(model, modified_ns, thresholds, prune_json):
+    try:
+        return jobs.preview_prune(model, thresholds, json.loads(prune_json)), None
+    except BpnetError as err:
+        return None, str(err)
+
+
+def prune_preview(spec):
+    """Parameters each threshold keeps on the chosen base model, before anything is submitted."""
+    chosen = tuple(spec.get("prune_thresholds") or ())
+    model = spec.get("model")
+    if not chosen:
+        return
+    if not model:
+        st.caption("What each threshold keeps is shown here once the base model exists (an existing or "
+                   "pretrained model); a model trained by this run is measured after training.")
+        return
+    grid = tuple(sorted(set(present.PRUNE_GRID) | set(chosen)))
+    rows, error = pruning_dry_run(str(model), modification_time(model), grid,
+                                  json.dumps(spec.get("prune") or {}, sort_keys=True))
+    if error:
+        st.warning(f"No pruning preview: {error}", icon=":material/warning:")
+        return
+    useless = [r["threshold"] for r in rows if r["threshold"] in chosen and r["threshold"] not in
+               present.useful_thresholds(rows)]
+    useful = present.useful_thresholds(rows)
+    with st.expander("Parameters each prune threshold keeps on this base model (dry run of the pruning "
+                     "decision on its weights)", expanded=bool(useless)):
+        st.dataframe(present.prune_preview_rows(rows, chosen), hide_index=True, key="prune_preview")
+    if useless:
+        hint = f"; the lowest that removes parameters is {useful[0]:g}" if useful else ""
+        st.warning(f"Threshold(s) {', '.join(f'{t:g}' for t in useless)} prune nothing on this model{hint}.",
+                   icon=":material/content_cut:")
 
 
 def show_error(slot, errors, key):
@@ -64,6 +102,7 @@ def show_error(slot, errors, key):
 
 
 st.title("New run")
+submitted_slot = st.container()   # "submitted" goes at the top, where the user looks after clicking
 st.caption("A run trains (or reuses) a base model, prunes it at every threshold, retrains, exports at "
            "every resolution and precision and evaluates each result. Stages already computed by any "
            "run are reused.")
@@ -114,19 +153,26 @@ if stats is not None:
 
 # ---------------------------------------------------------------- base model
 st.subheader("2 · Base model")
-base = st.radio("Base model", ["train", "existing"], horizontal=True, key="base",
-                format_func={"train": "train a new model", "existing": "an existing trained model"}.get)
+base = st.radio("Base model", ["pretrained", "train", "existing"], horizontal=True, key="base",
+                format_func={"pretrained": "start from a pretrained model", "train": "train from scratch",
+                             "existing": "an existing trained model"}.get)
 existing_model = None
-if base == "train":
+if base == "pretrained":
+    train_epochs, stages = 1, 2
+    st.caption(f"**{forms.PRETRAINED_LABEL}** (`{forms.PRETRAINED_MODEL.name}`, 6 stages). The first run imports "
+               "it into Keras with a parity check against TFLite (about a minute), later runs reuse it. It is "
+               "retrained briefly after pruning at its own 0..255 BGR input convention (its model card). "
+               "The bundled COCO sample images are from COCO train2017 and may have been in its training "
+               "data: AP on them is optimistic.")
+elif base == "train":
     c1, c2 = st.columns(2)
     train_epochs = c1.number_input("Training epochs", min_value=1, max_value=1000, value=4, key="train_epochs",
                                    help="epochs of the base model on the chosen data (small CPU spec: "
                                         "narrow backbone, 128×128 training input)")
-    stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES, value=2, key="stages",
+    stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES,
+                       value=int(advice["model.stages"].value), key="stages",
                        help=forms.advice_text(advice["model.stages"]))
     st.caption(f"Stages: {forms.advice_text(advice['model.stages'])}")
-    st.caption(f"Regularization: {forms.advice_text(advice['model.regularization_type'])} — the small "
-               f"training spec used here trains with L1.")
 else:
     train_epochs, stages = 1, 2
     models = trained_models()
@@ -161,13 +207,13 @@ stages_slot = st.empty()
 budget_ap, objective, max_iters, thresholds = 2.0, "params", 6, ""
 if kind == "search":
     c1, c2, c3 = st.columns(3)
-    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=100.0, value=2.0,
+    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0,
                                 step=0.5, key="budget_ap",
                                 help="the search keeps only models within this many AP points of the unpruned one")
     objective = c2.selectbox("Objective (what to make small)", list(forms.SEARCH_OBJECTIVES), key="objective",
                              format_func={"params": "parameters",
                                           "latency": "latency (FP32, first resolution)"}.get)
-    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=30, value=6, key="max_iters",
+    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=forms.MAX_SEARCH_ITERS, value=6, key="max_iters",
                                 help="each iteration prunes, retrains and evaluates one threshold")
     st.caption("The search tries 0.05 first, then 1.0, then narrows the bracket around your budget from the "
                "measured AP of each retrained model; it never picks a model outside the budget.")
@@ -176,20 +222,21 @@ else:
                                help=forms.advice_text(advice["prune.threshold"]))
     st.caption(f"Prune threshold: {forms.advice_text(advice['prune.threshold'])}")
 thresholds_slot = st.empty()
-precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi", default=["FP32"],
+precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi",
+                      default=["FP32", "INT8"] if base == "pretrained" else ["FP32"],
                       key="precisions", help=forms.advice_text(advice["export.data_type"]))
 st.caption(f"Precision: {forms.advice_text(advice['export.data_type'])}")
 precisions_slot = st.empty()
 gate_max_ap_drop = 2.0
 if precisions and set(precisions) & {"INT8", "FP16"}:
     gate_max_ap_drop = st.number_input(
-        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=100.0, value=2.0, step=0.5,
+        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0, step=0.5,
         key="gate_max_ap_drop",
         help="every INT8/FP16 result is compared with its float parent on the same evaluation; a larger "
              "AP drop, or outputs that no longer follow the float model's, marks it failed with remedies")
 gate_slot = st.empty()
 retrain_epochs = st.number_input("Retrain epochs (after pruning; 0 = evaluate pruned models as they are)",
-                                 min_value=0, max_value=1000, value=2, key="retrain_epochs")
+                                 min_value=0, max_value=forms.MAX_EPOCHS, value=2, key="retrain_epochs")
 retrain_slot = st.empty()
 cal_images = cal_batches = cal_batch_size = None
 if precisions and "INT8" in precisions:
@@ -198,8 +245,8 @@ if precisions and "INT8" in precisions:
     default_cal = str(info.images) if info is not None else ""
     cal_images = st.text_input("Calibration images folder", value=default_cal, key="cal_images")
     c1, c2 = st.columns(2)
-    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=256, value=8, key="cal_batch_size")
-    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=10000, value=2, key="cal_batches")
+    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=forms.MAX_CALIBRATION_BATCH_SIZE, value=8, key="cal_batch_size")
+    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=forms.MAX_CALIBRATION_BATCHES, value=2, key="cal_batches")
     if stats is not None:
         from bpnet.guide.recommend import recommend_calibration
 
@@ -219,9 +266,14 @@ form = {"dataset": source, "base": base, "existing_model": existing_model, "trai
         "retrain_epochs": retrain_epochs, "name": name, "eval_annotations": eval_annotations,
         "eval_images": eval_images, "kind": kind, "budget_ap": budget_ap, "objective": objective,
         "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop}
-request, errors = forms.validate_new_run(form, info)
+request, errors = forms.validate_new_run(form, info)   # widget text -> values
 if dataset_error:
     errors["dataset"] = dataset_error
+
+spec = None
+if not errors:   # the run spec itself, validated by RunSpec: its messages go under the widgets too
+    spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
+    errors = forms.errors_by_widget(jobs.run_spec_problems(spec))   # the RunSpec's own checks
 for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_slot, "base"),
                   (resolution_slot, "resolution"),
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
@@ -230,11 +282,10 @@ for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_
     show_error(slot, errors, key)
 
 st.subheader("4 · Preview")
-spec = None
 if errors:
+    spec = None
     st.info(f"Fix the {len(errors)} problem(s) above to see the preview and submit.", icon=":material/pan_tool:")
 else:
-    spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
     result, preview_error = preview(json.dumps(spec, sort_keys=True))
     if preview_error:
         st.error(preview_error, icon=":material/block:")
@@ -245,15 +296,16 @@ else:
                                                          "each at every resolution and precision")
         c2.metric("stages to compute", result["to_compute"])
         c3.metric("stages cached", len(result["cached"]))
-        c4.metric("time estimate", state.format_duration(result["estimate_s"]) if result["estimate_s"] is not None
+        c4.metric("time estimate", jobs.format_duration(result["estimate_s"]) if result["estimate_s"] is not None
                   else "unknown")
         st.caption(f"Estimate: {result['estimate_basis']}.")
         if result["estimate_stages"]:
             with st.expander("Cost per stage (from past stages on the same worker kind)"):
-                st.dataframe(state.cost_rows(result["estimate_stages"]), hide_index=True, key="cost_df")
+                st.dataframe(jobs.cost_rows(result["estimate_stages"]), hide_index=True, key="cost_df")
         if result["cached"]:
             with st.expander(f"{len(result['cached'])} stage(s) already computed, reused"):
                 st.write("\n".join(f"- {label}" for label in result["cached"]))
+        prune_preview(spec)
         names = [f"{w['id']} ({', '.join(w['queues'])})" for w in result["workers"]]
         if names:
             st.success("Workers that can run it: " + "; ".join(names), icon=":material/dns:")
@@ -262,7 +314,7 @@ else:
 
 if st.button("Submit run", type="primary", disabled=spec is None, key="submit"):
     try:
-        run_id = state.submit_run(spec)
+        run_id = jobs.submit_run(spec)
     except BpnetError as err:
         st.error(f"Not submitted: {err}", icon=":material/block:")
     else:
@@ -270,7 +322,11 @@ if st.button("Submit run", type="primary", disabled=spec is None, key="submit"):
         preview.clear()
 if st.session_state.get("last_submitted"):
     run_id = st.session_state["last_submitted"]
-    st.success(f"Run `{run_id}` submitted.", icon=":material/rocket_launch:")
-    st.page_link("views/run_detail.py", label="Open its details", icon=":material/arrow_forward:",
-                 query_params={"run": run_id})
-    st.page_link("views/runs.py", label="See all runs", icon=":material/list:")
+    with submitted_slot:
+        st.success(f"Run `{run_id}` submitted.", icon=":material/rocket_launch:")
+        c1, c2, _ = st.columns([1, 1, 3])
+        with c1:
+            st.page_link("views/run_detail.py", label="Open the run", icon=":material/arrow_forward:",
+                         query_params={"run": run_id})
+        with c2:
+            st.page_link("views/runs.py", label="See all runs", icon=":material/list:")

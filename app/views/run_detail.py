@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 import yaml
 
-from app import charts, present, state
+from app import charts, jobs, present
 from app import widgets
 from app.views import quantize_section
 from app.widgets import run_action_buttons
@@ -26,7 +26,7 @@ st.title("Run detail")
 def pick_run():
     """The run named by `?run=` in the address, else one chosen from the recent runs."""
     run_id = st.query_params.get("run")
-    recent = state.list_runs(limit=50)
+    recent = jobs.list_runs(limit=50)
     if not recent and not run_id:
         st.info("No runs yet. Start one on the **New run** page.", icon=":material/info:")
         st.page_link("views/new_run.py", label="New run", icon=":material/add_circle:")
@@ -44,7 +44,7 @@ def pick_run():
 
 try:
     run_id = pick_run()
-    run = state.get_run(run_id)
+    run = jobs.get_run(run_id)
 except BpnetError as err:
     st.error(str(err), icon=":material/block:")
     st.stop()
@@ -56,7 +56,7 @@ active = run["status"] in ("queued", "running")
 def live_status():
     """Status, DAG and stage table; polls while the run is active."""
     try:
-        current = state.get_run(run_id, events_limit=0)
+        current = jobs.get_run(run_id, events_limit=0)
     except BpnetError as err:
         st.error(str(err), icon=":material/block:")
         return
@@ -69,14 +69,14 @@ def live_status():
     c2.metric("stages done", f"{done}/{len(stages)}")
     elapsed = ((current["finished_at"] or time.time()) - current["started_at"]
                if current["started_at"] else None)
-    c3.metric("elapsed", state.format_duration(elapsed))
-    c4.metric("dataset", state.dataset_name(current["dataset"]))
+    c3.metric("elapsed", jobs.format_duration(elapsed))
+    c4.metric("dataset", jobs.dataset_name(current["dataset"]))
     if current["status"] == "failed":
         st.error(f"This run failed: {current['error'] or 'see the failed stages below'}", icon=":material/error:")
     elif current["status"] == "cancelled":
         st.warning("This run was cancelled.", icon=":material/cancel:")
-    st.graphviz_chart(charts.dag_dot(state.stage_dag(stages)), width="content")
-    st.dataframe(present.stage_display_rows(stages, time.time(), state.format_duration), hide_index=True,
+    st.graphviz_chart(charts.dag_dot(jobs.stage_dag(stages)), width="content")
+    st.dataframe(present.stage_display_rows(stages, time.time(), jobs.format_duration), hide_index=True,
                  key="stages_df", column_config={
                      "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100,
                                                                  format="%.0f%%"),
@@ -89,7 +89,7 @@ if st.session_state.get("cancel-detail"):
     st.rerun()   # show the cancelled stages at once
 
 st.subheader(run["name"])
-rows = state.chart_rows(run["results"])
+rows = jobs.chart_rows(run["results"])
 untrained = present.untrained_message(rows)
 if untrained:
     st.warning(untrained, icon=":material/report:")
@@ -110,7 +110,7 @@ for stage in failed:
 def search_section():
     """AP and size per iteration, redrawn as iterations finish; the chosen model."""
     try:
-        searches = state.search_progress(run_id)
+        searches = jobs.search_progress(run_id)
     except BpnetError as err:
         st.error(str(err), icon=":material/block:")
         return
@@ -123,7 +123,7 @@ def search_section():
             continue
         st.plotly_chart(charts.search_figure(report, search["iterations"]), key=f"search-{search['stage_id']}")
         if report:
-            st.dataframe(state.search_trial_rows(report), hide_index=True, key=f"trials-{search['stage_id']}")
+            st.dataframe(jobs.search_trial_rows(report), hide_index=True, key=f"trials-{search['stage_id']}")
             if report.get("status") == "done":
                 st.success(f"Chosen: {report['message']} ({report['reason']}). Download it below under "
                            f"**{search['label']}** (chosen_model.hdf5).", icon=":material/target:")
@@ -147,12 +147,12 @@ for row in gated:
         for i, remedy in enumerate(row["gate_remedies"]):
             c1, c2 = st.columns([3, 4])
             runnable = remedy.get("runnable", True)
-            clicked = c1.button(state.remedy_label(remedy), key=f"remedy-{row['gate_stage_id']}-{i}",
+            clicked = c1.button(jobs.remedy_label(remedy), key=f"remedy-{row['gate_stage_id']}-{i}",
                                 disabled=not runnable, icon=":material/build:" if runnable else ":material/school:")
             c2.caption(remedy["why"])
             if clicked:
                 try:
-                    new_id = state.submit_remedy(row["gate_stage_id"], remedy["kind"],
+                    new_id = jobs.submit_remedy(row["gate_stage_id"], remedy["kind"],
                                                  remedy["params"].get("calibrator"))
                 except BpnetError as err:
                     st.error(f"Remedy not submitted: {err}", icon=":material/block:")
@@ -176,12 +176,12 @@ for row in gated:
         st.info(f"{text}\n{reasons}", icon=":material/hourglass:")
 
 # ---------------------------------------------------------------- INT8 with accuracy control
-quantize_section.render(run, state.artifact_path)
+quantize_section.render(run, jobs.artifact_path)
 
 # ---------------------------------------------------------------- training loss
 st.subheader("Training loss")
 try:
-    points = state.loss_points(state.loss_curve(run_id))
+    points = jobs.loss_points(jobs.loss_curve(run_id))
 except BpnetError as err:
     points = []
     st.error(str(err), icon=":material/block:")
@@ -193,13 +193,13 @@ else:
 # ---------------------------------------------------------------- metrics
 st.subheader("Results")
 if rows:
-    note = state.evaluation_note(rows[0].get("annotations"), run["dataset"])
+    note = jobs.evaluation_note(rows[0].get("annotations"), run["dataset"])
     st.info(note, icon=":material/image:")
     st.dataframe(present.result_display_rows(rows), hide_index=True, key="results_df")
 else:
     note = ""
     st.caption("No evaluated results yet.")
-stage_metrics = state.stage_metric_rows(run["stages"], run["metrics"])
+stage_metrics = jobs.stage_metric_rows(run["stages"], run["metrics"])
 if stage_metrics:
     with st.expander("Stage metrics (pruning ratio, export parity, calibration time, training speed…)"):
         st.dataframe(stage_metrics, hide_index=True)
@@ -230,7 +230,7 @@ def deployables(row):
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
             for art, name in files:
-                zf.write(state.artifact_path(art["id"]), name)
+                zf.write(jobs.artifact_path(art["id"]), name)
             for name, text in extras.items():
                 zf.writestr(name, text)
         return buffer.getvalue()
@@ -255,8 +255,13 @@ if rows:
     row = next(r for r in rows if r["stage_id"] == stage_id)
     st.markdown(f"**{row['label']}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)} · "
                 f"{present.fmt_params(row.get('params'))} params · {present.fmt_bytes(row.get('size_bytes'))}")
-    tab_people, tab_worst, tab_deploy = st.tabs(["images with annotated people", "worst-OKS images",
-                                                 "deployables"])
+    tab_people, tab_worst, tab_maps, tab_deploy = st.tabs(["images with annotated people", "worst-OKS images",
+                                                           "heatmaps and PAFs", "deployables"])
+    with tab_maps:
+        try:
+            widgets.map_view(run, row, stage_id, *widgets.map_controls("detail-maps"))
+        except (BpnetError, KeyError, OSError) as err:
+            st.caption(f"No maps: {err}")
     for tab, worst in ((tab_people, False), (tab_worst, True)):
         with tab:
             try:
@@ -278,12 +283,12 @@ else:
     labels_by_stage = {s_["id"]: s_["label"] for s_ in run["stages"]}
     show_all = st.toggle(f"show all ({len(events)} most recent)", key="all_events")
     if show_all:
-        st.text("\n".join(state.plain_event(e) for e in reversed(events)))
+        st.text("\n".join(jobs.plain_event(e) for e in reversed(events)))
     else:
         last = {}
         for e in events:   # oldest first: the last one per stage wins
             last[e.get("stage_id")] = e
-        st.text("\n".join(f"{labels_by_stage.get(sid, 'run')}: {state.plain_event(e)}"
+        st.text("\n".join(f"{labels_by_stage.get(sid, 'run')}: {jobs.plain_event(e)}"
                            for sid, e in last.items()))
 
 # ---------------------------------------------------------------- downloads
@@ -297,7 +302,7 @@ for label, arts in by_label.items():
     with st.expander(f"{label} · {len(arts)} file(s)"):
         for art in arts:
             try:
-                path = state.artifact_path(art["id"])
+                path = jobs.artifact_path(art["id"])
             except BpnetError as err:
                 st.caption(f"{art['name']}: {err}")
                 continue
@@ -309,7 +314,7 @@ if run["artifacts"]:
     if st.button("Prepare a zip bundle of every artifact (with a manifest: spec hash, versions, device)",
                  key="bundle"):
         try:
-            st.session_state[f"bundle-{run_id}"] = str(state.run_bundle(run_id))
+            st.session_state[f"bundle-{run_id}"] = str(jobs.run_bundle(run_id))
         except BpnetError as err:
             st.error(str(err), icon=":material/block:")
     bundle = st.session_state.get(f"bundle-{run_id}")

@@ -3,7 +3,7 @@ filter by status and dataset; cancel, re-run, open."""
 
 import streamlit as st
 
-from app import state
+from app import jobs
 from app.widgets import run_action_buttons
 from bpnet.errors import BpnetError
 
@@ -13,15 +13,15 @@ PAGE_SIZE = 100
 st.title("Runs")
 
 try:
-    datasets = state.list_datasets()
+    datasets = jobs.list_datasets()
 except BpnetError as err:
     st.error(str(err), icon=":material/block:")
     st.stop()
 
 c1, c2, c3 = st.columns([2, 2, 2])
-statuses = c1.multiselect("Status", state.RUN_STATUSES, key="status_filter")
+statuses = c1.multiselect("Status", jobs.RUN_STATUSES, key="status_filter")
 dataset = c2.selectbox("Dataset", [""] + datasets, key="dataset_filter",
-                       format_func=lambda d: "all datasets" if not d else state.dataset_name(d))
+                       format_func=lambda d: "all datasets" if not d else jobs.dataset_name(d))
 search = c3.text_input("Name contains", key="search_filter")
 page = st.number_input("Page", min_value=1, value=1, key="page", help=f"{PAGE_SIZE} runs per page, newest first")
 
@@ -36,7 +36,7 @@ COLUMNS = {
 def runs_table():
     """Re-drawn every few seconds on its own, so the filters above keep their state."""
     try:
-        runs = state.list_runs(status=statuses or None, dataset=dataset or None, search=search or None,
+        runs = jobs.list_runs(status=statuses or None, dataset=dataset or None, search=search or None,
                                limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     except BpnetError as err:
         st.error(str(err), icon=":material/block:")
@@ -48,7 +48,7 @@ def runs_table():
     active = sum(r["status"] in ("queued", "running") for r in runs)
     st.caption(f"{len(runs)} run(s) shown · {active} active · refreshed every {REFRESH_S} s")
     st.caption("Click a row to open its run.")
-    event = st.dataframe(state.run_table_rows(runs), hide_index=True, column_config=COLUMNS, key="runs_df",
+    event = st.dataframe(jobs.run_table_rows(runs), hide_index=True, column_config=COLUMNS, key="runs_df",
                          on_select="rerun", selection_mode="single-row",
                          column_order=("name", "status", "stage", "progress", "stages done", "elapsed", "ETA",
                                        "dataset", "created", "error", "id"))

@@ -4,7 +4,7 @@ import time
 
 import streamlit as st
 
-from app import state
+from app import jobs
 from bpnet.errors import BpnetError
 
 REFRESH_S = 5
@@ -36,7 +36,7 @@ def running_stage_text(worker):
 
 def worker_rows(workers, now):
     return [{"worker": w["id"], "alive": "🟢 online" if w["alive"] else "🔴 offline",
-             "heartbeat": f"{state.format_duration(now - w['heartbeat_at'])} ago",
+             "heartbeat": f"{jobs.format_duration(now - w['heartbeat_at'])} ago",
              "queues": ", ".join(w["queues"]), "capabilities": capability_text(w.get("capabilities") or {}),
              "running stage": running_stage_text(w), "host": f"{w['hostname']} (pid {w['pid']})"}
             for w in workers]
@@ -45,7 +45,7 @@ def worker_rows(workers, now):
 @st.fragment(run_every=REFRESH_S)
 def workers_panel():
     try:
-        workers = state.list_workers()
+        workers = jobs.list_workers()
     except BpnetError as err:
         st.error(str(err), icon=":material/block:")
         return

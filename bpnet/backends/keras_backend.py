@@ -17,13 +17,33 @@ from bpnet.backends.base import Backend
 MAX_COMPILED_SHAPES = 16
 
 
+def set_tensorflow_threads(threads):
+    """TensorFlow's intra-op (and inter-op) thread count. It can only be set before TensorFlow
+    runs its first op; later a different count is a clear error, not a silent default."""
+    import tensorflow as tf
+
+    from bpnet.errors import BpnetError
+
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if current == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        raise BpnetError(f"Keras backend: TensorFlow already runs with {current or 'its default'} threads in "
+                         f"this process; {threads} threads must be set before the first model runs") from None
+
+
 class KerasBackend(Backend):
     name = "keras"
     precision = "fp32"
 
-    def __init__(self, model_path, stage=None):
+    def __init__(self, model_path, stage=None, threads=None):
         from bpnet.model import load_model, num_stages, stage_model
 
+        if threads:
+            set_tensorflow_threads(int(threads))
         full = load_model(model_path)
         self.num_stages = num_stages(full)
         self.stage = self.num_stages if stage is None else int(stage)

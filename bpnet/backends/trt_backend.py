@@ -201,8 +201,10 @@ def engine_source(major, precision, onnx_path, qdq_or_fp16_onnx_path):
 
 def build_engine(onnx_path, qdq_or_fp16_onnx_path, engine_path, precision, input_hw, max_batch_size=1,
                  max_workspace_size=None, cal_cache_file=None, cal_data_file=None, batch_size=1,
-                 batches=1, nchw_input=False, stage=None):
-    """Build and serialise a TensorRT engine; writes `engine_path` and `engine_path.json`."""
+                 batches=1, nchw_input=False, stage=None, strict_types=False, opt_batch_size=None):
+    """Build and serialise a TensorRT engine; writes `engine_path` and `engine_path.json`.
+    `strict_types` (TAO's -s) makes layers keep the precision asked for instead of falling back
+    to a faster one; `opt_batch_size` is the batch the optimisation profile tunes for."""
     trt, cuda = require_tensorrt()
     major = tensorrt_major(trt)
     source = engine_source(major, precision, onnx_path, qdq_or_fp16_onnx_path)
@@ -227,8 +229,13 @@ def build_engine(onnx_path, qdq_or_fp16_onnx_path, engine_path, precision, input
 
     max_batch_size = max(int(max_batch_size), 1)
     profile = builder.create_optimization_profile()
-    profile.set_shape("input", shape(1), shape(max_batch_size), shape(max_batch_size))
+    opt = min(max(int(opt_batch_size or max_batch_size), 1), max_batch_size)
+    profile.set_shape("input", shape(1), shape(opt), shape(max_batch_size))
     config.add_optimization_profile(profile)
+    if strict_types and precision != "fp32":
+        # STRICT_TYPES became OBEY_PRECISION_CONSTRAINTS in TensorRT 8.2.
+        flag = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None) or trt.BuilderFlag.STRICT_TYPES
+        config.set_flag(flag)
     if major < 11 and precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     if major < 11 and precision == "int8":

@@ -1,17 +1,32 @@
-"""`bpnet sample-calibration -a ANN.json -i IMAGES -o OUT_DIR -n N [--min_persons 1] [--max_persons M]
-[--min_keypoints K] [--min_visible V] [--sizes small,medium,large] [--stratify [--eval_annotations EVAL.json]]
-[--randomize] [--seed S] [--link]`"""
+"""`bpnet sample-calibration -a ANN.json -i IMAGES -o OUT_DIR [-n 500] [-pth 1] [--max_persons M]
+[-kth 5] [--min_visible V] [--sizes small,medium,large] [--stratify [--eval_annotations EVAL.json]]
+[--randomize] [--seed S] [--link]`
+
+The flags and defaults of TAO's `sample_calibration_images.py` are accepted (also spelled
+`bpnet sample_calibration_images`), so the workflow's `-n N -pth 1 --randomize` runs as written."""
 
 
 def add_arguments(parser):
-    parser.add_argument("-a", "--annotations", required=True, help="COCO person-keypoints JSON")
-    parser.add_argument("-i", "--images", required=True, help="folder of the images it names")
-    parser.add_argument("-o", "--output_dir", required=True, help="new folder for the chosen images")
-    parser.add_argument("-n", "--num_images", type=int, required=True, help="how many images to choose")
-    parser.add_argument("--min_persons", type=int, default=1, help="persons an image must hold (default 1)")
+    from bpnet.limits import (DEFAULT_CALIBRATION_IMAGES as DEFAULT_NUM_IMAGES,
+                              DEFAULT_CALIBRATION_MIN_KEYPOINTS as DEFAULT_MIN_KEYPOINTS,
+                              DEFAULT_CALIBRATION_MIN_PERSONS as DEFAULT_MIN_PERSONS)
+
+    parser.add_argument("-a", "--annotations", "--annotation_file", dest="annotations", required=True,
+                        help="COCO person-keypoints JSON")
+    parser.add_argument("-i", "--images", "--image_root_dir", dest="images", required=True,
+                        help="folder of the images it names")
+    parser.add_argument("-o", "--output_dir", "--output_image_root_dir", dest="output_dir", required=True,
+                        help="new folder for the chosen images")
+    parser.add_argument("-n", "--num_images", type=int, default=DEFAULT_NUM_IMAGES,
+                        help=f"how many images to choose (default {DEFAULT_NUM_IMAGES}, TAO's)")
+    parser.add_argument("-pth", "--min_persons", "--min_persons_per_image", dest="min_persons", type=int,
+                        default=DEFAULT_MIN_PERSONS,
+                        help=f"persons an image must hold (default {DEFAULT_MIN_PERSONS}, TAO's)")
     parser.add_argument("--max_persons", type=int, default=None, help="most persons an image may hold")
-    parser.add_argument("--min_keypoints", type=int, default=1,
-                        help="labelled keypoints a person needs to count (default 1)")
+    parser.add_argument("-kth", "--min_keypoints", "--min_kpts_per_person", dest="min_keypoints", type=int,
+                        default=DEFAULT_MIN_KEYPOINTS,
+                        help=f"labelled keypoints a person needs to count (default {DEFAULT_MIN_KEYPOINTS}, "
+                             "TAO's: calibrate on clearly visible people)")
     parser.add_argument("--min_visible", type=int, default=0,
                         help="visible (v=2) keypoints a person needs to count (default 0)")
     parser.add_argument("--sizes", default="small,medium,large",
@@ -20,8 +35,8 @@ def add_arguments(parser):
                         help="cover the evaluation data's mix of people per image and person sizes")
     parser.add_argument("--eval_annotations", default=None,
                         help="the data the model will be scored on (mix target and report; default -a)")
-    parser.add_argument("--randomize", action="store_true", help="shuffle before choosing (else file-name order)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    parser.add_argument("-r", "--randomize", action="store_true", help="shuffle before choosing (else file-name order)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0; TAO's was unseeded)")
     parser.add_argument("--link", action="store_true", help="symlink instead of copying")
 
 

@@ -1,24 +1,41 @@
-"""`bpnet train -e SPEC.yaml -r RESULTS_DIR [--num_epoch N]`: train or resume a BodyPoseNet."""
+"""`bpnet train -e SPEC.yaml -r RESULTS_DIR [--num_epoch N]`: train or resume a BodyPoseNet.
+
+SPEC is a native spec or a TAO experiment spec (bpnet_train_m1_coco.yaml style), which is
+translated (bpnet/tao_spec.py) and whose unused fields are listed."""
 
 import sys
 import time
 
 
 def add_arguments(parser):
-    parser.add_argument("-e", "--experiment_spec", required=True, metavar="SPEC",
-                        help="training spec (YAML), e.g. specs/train_small.yaml")
-    parser.add_argument("-r", "--results_dir", required=True,
+    from bpnet.commands.tao_flags import add_log_level
+
+    parser.add_argument("-e", "--experiment_spec", "--experiment_spec_file", required=True, metavar="SPEC",
+                        help="training spec (YAML), e.g. specs/train_small.yaml, or a TAO experiment spec")
+    parser.add_argument("-r", "--results_dir", default=None,
                         help="where checkpoints, events, the model and the summary go; re-running "
-                             "on the same folder resumes from its newest checkpoint")
+                             "on the same folder resumes from its newest checkpoint (default: a TAO "
+                             "spec's checkpoint_dir, as in TAO)")
     parser.add_argument("--num_epoch", type=int, default=None,
                         help="override the spec's num_epoch (e.g. to train a finished run longer)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_log_level(parser)
 
 
 def run(args):
-    from bpnet.specs import TrainSpec, load_train_spec, parse_spec
+    from bpnet.commands.tao_flags import check_model_file
+    from bpnet.errors import BpnetError
+    from bpnet.specs import TrainSpec, parse_spec
+    from bpnet.tao_spec import load_train_spec_any, print_notes
 
-    spec = load_train_spec(args.experiment_spec)
+    loaded = load_train_spec_any(args.experiment_spec)
+    print_notes(loaded)
+    spec = loaded.spec
+    if spec.pretrained_weights is not None:
+        check_model_file(spec.pretrained_weights, "pretrained_weights")
+    results_dir = args.results_dir or loaded.checkpoint_dir
+    if results_dir is None:
+        raise BpnetError("-r/--results_dir: give the results folder (a TAO spec may name it as checkpoint_dir)")
     if args.num_epoch is not None:
         spec = parse_spec(TrainSpec, {**spec.model_dump(), "num_epoch": args.num_epoch},
                           source="command line (--num_epoch)")
@@ -26,7 +43,7 @@ def run(args):
 
     bar = None if args.quiet else ProgressBar(sys.stderr)
     try:
-        summary = train(spec, args.results_dir, progress=bar)
+        summary = train(spec, results_dir, progress=bar)
     finally:
         if bar is not None:
             bar.close()

@@ -84,11 +84,27 @@ def read_coco(path):
             if missing:
                 raise BpnetError(f"COCO annotations file {path}: an entry of {field!r} "
                                  f"(id {item.get('id') if isinstance(item, dict) else item!r}) lacks {missing}")
+    check_unique_ids(data, path)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
+
+
+def check_unique_ids(data, path):
+    """pycocotools keeps the last of two entries with one id and counts both in evaluation;
+    training would use one image twice. Name both entries instead."""
+    for field, describe in (("images", lambda e: repr(e.get("file_name"))),
+                            ("annotations", lambda e: f"of image {e.get('image_id')}")):
+        seen = {}
+        for entry in data[field]:
+            if not isinstance(entry, dict) or "id" not in entry:
+                continue   # read_coco names malformed entries itself
+            first = seen.setdefault(entry["id"], entry)
+            if first is not entry:
+                raise BpnetError(f"COCO annotations file {path}: {field} {describe(first)} and "
+                                 f"{describe(entry)} have the same id {entry['id']}; ids must be unique")
 
 
 def person_category(coco, path, skeleton):

@@ -14,6 +14,8 @@ Everything here works on plain numbers and names so the search can be tested wit
 `drop_at(k)` function.
 """
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from bpnet.errors import BpnetError
@@ -24,6 +26,10 @@ DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile:99.99", "percentile:99.9
 CALIBRATOR_METHODS = ("entropy", "minmax", "percentile")
 DEFAULT_MAX_EVAL_IMAGES = 300
 MIN_DISJOINT_EVAL_IMAGES = 10     # fewer left after taking out the calibration images: use them too
+# Ranking layers one at a time costs one model run per layer; above this many layers "auto" uses
+# the one-pass divergence proxy (error each layer adds, FP32 vs INT8 with every tensor marked).
+MAX_ISOLATED_RANKING_LAYERS = 64
+RANKINGS = ("auto", "isolated", "divergence")
 
 
 class AccuracyControlOptions(Strict):
@@ -33,6 +39,7 @@ class AccuracyControlOptions(Strict):
     max_eval_images: int = Field(DEFAULT_MAX_EVAL_IMAGES, ge=1, le=100000)
     num_calibration_images: int = Field(16, ge=1, le=10000)     # chosen from the annotations if no folder
     ranking_images: int = Field(8, ge=1, le=256)                # images of the per-layer output-error ranking
+    ranking: Literal[RANKINGS] = "auto"     # isolated: each layer alone; divergence: one pass
     validate_ranking: int = Field(0, ge=0, le=20)               # top layers whose AP effect is checked alone
     latency_runs: int = Field(10, ge=1, le=1000)
 
@@ -44,6 +51,12 @@ class AccuracyControlOptions(Strict):
         for label in value:
             parse_calibrator(label)
         return tuple(dict.fromkeys(value))
+
+
+def ranking_method(requested, num_layers):
+    if requested != "auto":
+        return requested
+    return "isolated" if num_layers <= MAX_ISOLATED_RANKING_LAYERS else "divergence"
 
 
 def check_max_drop(value, flag="--max_drop"):
@@ -134,9 +147,10 @@ def monotonic_violations(drops):
 
 
 def curve_points(parent_ap, measured):
-    """The AP/latency-vs-float-layers curve, sorted by k: `measured` is {k: {"AP", "latency_ms"}}."""
+    """The AP/latency-vs-float-layers curve, sorted by k: `measured` is {k: {"AP", "latency_ms",
+    "model"}}."""
     return [{"float_layers": k, "AP": m["AP"], "ap_drop": ap_drop(parent_ap, m["AP"]),
-             "latency_ms": m.get("latency_ms")} for k, m in sorted(measured.items())]
+             "latency_ms": m.get("latency_ms"), "model": m.get("model")} for k, m in sorted(measured.items())]
 
 
 def evaluation_subset(coco, exclude_file_names=(), max_images=DEFAULT_MAX_EVAL_IMAGES, min_keypoints=1,

@@ -33,7 +33,7 @@ from bpnet.image_files import IMAGE_SUFFIXES, list_images
 from bpnet.guide.accuracy_control import (AccuracyControlOptions, ap_drop, best_calibrator, bisect_float_count,
                                           cache_tensors_for, check_calibration_people, curve_points,
                                           evaluation_subset, monotonic_violations, parse_calibrator,
-                                          summary_line, validate_ranking)
+                                          ranking_method, summary_line, validate_ranking)
 
 STAGE = "quantize"
 REPORT_NAME = "accuracy_control.json"
@@ -55,7 +55,7 @@ def control_loop(float_onnx, cal_data, ranking_data, score, work_dir, options, p
     "float_layers", "layers", "AP", "ap_drop", "met", "latency_ms"} and `num_evaluations`.
     """
     from bpnet import calibrate
-    from bpnet.guide.sensitivity import keep_layers_float, layer_sensitivity
+    from bpnet.guide.sensitivity import keep_layers_float
 
     work_dir = Path(work_dir)
     emit(progress, STAGE, "phase", message=f"calibration statistics on {len(cal_data)} images", fraction=0.05)
@@ -94,7 +94,7 @@ def control_loop(float_onnx, cal_data, ranking_data, score, work_dir, options, p
     if best["ap_drop"] > options.max_drop:
         emit(progress, STAGE, "phase", message=f"{best['calibrator']} loses {best['ap_drop']:.2f} AP points "
              f"(budget {options.max_drop}); ranking layers by output error", fraction=0.45)
-        ranking = layer_sensitivity(best["model"], ranking_data, float_onnx, progress)
+        ranking = rank_layers(best["model"], ranking_data, float_onnx, options.ranking, progress)
         ranked = [r["layer"] for r in ranking["layers"]]
         report["ranking"] = ranking
 
@@ -119,6 +119,34 @@ def control_loop(float_onnx, cal_data, ranking_data, score, work_dir, options, p
     report["num_evaluations"] = len(evaluations)
     report["_calibration"] = calibrations[best["calibrator"]]
     return report
+
+
+def rank_layers(qdq_model, data, float_onnx, requested, progress=None):
+    """The quantized layers, most harmful first: {"layers": [{"layer", "op_type", "error"}],
+    "method", "num_images"}. `isolated`: the output error of each layer quantized alone (one
+    run per layer, `bpnet.guide.sensitivity`); `divergence`: the error each layer adds along the
+    graph in one FP32-vs-INT8 pass (`bpnet.guide.divergence.layer_harm`)."""
+    from bpnet.guide.divergence import find_divergence, layer_harm
+    from bpnet.guide.sensitivity import OUTPUT_PREFIX, layer_sensitivity, load_onnx, quantized_layers
+
+    model = load_onnx(qdq_model, "Q/DQ model")
+    layers = quantized_layers(model)
+    method = ranking_method(requested, len(layers))
+    if method == "isolated":
+        return {**layer_sensitivity(qdq_model, data, float_onnx, progress), "method": method}
+    report = find_divergence(float_onnx, qdq_model, data)
+    harm = layer_harm(report["rows"])
+    by_tensor = {r["tensor"]: r["jump"] for r in report["rows"]}
+    op_types = {n.name: n.op_type for n in model.graph.node}
+
+    def harm_of(layer):
+        if layer.startswith(OUTPUT_PREFIX):
+            return by_tensor.get(layer[len(OUTPUT_PREFIX):], 0.0)
+        return harm.get(layer, 0.0)
+
+    rows = [{"layer": layer, "op_type": op_types.get(layer, "Output"), "error": harm_of(layer)} for layer in layers]
+    rows.sort(key=lambda r: -r["error"])
+    return {"layers": rows, "method": method, "num_images": int(len(data)), "full_int8_error": None}
 
 
 def check_ranking(ranked, count, score_with_float, best):
@@ -175,6 +203,7 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
     """The whole stage; returns the report (also `out_dir/accuracy_control.json`)."""
     from bpnet.benchmark import benchmark_model
     from bpnet.evaluate import evaluate_model
+    from bpnet.guide.gate import MEANINGFUL_AP_FLOOR, is_meaningful
     from bpnet.guide.gate_run import agreement_batch, run_gate
 
     options = options or AccuracyControlOptions()
@@ -213,15 +242,17 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
         metrics = evaluate_model(path, subset_path, images_dir, infer_spec, folder, progress=progress)
         bench = benchmark_model(path, input_hw, 1, options.latency_runs, warmup=2)
         write_json_atomic(folder / "benchmark.json", bench)
+        emit(progress, STAGE, "result", message=f"{key}: AP {metrics['AP']:.3f}, {bench['median_ms']:.1f} ms")
         return {"AP": metrics["AP"], "APm": metrics.get("APm"), "APl": metrics.get("APl"),
                 "latency_ms": bench["median_ms"], "device": bench["device"], "metrics": str(folder / "metrics.json")}
 
     emit(progress, STAGE, "start", message=f"evaluating the float model on {len(subset['images'])} images",
          fraction=0.0)
     parent = score(float_onnx, "fp32")
-    if parent["AP"] is not None and parent["AP"] <= 0:
-        warnings.append("the float model scores AP 0 on the evaluation subset: an AP drop cannot mean anything "
-                        "(untrained model, or evaluation images it cannot see people in)")
+    if not is_meaningful(parent):
+        warnings.append(f"the float model scores AP {parent['AP']:.3f} (< {MEANINGFUL_AP_FLOOR:g}) on the evaluation "
+                        "subset: it finds (almost) nobody, so an AP drop cannot mean anything (untrained model, "
+                        "or evaluation images it cannot see people in)")
     image_ids = [im["id"] for im in subset["images"]]
     ranking_data = np.concatenate(agreement_batch(subset_path, images_dir, infer_spec, image_ids,
                                                   count=options.ranking_images))

@@ -13,7 +13,8 @@ name) is compared in the reference graph's order:
 INT8 Q/DQ graphs keep the float model's tensor names, FP16 graphs from `bpnet.export.to_fp16`
 too, so the match is by name; a quantized tensor is compared as the next layer reads it (its
 DequantizeLinear output). The maths is numpy
-(`tensor_agreement`, `first_divergence`, `largest_jump`); `find_divergence` runs the models.
+(`tensor_agreement`, `first_divergence`, `with_jumps`, `largest_jump`, `layer_harm`);
+`find_divergence` runs the models.
 """
 
 from pathlib import Path
@@ -60,17 +61,41 @@ def first_divergence(rows, max_relative_error=DEFAULT_MAX_RELATIVE_ERROR, min_co
     return next((r for r in rows if not within_tolerance(r, max_relative_error, min_cosine)), None)
 
 
-def largest_jump(rows, inputs_of):
-    """The row whose relative error exceeds the largest of its compared inputs' by the most.
-    `inputs_of`: {tensor: [input tensors of its producing node]}."""
+def with_jumps(rows, inputs_of):
+    """The rows with `jump`: how much a tensor's relative error exceeds the largest of its
+    nearest compared ancestors' (the error its own layer adds). Tensors the other graph does not
+    have (a Conv output whose Relu ONNX Runtime folded) are looked through to their inputs."""
     error = {r["tensor"]: r["relative_error"] for r in rows}
-    best, best_jump = None, 0.0
+
+    def before(tensor):
+        worst, stack, seen = 0.0, list(inputs_of.get(tensor, [])), set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in error:
+                worst = max(worst, error[name])
+            else:
+                stack.extend(inputs_of.get(name, []))       # initializers and graph inputs have none
+        return worst
+
+    return [{**r, "jump": r["relative_error"] - before(r["tensor"])} for r in rows]
+
+
+def largest_jump(rows):
+    """The row (with `jump`, see `with_jumps`) whose layer adds the most error; None if none adds any."""
+    best = max(rows, key=lambda r: r["jump"], default=None)
+    return best if best is not None and best["jump"] > 0 else None
+
+
+def layer_harm(rows):
+    """{layer: the largest jump among its output tensors}: a one-pass proxy of the harm each
+    layer's quantization does (`bpnet.guide.accuracy_control_run` ranks layers by it)."""
+    harm = {}
     for r in rows:
-        before = max((error[i] for i in inputs_of.get(r["tensor"], []) if i in error), default=0.0)
-        jump = r["relative_error"] - before
-        if jump > best_jump:
-            best, best_jump = {**r, "jump": jump}, jump
-    return best
+        harm[r["layer"]] = max(harm.get(r["layer"], 0.0), r["jump"])
+    return harm
 
 
 # ---------------------------------------------------------------- running both models (Polygraphy)
@@ -104,16 +129,33 @@ def graph_order(onnx_path):
 
 
 def as_consumed(onnx_path):
-    """{tensor: the tensor its readers actually read}: in a Q/DQ graph a quantized tensor reaches
-    the next layer as its DequantizeLinear output (clamped and rounded), which is what to compare;
-    ONNX Runtime's quantizer also folds a Relu into the Q, leaving the pre-Relu values under the
-    Relu's output name."""
+    """({tensor: the tensor its readers actually read}, {tensor: producing op type}) of a graph.
+
+    In a Q/DQ graph a quantized tensor reaches the next layer as its DequantizeLinear output
+    (clamped and rounded), which is what to compare. ONNX Runtime's quantizer also folds a Relu
+    into the Q, leaving the pre-Relu values under the Relu's output name; where a layer was
+    returned to float (`bpnet.guide.sensitivity`) a `<tensor>__relu` node clamps them again."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     dq_of = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    return {n.input[0]: dq_of[n.output[0]] for n in model.graph.node
-            if n.op_type == "QuantizeLinear" and n.output[0] in dq_of}
+    seen = {n.input[0]: n.output[0] for n in model.graph.node
+            if n.op_type == "Relu" and n.output[0] == f"{n.input[0]}__relu"}
+    seen.update({n.input[0]: dq_of[n.output[0]] for n in model.graph.node
+                 if n.op_type == "QuantizeLinear" and n.output[0] in dq_of})
+    op_types = {out: n.op_type for n in model.graph.node for out in n.output}
+    return seen, op_types
+
+
+def candidate_value(tensor, reference_op, candidate, consumed, candidate_ops):
+    """The candidate's value of `tensor` as its readers see it (None when it has none)."""
+    name = consumed.get(tensor, tensor)
+    if name not in candidate:
+        return None
+    value = np.asarray(candidate[name])
+    if name == tensor and reference_op == "Relu" and candidate_ops.get(tensor) not in (None, "Relu"):
+        value = np.maximum(value, 0)             # a folded Relu nobody re-applied (output unread)
+    return value
 
 
 def input_feed(onnx_path, data):
@@ -175,7 +217,7 @@ def _tensorrt_tensors(path, feed, mark_all):
         raise BpnetError(TENSORRT_MISSING) from None
     from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, ModifyNetworkOutputs,
                                         NetworkFromOnnxPath, TrtRunner)
-    from bpnet.export import onnx_precision
+    from bpnet.onnx_graph import onnx_precision
 
     precision = onnx_precision(path)
     network = ModifyNetworkOutputs(NetworkFromOnnxPath(str(path)), outputs=mark_all)
@@ -196,27 +238,28 @@ def find_divergence(reference_model, candidate_model, data, max_relative_error=D
     reference = all_tensors(reference_model, data, reference_backend)
     candidate = all_tensors(candidate_model, data, candidate_backend)
     order, inputs_of = graph_order(reference_model)
-    consumed = as_consumed(candidate_model) if Path(candidate_model).suffix == ".onnx" else {}
+    consumed, candidate_ops = as_consumed(candidate_model)
     rows = []
     for tensor, node, op_type, layer in order:
-        seen = consumed.get(tensor, tensor)
-        if seen not in candidate or tensor not in reference:
+        value = candidate_value(tensor, op_type, candidate, consumed, candidate_ops)
+        if value is None or tensor not in reference:
             continue
-        if np.shape(reference[tensor]) != np.shape(candidate[seen]):
+        if np.shape(reference[tensor]) != np.shape(value):
             continue                          # e.g. a layout the other graph computes differently
         if not np.issubdtype(np.asarray(reference[tensor]).dtype, np.floating):
             continue
         rows.append({"tensor": tensor, "node": node, "op_type": op_type, "layer": layer,
-                     **tensor_agreement(reference[tensor], candidate[seen])})
+                     **tensor_agreement(reference[tensor], value)})
     if not rows:
         raise BpnetError(f"{candidate_model} and {reference_model} share no tensor names; compare two versions "
                          f"of one network (its FP32, FP16 and INT8 exports)")
+    rows = with_jumps(rows, inputs_of)
     first = first_divergence(rows, max_relative_error, min_cosine)
     report = {"reference": str(reference_model), "candidate": str(candidate_model),
               "reference_backend": reference_backend, "candidate_backend": candidate_backend,
               "num_images": int(data.shape[0]), "num_compared": len(rows),
               "tolerance": {"max_relative_error": max_relative_error, "min_cosine": min_cosine},
-              "first_divergence": first, "largest_jump": largest_jump(rows, inputs_of), "rows": rows,
+              "first_divergence": first, "largest_jump": largest_jump(rows), "rows": rows,
               "tool": "polygraphy (mark all outputs)"}
     if out_path is not None:
         write_json_atomic(out_path, report)

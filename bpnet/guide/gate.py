@@ -228,8 +228,10 @@ def gate_report(parent_metrics, child_metrics, precision, threshold_ap=DEFAULT_T
     return report
 
 
-def is_meaningful(parent_metrics, floor=MEANINGFUL_AP_FLOOR):
-    """Whether the float parent finds people at all (AP at or above `floor`, a fraction)."""
+def is_meaningful(parent_metrics, floor=None):
+    """Whether the float parent finds people at all (AP at or above `floor`, a fraction;
+    default MEANINGFUL_AP_FLOOR, read at call time)."""
+    floor = MEANINGFUL_AP_FLOOR if floor is None else floor
     ap = parent_metrics.get("AP")
     return ap is not None and ap >= floor
 
@@ -241,6 +243,6 @@ def not_meaningful_report(deltas, precision, threshold_ap, output_error, max_out
     return {"passed": False, "status": "not_meaningful", "precision": precision, "threshold_ap": threshold_ap,
             "metrics": deltas, "output_error": output_error, "max_output_error": max_output_error,
             "reasons": [f"not meaningful: the float model finds nobody (AP {parent / 100:.3f} < "
-                        f"{MEANINGFUL_AP_FLOOR:g}); train the base model longer or start from a "
+                        f"{MEANINGFUL_AP_FLOOR:g}); no remedy is offered: train the base model longer or start from a "
                         "pretrained one before judging its INT8/FP16 copy"],
             "warnings": [], "remedies": []}

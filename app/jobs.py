@@ -30,10 +30,11 @@ def call(fn, *args, **kwargs):
     except BpnetError:
         raise
     except Exception as err:   # noqa: BLE001 - any store/driver failure is shown, not raised
-        from worker.config import load_config
+        from worker.config import load_config, mask_secrets, mask_url
         url = load_config().database_url
-        raise StoreUnavailable(f"the job store at {url} cannot be read ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0] if str(err) else 'no detail'}). Is "
+        detail = mask_secrets(str(err).splitlines()[0] if str(err) else "no detail", [url])
+        raise StoreUnavailable(f"the job store at {mask_url(url)} cannot be read ({type(err).__name__}: "
+                               f"{detail}). Is "
                                "BPNET_STUDIO_HOME / DATABASE_URL right, and the database running?") from None
 
 
@@ -61,6 +62,8 @@ run_bundle = _through_call(client.run_bundle)
 list_models = _through_call(client.list_models)
 search_progress = _through_call(client.search_progress)
 submit_remedy = _through_call(client.submit_remedy)
+preview_prune = _through_call(client.preview_prune)
+run_spec_problems = _through_call(client.run_spec_problems)
 
 
 def list_runs(status=None, dataset=None, search=None, limit=200, offset=0):
@@ -247,23 +250,6 @@ def stage_metric_rows(stages, metrics):
         row = rows.setdefault(m["stage_id"], {"stage": labels.get(m["stage_id"], m["stage_id"])})
         row[m["name"]] = m["value"]
     return list(rows.values())
-
-
-def stage_rows(stages, now=None):
-    now = time.time() if now is None else now
-    rows = []
-    for s in stages:
-        if s.get("duration_s") is not None:
-            took = s["duration_s"]
-        elif s.get("started_at"):
-            took = (s.get("finished_at") or now) - s["started_at"]
-        else:
-            took = None
-        rows.append({"stage": s["label"], "status": s["status"],
-                     "progress": round(100 * (s.get("fraction") or (1.0 if s["status"] in ("completed", "cached") else 0.0)), 1),
-                     "time": format_duration(took), "ETA": format_duration(s.get("eta_s")) if s["status"] == "running" else "–",
-                     "worker": s.get("worker_id") or "–", "message": first_line(s.get("error") or s.get("message"))})
-    return rows
 
 
 LOSS_QUANTITIES = {"step": "loss per step", "epoch_end": "epoch mean"}

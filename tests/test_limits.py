@@ -1,0 +1,100 @@
+"""Every limit is enforced by one rule (bpnet/limits.py): the dashboard form, the run spec, the
+spec files and the CLI refuse the same values with the same message. No TensorFlow."""
+
+import math
+
+import pytest
+
+from app import forms
+from bpnet import limits
+from bpnet.errors import BpnetError
+from bpnet.prune.ranking import check_pruning_options
+from bpnet.specs import ModelSpec, parse_spec
+from tests.test_runs import run_spec_dict
+from worker.kinds import export as export_kind
+from worker.kinds import prune as prune_kind
+from worker.runs import RunSpec, parse_run_spec
+
+
+def refusal(fn, *args):
+    """The message of the BpnetError `fn(*args)` raises."""
+    with pytest.raises(BpnetError) as err:
+        fn(*args)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("threshold", [0, -0.1, 10.5, math.nan])
+def test_a_sweep_threshold_is_refused_by_form_and_run_spec_with_one_message(threshold):
+    rule = limits.prune_threshold_problem(threshold, sweep=True)
+    assert rule and "out of range" in rule
+    assert refusal(forms.parse_thresholds, str(threshold)) == f"prune thresholds: {rule}"
+    run_spec = refusal(parse_run_spec, run_spec_dict(prune_thresholds=[threshold]))
+    assert "prune_thresholds" in run_spec and rule in run_spec
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 10.5, math.nan])
+def test_the_engine_threshold_is_refused_by_the_cli_check_and_the_prune_stage_with_one_message(threshold):
+    rule = limits.prune_threshold_problem(threshold)
+    assert rule in refusal(check_pruning_options, threshold, 8, 16)
+    assert rule in refusal(parse_spec, prune_kind.Params, {"threshold": threshold})
+
+
+def test_zero_prunes_only_dead_filters_in_the_engine_but_is_no_sweep_value():
+    # TAO's -pth 0 removes only all-zero filters; a sweep evaluates the unpruned model anyway.
+    assert limits.prune_threshold_problem(0) is None
+    check_pruning_options(0.0, 8, 16)
+    assert "the unpruned model is always evaluated too" in limits.prune_threshold_problem(0, sweep=True)
+
+
+@pytest.mark.parametrize("stages", [1, 8])
+def test_the_stage_range_is_one_rule_for_form_run_spec_and_spec_files(stages):
+    rule = limits.stages_problem(stages)
+    assert f"between {limits.MIN_STAGES} and {limits.MAX_STAGES}" in rule
+    assert refusal(forms.parse_stages, stages) == f"stages: {rule}"
+    assert rule in refusal(parse_run_spec, run_spec_dict(stages=[stages]))
+    assert rule in refusal(parse_spec, ModelSpec, {"stages": stages})
+    assert forms.parse_stages(str(limits.MAX_STAGES)) == limits.MAX_STAGES
+
+
+def test_calibrators_equalisations_and_precisions_come_from_limits():
+    import argparse
+
+    from bpnet.commands import export as export_command
+
+    parser = argparse.ArgumentParser()
+    export_command.add_arguments(parser)
+    choices = {a.dest: a.choices for a in parser._actions if a.choices}
+    assert tuple(choices["calibrator"]) == limits.CALIBRATORS
+    assert tuple(choices["data_type"]) == limits.PRECISIONS
+    assert export_kind.CalibrationOptions.model_fields["calibrator"].annotation.__args__ == limits.CALIBRATORS
+    assert prune_kind.PruneOptions.model_fields["equalization"].annotation.__args__ == limits.EQUALIZATIONS
+    assert forms.PRECISIONS == tuple(p.upper() for p in limits.PRECISIONS)
+    assert RunSpec.model_fields["precisions"].default == ("fp32",)
+
+
+def test_run_spec_problems_land_under_the_widget_of_their_field():
+    from worker.client import run_spec_problems
+
+    problems = run_spec_problems(run_spec_dict(prune_thresholds=[0], stages=[9], resolutions=[[60, 64]],
+                                               search={"max_iters": 0}))
+    errors = forms.errors_by_widget(problems)
+    assert errors["thresholds"] == f"prune_thresholds: {limits.prune_threshold_problem(0, sweep=True)}"
+    assert errors["stages"] == f"stages: {limits.stages_problem(9)}"
+    assert "multiples of 8" in errors["resolution"] and errors["max_iters"].startswith("search.max_iters:")
+    assert run_spec_problems(run_spec_dict()) == []
+
+
+def test_too_few_calibration_images_is_one_rule_for_form_run_spec_cli_and_tensor_file(tmp_path, coco_mini):
+    from bpnet.calibrate.tensor_file import build_calibration_tensor
+    from bpnet.export import export_model
+
+    images = coco_mini[1]
+    rule = limits.calibration_count_problem(80, 9, 9)
+    assert rule == "holds 80 images, fewer than batch_size x batches = 9 x 9 = 81"
+    assert rule in refusal(forms.check_calibration, images, 9, 9)
+    assert rule in refusal(parse_run_spec, run_spec_dict(precisions=["int8"], calibration={"batch_size": 9, "batches": 9}))
+    model = tmp_path / "m.hdf5"
+    model.write_bytes(b"not read: the image count is checked first")
+    assert rule in refusal(export_model, model, tmp_path / "m.onnx", (64, 64), "int8", None, "entropy", 99.99,
+                           images, None, None, 9, 9)
+    assert rule in refusal(build_calibration_tensor, images, (64, 64), 9, 9)

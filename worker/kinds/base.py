@@ -1,0 +1,79 @@
+"""What every stage kind module builds on: typed `StageParams` (what the stage computes from, hashed
+into its cache key), typed `StageOutputs` (every file a child reads, by name, inside the stage's
+folder), the `Parent` a stage reads from and the `StageResult` it returns.
+
+No TensorFlow here: run specs and the dashboard import the Params models.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from pydantic import BaseModel, ConfigDict, model_serializer
+
+from bpnet.errors import BpnetError
+from bpnet.specs import Strict
+
+
+class StageParams(Strict):
+    """A stage's parameters. `key_dict()` is what is stored in the stage row and hashed into its
+    cache key; fields in OMIT_WHEN_EMPTY are left out of it while empty, so options added later
+    keep the keys of runs made before them."""
+
+    OMIT_WHEN_EMPTY: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler):
+        data = handler(self)
+        for name in self.OMIT_WHEN_EMPTY:
+            if name in data and data[name] in (None, 0, [], (), {}):
+                del data[name]
+        return data
+
+    def key_dict(self):
+        return self.model_dump(mode="json")
+
+
+class StageOutputs(BaseModel):
+    """A stage's outputs as stored in its row. Extra keys of rows written by older versions are
+    ignored, so a cached stage from before stays readable."""
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def dump(self):
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class ModelOutputs(StageOutputs):
+    """Outputs of a stage that produces a Keras model (import, train, retrain, prune, search)."""
+    model: str                                # the .hdf5 file inside the stage folder
+    num_stages: Optional[int] = None
+    prune_threshold: Optional[float] = None   # the search's chosen threshold
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The finished stage a stage reads: its kind, folder and validated Outputs."""
+    kind: str
+    dir: Path
+    outputs: Any
+
+    def file(self, name, what="file"):
+        """The parent's file `name` (a name from its Outputs); a clear error when it is gone."""
+        if not name:
+            raise BpnetError(f"the parent {self.kind} stage records no {what}")
+        path = Path(self.dir) / name
+        if not path.is_file():
+            raise BpnetError(f"the parent {self.kind} stage's {what} is missing: {path} (artifacts deleted?)")
+        return path
+
+    def model(self):
+        return self.file(self.outputs.model, "model")
+
+
+@dataclass
+class StageResult:
+    """What a kind's `run` returns: its Outputs, the Compare row of an evaluation (else None) and
+    name -> number metrics for the metrics table."""
+    outputs: StageOutputs
+    result: Optional[dict] = None
+    metrics: dict = field(default_factory=dict)
