@@ -132,7 +132,7 @@ def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
             thresholds.press("Enter")
             page.get_by_text("train from scratch").click()   # the default base is the pretrained network
             page.wait_for_timeout(800)
-            page.get_by_role("button", name="INT8").click()    # the pretrained default's INT8: off
+            page.get_by_role("button", name="INT8", exact=True).click()   # the pretrained default's INT8: off
             page.wait_for_timeout(800)
             set_number(page, "Training epochs", 1)
             stages = page.get_by_role("slider", name="Stages")   # the recommended 3 -> 2: a faster tiny run
