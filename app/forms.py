@@ -12,13 +12,18 @@ from pathlib import Path
 
 from bpnet.errors import BpnetError
 from bpnet.image_files import count_images
-from bpnet.limits import (MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_SIDE_PX, MAX_STAGES, MIN_STAGES,
-                          PRECISIONS as RUN_PRECISIONS, STRIDE)
+from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_EPOCHS,
+                          MAX_SEARCH_ITERS, MAX_SIDE_PX, MAX_STAGES, MIN_STAGES, PRECISIONS as RUN_PRECISIONS,
+                          STRIDE)
 from bpnet.limits import calibration_count_problem, prune_threshold_problem, stages_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
 BUNDLED_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
+# The bundled pretrained network (data/models/SOURCE.md): the default base model of a new run;
+# its first run imports it (`bpnet import`, a cached stage).
+PRETRAINED_MODEL = ROOT / "data" / "models" / "mobilenet_v2_pose_dm14_368_432_weight_quant.tflite"
+PRETRAINED_LABEL = "tf-pose MobileNetV2 (depth 1.4) OpenPose, trained on COCO train2017 — bundled, MIT"
 
 RUN_KINDS = ("sweep", "search")
 SEARCH_OBJECTIVES = ("params", "latency")
@@ -272,8 +277,8 @@ def validate_new_run(form, dataset_info=None):
     if kind == "search":
         thresholds = []   # the search picks them
         search["budget_ap"] = attempt("budget_ap", parse_float, form.get("budget_ap", 2.0),
-                                      "AP budget (points)", 0.0, 100.0)
-        search["max_iters"] = attempt("max_iters", parse_int, form.get("max_iters", 6), "search iterations", 1, 30)
+                                      "AP budget (points)", 0.0, MAX_AP_DROP_POINTS)
+        search["max_iters"] = attempt("max_iters", parse_int, form.get("max_iters", 6), "search iterations", 1, MAX_SEARCH_ITERS)
         search["objective"] = form.get("objective") or "params"
         if search["objective"] not in SEARCH_OBJECTIVES:
             errors["objective"] = f"objective: {search['objective']!r} is not one of {list(SEARCH_OBJECTIVES)}"
@@ -281,16 +286,18 @@ def validate_new_run(form, dataset_info=None):
         thresholds = attempt("thresholds", parse_thresholds, form.get("thresholds"))
     precisions = attempt("precisions", check_precisions, form.get("precisions"))
     train_epochs = attempt("train_epochs", parse_int, form.get("train_epochs", 1), "training epochs", 1, 1000)
-    retrain_epochs = attempt("retrain_epochs", parse_int, form.get("retrain_epochs"), "retrain epochs", 0, 1000)
+    retrain_epochs = attempt("retrain_epochs", parse_int, form.get("retrain_epochs"), "retrain epochs", 0, MAX_EPOCHS)
     if kind == "search" and retrain_epochs == 0:
         errors["retrain_epochs"] = ("retrain epochs: the search retrains every pruned model; give at least 1 "
-                                    "(allowed 1 to 1000)")
+                                    f"(allowed 1 to {MAX_EPOCHS})")
     gate_max_ap_drop = 2.0
     if precisions and set(precisions) & {"INT8", "FP16"}:
         gate_max_ap_drop = attempt("gate", parse_float, form.get("gate_max_ap_drop", 2.0),
-                                   "INT8/FP16 gate: largest AP drop (points)", 0.0, 100.0)
+                                   "INT8/FP16 gate: largest AP drop (points)", 0.0, MAX_AP_DROP_POINTS)
     base_model = None
-    if form.get("base") == "existing":
+    if form.get("base", "pretrained") == "pretrained":
+        base_model = str(PRETRAINED_MODEL)
+    elif form.get("base") == "existing":
         base_model = form.get("existing_model") or None
         if base_model is None:
             errors["base"] = "base model: 'existing trained model' chosen but none picked; pick one or train a new model"
@@ -372,6 +379,9 @@ def run_spec_dict(request, train_template):
         spec["calibration"] = {"images": str(request.calibration_images),
                                "batch_size": request.calibration_batch_size,
                                "batches": request.calibration_batches}
+        if request.base_model == str(PRETRAINED_MODEL):
+            # measured (docs/pretrained.md): entropy collapses this network's INT8 maps, min-max keeps AP
+            spec["calibration"]["calibrator"] = "minmax"
     if set(request.precisions) & {"INT8", "FP16"}:
         spec["int8_gate_max_ap_drop"] = request.gate_max_ap_drop
     if request.kind == "search":

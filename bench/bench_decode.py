@@ -80,8 +80,10 @@ def main():
     cv2.setNumThreads(1)
     skeleton = load_skeleton()
     base = load_infer_spec(args.spec)
+    from bpnet.machine import cpu_line, describe_cpu
+
     print(f"decoder settings from {args.spec}; {args.repeats} runs per image, median per image, "
-          f"{args.clock} time\n")
+          f"{args.clock} time\nmachine: {cpu_line(describe_cpu(threads=1))}\n")
     print(f"{'input':>9} | {'images':>6} | {'median ms':>9} | {'p95 ms':>7} | {'max ms':>7}")
     by_people = defaultdict(list)
     for hw in SIZES:

@@ -107,7 +107,10 @@ def main(argv=None):
     if args.pruned:
         pruned = pruned_comparison(model, Path(args.pruned), out_dir, num_images, runs, warmup)
     write_results(out_dir / ("pruned" if args.pruned_only else "."), rows, calibration_seconds, runs, warmup, pruned)
-    print(f"\nlatency on this CPU, median of {runs} runs after {warmup} warm-up")
+    from bpnet.machine import cpu_line, describe_cpu
+
+    print(f"\nlatency on {cpu_line(describe_cpu())}, median of {runs} runs after {warmup} warm-up;"
+          " Keras is the compiled (tf.function) forward pass")
     print(format_table(rows))
     print("\ncalibration (statistics + entropy and minmax thresholds), seconds:", calibration_seconds)
     if pruned:
@@ -128,9 +131,11 @@ def pruned_comparison(model, pruned_model, out_dir, num_images, runs, warmup):
 def write_results(out_dir, rows, calibration_seconds, runs, warmup, pruned):
     from bpnet.fileio import write_json_atomic
 
+    from bpnet.machine import describe_cpu
+
     write_json_atomic(out_dir / "bench_latency.json", {
         "runs": runs, "warmup": warmup, "rows": rows, "calibration_seconds": calibration_seconds,
-        "pruned": pruned})
+        "pruned": pruned, "machine": describe_cpu()})
 
 
 if __name__ == "__main__":

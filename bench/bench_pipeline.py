@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -50,17 +52,40 @@ def images_per_second(dataset, images):
     return rate
 
 
-def cpu_ms_per_example(spec, count):
+def cpu_ms_per_example(spec, count, before=False):
     """CPU milliseconds one worker spends per example (process CPU time, in this process): the
-    load-independent figure; 1000 / it is the images/s one free core would make."""
-    from bpnet.data.pipeline import example_rng, load_samples, make_example
+    load-independent figure; 1000 / it is the images/s one free core would make.
+    before=True: with the previous per-limb targets and per-pixel normalisation (the reference
+    copies kept in tests/test_targets_reference.py), for the before/after comparison."""
+    import contextlib
+    from unittest import mock
+
+    from bpnet.data import pipeline
     from bpnet.skeleton import load_skeleton
 
-    samples, skeleton = load_samples(spec), load_skeleton(spec.dataloader.skeleton)
-    started = time.process_time()
-    for i in range(count):
-        make_example(samples[i % len(samples)], spec, skeleton, example_rng(spec.random_seed, i, i % len(samples)))
-    return 1000.0 * (time.process_time() - started) / count
+    samples, skeleton = pipeline.load_samples(spec), load_skeleton(spec.dataloader.skeleton)
+    patches = contextlib.ExitStack()
+    if before:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from test_targets_reference import reference_heatmaps, reference_pafs
+
+        def old_targets(parts, skel, input_hw, target_spec, stride=8):
+            grid = (input_hw[0] // stride, input_hw[1] // stride)
+            parts = np.asarray(parts, np.float32).reshape(-1, skel.num_parts, 3)
+            return (reference_heatmaps(parts, grid, stride, target_spec.heatmap_sigma_px),
+                    reference_pafs(parts, skel.limbs, grid, stride, target_spec.paf_width_px))
+
+        def old_normalize(images, scale, offset):
+            return np.asarray(images, np.float32) / np.asarray(scale, np.float32) - np.asarray(offset, np.float32)
+
+        patches.enter_context(mock.patch.object(pipeline, "make_targets", old_targets))
+        patches.enter_context(mock.patch.object(pipeline, "normalize", old_normalize))
+    with patches:
+        started = time.process_time()
+        for i in range(count):
+            pipeline.make_example(samples[i % len(samples)], spec, skeleton,
+                                  pipeline.example_rng(spec.random_seed, i, i % len(samples)))
+        return 1000.0 * (time.process_time() - started) / count
 
 
 def main(argv=None):
@@ -78,10 +103,12 @@ def main(argv=None):
     results = {f"{mode} x{workers}": [] for mode, workers in configs}
     datasets = {(mode, workers): make_dataset(pipeline_spec(args.size, workers), training=True,
                                               processes=mode == "processes") for mode, workers in configs}
-    cpu_ms = []
+    cpu_ms, cpu_ms_before = [], []
     for round_index in range(args.rounds):
         cpu_ms.append(round(cpu_ms_per_example(pipeline_spec(args.size, 1), args.images // 2), 2))
-        print(f"round {round_index}: {cpu_ms[-1]:.2f} CPU ms per example in one worker", flush=True)
+        cpu_ms_before.append(round(cpu_ms_per_example(pipeline_spec(args.size, 1), args.images // 2, before=True), 2))
+        print(f"round {round_index}: {cpu_ms[-1]:.2f} CPU ms per example in one worker "
+              f"(before: {cpu_ms_before[-1]:.2f})", flush=True)
         for mode, workers in configs:
             rate = images_per_second(datasets[(mode, workers)], args.images)
             results[f"{mode} x{workers}"].append(round(rate, 1))
@@ -98,14 +125,16 @@ def main(argv=None):
              f"{2:>8} | {medians['processes x2']:15.1f} {medians['processes x2'] / one:7.2f} | "
              f"{medians['threads x2']:13.1f} {medians['threads x2'] / one:7.2f}"]
     per_example = sorted(cpu_ms)[len(cpu_ms) // 2]
+    before = sorted(cpu_ms_before)[len(cpu_ms_before) // 2]
     table.append(f"one worker: {per_example:.2f} CPU ms per example (median of rounds) = "
-                 f"{1000 / per_example:.0f} images/s per free core")
+                 f"{1000 / per_example:.0f} images/s per free core; before (loop targets, per-pixel "
+                 f"normalise): {before:.2f} ms = {1000 / before:.0f} images/s ({before / per_example:.2f}x)")
     print("\n" + "\n".join(table))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_pipeline.json").write_text(json.dumps(
         {"input_hw": [args.size, args.size], "batch_size": BATCH, "images_per_round": args.images,
-         "rounds": results, "medians": medians, "cpu_ms_per_example": cpu_ms, "machine_before": machine_before, "machine": machine,
+         "rounds": results, "medians": medians, "cpu_ms_per_example": cpu_ms, "cpu_ms_per_example_before": cpu_ms_before, "machine_before": machine_before, "machine": machine,
          "table": table}, indent=1))
 
 

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bpnet.fileio import write_json_atomic  # noqa: E402
+from bpnet.machine import cpu_line, describe_cpu  # noqa: E402
 from bpnet.specs import (InferSpec, TrainSpec, load_infer_spec, load_yaml,  # noqa: E402
                          parse_spec, spec_to_yaml)
 
@@ -228,7 +229,8 @@ def main():
         "base": {"params": base_params, "latency_ms": latency[base_onnx], "ap": base_ap,
                  "loss": base_loss},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "rows": rows})
+        "rows": rows, "machine": describe_cpu(threads=1)})
+    print(f"machine: {cpu_line(describe_cpu(threads=1))}")
 
 
 if __name__ == "__main__":

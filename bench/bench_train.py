@@ -117,14 +117,16 @@ def main(argv=None):
         for name in MODELS:
             rows.append(run_row(name, input_hw, args.batch, args.steps))
             print(f"done: {name} {input_hw[0]}x{input_hw[1]}", file=sys.stderr, flush=True)
-    machine = {"cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
-               "tensorflow": tf.__version__}
+    from bpnet.machine import cpu_line, describe_cpu
+
+    machine = {**describe_cpu(), "tensorflow": tf.__version__}
+    print(f"machine: {cpu_line(machine)}")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "bench_train.json").write_text(
             json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     print(f"Training throughput on {os.cpu_count()} CPU core(s), TensorFlow {tf.__version__}, "
-          f"1-min load average {machine['load_avg_1m']:.1f} at the end:")
+          f"1-min load average {machine['load_average'][0]:.1f} at the end:")
     print(format_table(rows))
     return 0
 

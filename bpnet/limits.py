@@ -35,10 +35,17 @@ DEFAULT_CALIBRATION_MIN_KEYPOINTS = 5
 EQUALIZATIONS = ("union", "intersection", "arithmetic_mean", "geometric_mean")
 NORMALIZERS = ("max", "L2")
 DEFAULT_PRUNE_THRESHOLD = 0.1
+DEFAULT_PRUNE_GRANULARITY = 8        # kept filters per layer: a multiple of this (fast GPU kernels)
+DEFAULT_PRUNE_MIN_FILTERS = 16       # and at least this many
 MAX_PRUNE_THRESHOLD = 10.0
 USEFUL_PRUNE_THRESHOLDS = "0.05-3.0"
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+# Run specs and the New-run form.
+MAX_EPOCHS = 10000
+MAX_AP_DROP_POINTS = 100.0      # AP budgets and gate thresholds, in AP points
+MAX_SEARCH_ITERS = 30
 
 # `bpnet export` input size when neither -d nor an inference spec gives one: the workflow's
 # deployment size (its INT8 export and strict evaluation use 288x384). TAO's own default was the

@@ -1,5 +1,7 @@
 """Run detail's accuracy-control section: figures and tables from a report (no Streamlit run)."""
 
+import json
+
 from app.views import quantize_section as section
 
 
@@ -58,3 +60,31 @@ def test_report_artifacts_found_by_name():
                          {"id": 8, "stage_id": "s1", "name": "model.int8.onnx"}]}
     assert section.report_artifacts(run) == [("s1", "int8 128x160", 7)]
     assert section.calibrator_rows(report())[1]["chosen"] == "✓"
+
+
+def test_section_renders_in_streamlit(tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    path = tmp_path / "accuracy_control.json"
+    data = report()
+    data["warnings"] = ["only 3 of the 20 images with people are not calibration images"]
+    data["gate"] = {"status": "passed", "reasons": ["AP drop 0.5 within 1"]}
+    path.write_text(json.dumps(data))
+
+    def page(report_path):
+        from pathlib import Path
+
+        from app.views import quantize_section
+
+        run = {"stages": [{"id": "s1", "label": "quantize 64x64 int8"}],
+               "artifacts": [{"id": 1, "stage_id": "s1", "name": "accuracy_control.json"}]}
+        quantize_section.render(run, lambda _id: Path(report_path))
+
+    at = AppTest.from_function(page, args=(str(path),), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "INT8 with accuracy control · quantize 64x64 int8" in [s.value for s in at.subheader]
+    assert len(at.get("plotly_chart")) == 3                  # calibrators, curve, divergence
+    warnings = " | ".join(w.value for w in at.warning)
+    assert "no small people" in warnings and "only 3 of the 20" in warnings
+    assert "`conv2`" in " ".join(m.value for m in at.markdown)

@@ -162,7 +162,11 @@ def waiting_messages(app):
 
 
 def _redis_payloads(app):
-    with app.connection_for_write() as conn:
+    from kombu import Connection
+
+    # A new connection each time: a pooled one may be the dead socket of a restarted Redis.
+    with Connection(app.conf.broker_url, transport_options=app.conf.broker_transport_options) as conn:
+        conn.ensure_connection(max_retries=1)
         client = conn.default_channel.client
         return [item for q in QUEUES for item in client.lrange(q, 0, -1)]
 

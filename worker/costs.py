@@ -96,14 +96,11 @@ def estimate_run(nodes, history_rows, queue_of):
     stages, unknown, unknown_kinds, total, low, high = [], [], set(), 0.0, 0.0, 0.0
     for queue, planned in by_queue.items():
         preview = preview_cost(history, planned, queue)
-        for st in preview["stages"]:
-            stages.append({**st, "worker_kind": queue})
-            if st["estimate"] is None:
-                unknown_kinds.add(st["kind"])
-            else:
-                total += st["estimate"]["seconds"]
-                low += st["estimate"]["low"]
-                high += st["estimate"]["high"]
+        stages += [{**st, "worker_kind": queue} for st in preview["stages"]]
+        unknown_kinds |= {st["kind"] for st in preview["stages"] if st["estimate"] is None}
+        total += preview["total_seconds"]
+        low += preview["total_low_seconds"]
+        high += preview["total_high_seconds"]
         unknown += preview["unknown"]
     known = len(stages) - len(unknown)
     if nodes and not known:

@@ -24,12 +24,16 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from bpnet.errors import BpnetError
 from bpnet.guide.accuracy_control import AccuracyControlOptions
 from bpnet.image_files import count_images, is_image_file
-from bpnet.limits import PRECISIONS, STRIDE, calibration_count_problem, prune_threshold_problem, stages_problem
+from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_SEARCH_ITERS, PRECISIONS, STRIDE,
+                          calibration_count_problem, prune_threshold_problem, stages_problem)
 from bpnet.model_safety import check_model_file
 from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
                          load_yaml, parse_spec)
 from worker.kinds import engine, evaluate, export, gate, import_model, prune, quantize, retrain, search, train
 from worker.kinds.evaluate import BenchmarkOptions
+# A run's base `model` may be a pretrained .tflite/.pb (its model card beside it): the import
+# stage rebuilds it with `bpnet import` on first use; the stage cache keeps the result.
+from worker.kinds.import_model import IMPORTED_SUFFIXES
 from worker.kinds.export import CalibrationOptions
 from worker.kinds.prune import PruneOptions
 
@@ -51,9 +55,9 @@ def _check_resolution(h, w):
 
 class SearchOptions(Strict):
     """`kind: search`: the smallest pruned + retrained model within an AP budget."""
-    budget_ap: float = Field(2.0, ge=0, le=100)        # largest AP drop (points) from the unpruned model
+    budget_ap: float = Field(2.0, ge=0, le=MAX_AP_DROP_POINTS)        # largest AP drop (points) from the unpruned model
     objective: Literal["params", "latency"] = "params"
-    max_iters: int = Field(6, ge=1, le=30)
+    max_iters: int = Field(6, ge=1, le=MAX_SEARCH_ITERS)
     # evaluation (and latency) input [H, W] of every trial; default: the first of `resolutions`
     resolution: Optional[tuple[int, int]] = None
     # the engine measures each trial's latency on the retrained float (Keras) model
@@ -84,12 +88,12 @@ class RunSpec(Strict):
     dataset: RunDataset
     train_spec: Optional[Path] = None      # training spec YAML for the base model
     train: Optional[dict] = None           # ... or the same inline (dataset filled from `dataset`)
-    model: Optional[Path] = None           # ... or an existing trained Keras model (.hdf5)
+    model: Optional[Path] = None           # ... or an existing model (.hdf5, or .tflite/.pb + card)
     stages: tuple[int, ...] = ()           # model stage counts to train (a sweep); () = the spec's
     resolutions: tuple[tuple[int, int], ...] = ((288, 384),)   # network input [H, W] for export/eval
     prune_thresholds: tuple[float, ...] = ()
     prune: PruneOptions = PruneOptions()
-    retrain_epochs: int = Field(2, ge=0, le=10000)   # 0 = evaluate pruned models without retraining
+    retrain_epochs: int = Field(2, ge=0, le=MAX_EPOCHS)   # 0 = evaluate pruned models without retraining
     evaluate_unpruned: bool = True         # also export/evaluate the base model itself
     precisions: tuple[Literal[PRECISIONS], ...] = ("fp32",)
     calibration: CalibrationOptions = CalibrationOptions()
@@ -99,7 +103,7 @@ class RunSpec(Strict):
     eval_max_images: Optional[int] = Field(None, ge=1)   # None = every annotated image
     search: SearchOptions = SearchOptions()
     # INT8/FP16 results losing more AP points than this against their float parent fail the gate
-    int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=100)
+    int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=MAX_AP_DROP_POINTS)
     engines: bool = False                  # also build TensorRT engines (needs a TensorRT worker)
     # INT8 by accuracy control (`bpnet quantize`): every calibrator, then layers back to float
     # until the AP drop is within max_drop (docs/int8.md); None = one calibrator, as exported
@@ -217,8 +221,15 @@ def check_run_inputs(spec, source):
     need_file(spec.train_spec, "train_spec")
     need_file(spec.model, "model")
     need_file(spec.infer_spec, "infer_spec")
-    if spec.model is not None and spec.model.suffix.lower() not in (".hdf5", ".h5"):
-        problems.append(f"model: {spec.model} is not a Keras model (.hdf5 or .h5)")
+    if spec.model is not None and spec.model.suffix.lower() in IMPORTED_SUFFIXES:
+        from bpnet.imports import find_card
+        try:   # a pretrained network the import stage rebuilds: its model card must be there
+            find_card(spec.model)
+        except BpnetError as err:
+            problems.append(f"model: {err}")
+    elif spec.model is not None and spec.model.suffix.lower() not in (".hdf5", ".h5"):
+        problems.append(f"model: {spec.model} is not a Keras model (.hdf5 or .h5) nor a pretrained "
+                        f"network `bpnet import` rebuilds ({', '.join(IMPORTED_SUFFIXES)})")
     elif spec.model is not None and Path(spec.model).is_file():
         try:   # a model file is data: a Lambda/custom layer is refused before anything is queued
             check_model_file(spec.model, "model")
@@ -433,7 +444,9 @@ def base_train_spec_for_import(spec):
     the bundled small spec, on the run's dataset."""
     if spec.train_spec is not None or spec.train is not None:
         return base_train_spec(spec)
-    default = Path(__file__).resolve().parent.parent / "specs" / "train_small.yaml"
+    pretrained = spec.model is not None and spec.model.suffix.lower() in IMPORTED_SUFFIXES
+    default = Path(__file__).resolve().parent.parent / "specs" / (
+        "retrain_pretrained.yaml" if pretrained else "train_small.yaml")
     data = load_yaml(default, "default training spec")
     data["dataloader"]["dataset"] = {"annotations": str(spec.dataset.annotations),
                                      "images": str(spec.dataset.images),

@@ -153,10 +153,18 @@ if stats is not None:
 
 # ---------------------------------------------------------------- base model
 st.subheader("2 · Base model")
-base = st.radio("Base model", ["train", "existing"], horizontal=True, key="base",
-                format_func={"train": "train a new model", "existing": "an existing trained model"}.get)
+base = st.radio("Base model", ["pretrained", "train", "existing"], horizontal=True, key="base",
+                format_func={"pretrained": "start from a pretrained model", "train": "train from scratch",
+                             "existing": "an existing trained model"}.get)
 existing_model = None
-if base == "train":
+if base == "pretrained":
+    train_epochs, stages = 1, 2
+    st.caption(f"**{forms.PRETRAINED_LABEL}** (`{forms.PRETRAINED_MODEL.name}`, 6 stages). The first run imports "
+               "it into Keras with a parity check against TFLite (about a minute), later runs reuse it. It is "
+               "retrained briefly after pruning at its own 0..255 BGR input convention (its model card). "
+               "The bundled COCO sample images are from COCO train2017 and may have been in its training "
+               "data: AP on them is optimistic.")
+elif base == "train":
     c1, c2 = st.columns(2)
     train_epochs = c1.number_input("Training epochs", min_value=1, max_value=1000, value=4, key="train_epochs",
                                    help="epochs of the base model on the chosen data (small CPU spec: "
@@ -199,13 +207,13 @@ stages_slot = st.empty()
 budget_ap, objective, max_iters, thresholds = 2.0, "params", 6, ""
 if kind == "search":
     c1, c2, c3 = st.columns(3)
-    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=100.0, value=2.0,
+    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0,
                                 step=0.5, key="budget_ap",
                                 help="the search keeps only models within this many AP points of the unpruned one")
     objective = c2.selectbox("Objective (what to make small)", list(forms.SEARCH_OBJECTIVES), key="objective",
                              format_func={"params": "parameters",
                                           "latency": "latency (FP32, first resolution)"}.get)
-    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=30, value=6, key="max_iters",
+    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=forms.MAX_SEARCH_ITERS, value=6, key="max_iters",
                                 help="each iteration prunes, retrains and evaluates one threshold")
     st.caption("The search tries 0.05 first, then 1.0, then narrows the bracket around your budget from the "
                "measured AP of each retrained model; it never picks a model outside the budget.")
@@ -214,20 +222,21 @@ else:
                                help=forms.advice_text(advice["prune.threshold"]))
     st.caption(f"Prune threshold: {forms.advice_text(advice['prune.threshold'])}")
 thresholds_slot = st.empty()
-precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi", default=["FP32"],
+precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi",
+                      default=["FP32", "INT8"] if base == "pretrained" else ["FP32"],
                       key="precisions", help=forms.advice_text(advice["export.data_type"]))
 st.caption(f"Precision: {forms.advice_text(advice['export.data_type'])}")
 precisions_slot = st.empty()
 gate_max_ap_drop = 2.0
 if precisions and set(precisions) & {"INT8", "FP16"}:
     gate_max_ap_drop = st.number_input(
-        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=100.0, value=2.0, step=0.5,
+        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0, step=0.5,
         key="gate_max_ap_drop",
         help="every INT8/FP16 result is compared with its float parent on the same evaluation; a larger "
              "AP drop, or outputs that no longer follow the float model's, marks it failed with remedies")
 gate_slot = st.empty()
 retrain_epochs = st.number_input("Retrain epochs (after pruning; 0 = evaluate pruned models as they are)",
-                                 min_value=0, max_value=1000, value=2, key="retrain_epochs")
+                                 min_value=0, max_value=forms.MAX_EPOCHS, value=2, key="retrain_epochs")
 retrain_slot = st.empty()
 cal_images = cal_batches = cal_batch_size = None
 if precisions and "INT8" in precisions:
@@ -236,8 +245,8 @@ if precisions and "INT8" in precisions:
     default_cal = str(info.images) if info is not None else ""
     cal_images = st.text_input("Calibration images folder", value=default_cal, key="cal_images")
     c1, c2 = st.columns(2)
-    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=256, value=8, key="cal_batch_size")
-    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=10000, value=2, key="cal_batches")
+    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=forms.MAX_CALIBRATION_BATCH_SIZE, value=8, key="cal_batch_size")
+    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=forms.MAX_CALIBRATION_BATCHES, value=2, key="cal_batches")
     if stats is not None:
         from bpnet.guide.recommend import recommend_calibration
 

@@ -29,13 +29,16 @@ def calibrator_figure(report):
     best = report["best_calibrator"]
     fig.add_bar(x=names, y=[r["AP"] for r in rows], name="INT8 AP",
                 marker_color=["#2a9d8f" if n == best else "#9ab" for n in names],
-                text=[f"{r['AP']:.3f} (−{r['ap_drop']:.2f})" for r in rows], textposition="outside")
+                text=[f"{r['AP']:.3f}<br>−{r['ap_drop']:.2f} pt" for r in rows], textposition="inside",
+                insidetextanchor="middle")
     fig.add_scatter(x=names, y=[r.get("latency_ms") for r in rows], name="latency (ms)", mode="markers",
                     marker={"size": 11, "symbol": "diamond", "color": "#e76f51"}, secondary_y=True)
     parent = report["parent_AP"]
-    fig.add_hline(y=parent, line_dash="dot", annotation_text=f"float AP {parent:.3f}")
+    fig.add_hline(y=parent, line_dash="dot", annotation_text=f"float AP {parent:.3f}",
+                  annotation_position="top left")
     fig.add_hline(y=parent - report["max_drop"] / 100.0, line_dash="dash", line_color="#e63946",
-                  annotation_text=f"budget: −{report['max_drop']:g} points", annotation_position="bottom right")
+                  annotation_text=f"budget: −{report['max_drop']:g} points", annotation_position="bottom left")
+    fig.update_yaxes(range=[0, 1.2 * max([parent] + [r["AP"] for r in rows])], secondary_y=False)
     fig.update_layout(title="Calibrators on the same calibration images (best highlighted)", height=360,
                       margin={"t": 50, "b": 30}, legend={"orientation": "h", "y": -0.15})
     fig.update_yaxes(title_text="AP", secondary_y=False)
@@ -53,10 +56,16 @@ def curve_figure(report):
                     line={"color": "#2a9d8f"})
     fig.add_scatter(x=ks, y=[p.get("latency_ms") for p in points], name="latency (ms)", mode="lines+markers",
                     line={"color": "#e76f51", "dash": "dot"}, secondary_y=True)
-    fig.add_hline(y=report["parent_AP"] - report["max_drop"] / 100.0, line_dash="dash", line_color="#e63946",
-                  annotation_text=f"budget: float AP − {report['max_drop']:g} points")
+    budget = report["parent_AP"] - report["max_drop"] / 100.0
+    fig.add_hline(y=budget, line_dash="dash", line_color="#e63946",
+                  annotation_text=f"budget: float AP − {report['max_drop']:g} points", annotation_position="bottom right")
+    fig.add_hline(y=report["parent_AP"], line_dash="dot", annotation_text="float AP", annotation_position="top right")
+    values = [p["AP"] for p in points] + [budget, report["parent_AP"]]
+    pad = 0.15 * (max(values) - min(values) or 0.01)
+    fig.update_yaxes(range=[min(values) - pad, max(values) + pad], secondary_y=False)
     chosen = report["final"]["float_layers"]
-    fig.add_vline(x=chosen, line_color="#264653", annotation_text=f"chosen: {chosen} float layer(s)")
+    fig.add_vline(x=chosen, line_color="#264653", annotation_text=f"chosen: {chosen} float layer(s)",
+                  annotation_position="bottom left")
     fig.update_layout(title="AP and latency vs layers returned to float (bisection points)", height=360,
                       margin={"t": 50, "b": 30}, legend={"orientation": "h", "y": -0.2})
     fig.update_xaxes(title_text="layers in float (most harmful first)")

@@ -4,7 +4,8 @@
 Flags and defaults are TAO's (`tao model bpnet prune`); the seed's workflow prunes with
 `-eq union -pth 0.2`."""
 
-from bpnet.limits import DEFAULT_PRUNE_THRESHOLD, EQUALIZATIONS, NORMALIZERS
+from bpnet.limits import (DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, DEFAULT_PRUNE_THRESHOLD,
+                          EQUALIZATIONS, NORMALIZERS)
 
 
 def add_arguments(parser):
@@ -21,10 +22,10 @@ def add_arguments(parser):
                         help="merge statistics of layers tied by element-wise ops: "
                              f"{', '.join(EQUALIZATIONS)} (default {EQUALIZATIONS[0]}, TAO's and the "
                              "workflow's: a filter stays when any tied layer needs it)")
-    parser.add_argument("-pg", "--pruning_granularity", type=int, default=8,
-                        help="keep a multiple of this many filters per layer (default 8)")
-    parser.add_argument("-nf", "--min_num_filters", type=int, default=16,
-                        help="keep at least this many filters per layer (default 16)")
+    parser.add_argument("-pg", "--pruning_granularity", type=int, default=DEFAULT_PRUNE_GRANULARITY,
+                        help=f"keep a multiple of this many filters per layer (default {DEFAULT_PRUNE_GRANULARITY})")
+    parser.add_argument("-nf", "--min_num_filters", type=int, default=DEFAULT_PRUNE_MIN_FILTERS,
+                        help=f"keep at least this many filters per layer (default {DEFAULT_PRUNE_MIN_FILTERS})")
     parser.add_argument("-n", "--normalizer", default=NORMALIZERS[0],
                         help=f"normalise filter norms by the layer's {' or '.join(NORMALIZERS)} norm "
                              f"(default {NORMALIZERS[0]})")

@@ -1,5 +1,6 @@
 """`bpnet quantize -m MODEL -a ANN.json -i IMAGES --infer_spec INFER.yaml -r OUT [--max_drop 1.0]
-[--cal_image_dir DIR | --cal_data_file FILE.npy] [--calibrators entropy,minmax,percentile:99.99,...]`:
+[--cal_image_dir DIR | --cal_data_file FILE.npy] [--calibrators entropy,minmax,percentile:99.99,...]
+[--ranking auto|isolated|divergence]`:
 the fastest INT8 model within `--max_drop` AP points (accuracy-controlled quantization)."""
 
 from bpnet.guide.accuracy_control import DEFAULT_CALIBRATORS, DEFAULT_MAX_DROP, DEFAULT_MAX_EVAL_IMAGES
@@ -21,6 +22,10 @@ def add_arguments(parser):
     parser.add_argument("--num_cal_images", type=int, default=16, help="calibration images (default 16)")
     parser.add_argument("--max_eval_images", type=int, default=DEFAULT_MAX_EVAL_IMAGES,
                         help=f"evaluation images with people (default {DEFAULT_MAX_EVAL_IMAGES})")
+    parser.add_argument("--ranking", choices=("auto", "isolated", "divergence"), default="auto",
+                        help="layer ranking: each layer alone (isolated, one run per layer), the error each adds "
+                             "in one FP32-vs-INT8 pass (divergence), or auto: isolated up to 64 layers")
+    parser.add_argument("--ranking_images", type=int, default=8, help="images of the layer ranking (default 8)")
     parser.add_argument("--validate_ranking", type=int, default=0,
                         help="check the layer ranking against AP on this many top layers (default 0)")
     parser.add_argument("--latency_runs", type=int, default=10, help="timed runs per latency (default 10)")
@@ -38,7 +43,8 @@ def run(args):
     options = parse_spec(AccuracyControlOptions, {
         "max_drop": args.max_drop, "calibrators": [c.strip() for c in args.calibrators.split(",") if c.strip()],
         "num_calibration_images": args.num_cal_images, "max_eval_images": args.max_eval_images,
-        "validate_ranking": args.validate_ranking, "latency_runs": args.latency_runs}, "bpnet quantize options")
+        "validate_ranking": args.validate_ranking, "latency_runs": args.latency_runs, "ranking": args.ranking,
+        "ranking_images": args.ranking_images}, "bpnet quantize options")
     def show(event):
         if event["stage"] == "quantize" and event["event"] in ("phase", "result") and event.get("message"):
             print(event["message"], flush=True)

@@ -152,7 +152,10 @@ def make_dataset(spec, training=True, repeat=None, processes=None):
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.enumerate()  # (position in the stream, sample index)
-    dataset = dataset.map(load_tensors, num_parallel_calls=workers, deterministic=True)
+    # With processes, twice as many examples in flight as workers: each worker finds its next
+    # example already queued instead of idling through a round trip to the parent.
+    in_flight = IN_FLIGHT_PER_WORKER * workers if use_processes else workers
+    dataset = dataset.map(load_tensors, num_parallel_calls=in_flight, deterministic=True)
     dataset = dataset.batch(loader.batch_size, drop_remainder=training)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -162,6 +165,7 @@ def make_dataset(spec, training=True, repeat=None, processes=None):
 # Pools kept alive by spec (a training run makes its training and validation datasets from one
 # spec); the oldest beyond this many is shut down so a long-lived job worker does not pile them up.
 MAX_POOLS = 2
+IN_FLIGHT_PER_WORKER = 2
 _pools = OrderedDict()
 _worker = {}   # inside a worker process: its spec, samples, skeleton, attached slots
 
@@ -190,7 +194,7 @@ class WorkerPool:
     Spawned, not forked: the parent runs TensorFlow's threads, which a fork would copy in an
     undefined state. An executor, not multiprocessing.Pool: a worker that dies (out of memory)
     breaks the pool with an error instead of leaving training waiting forever. Examples come
-    back through shared memory (one slot per concurrent call) because pickling 2.4 MB per
+    back through shared memory (one slot per example in flight) because pickling 2.4 MB per
     368x368 example through a pipe cost the parent about as much CPU as making it."""
 
     def __init__(self, spec, processes):
@@ -198,7 +202,8 @@ class WorkerPool:
 
         self.shapes = example_shapes(spec)
         nbytes = 4 * sum(int(np.prod(shape)) for shape in self.shapes)
-        self.slots = [shared_memory.SharedMemory(create=True, size=nbytes) for _ in range(processes)]
+        self.slots = [shared_memory.SharedMemory(create=True, size=nbytes)
+                      for _ in range(IN_FLIGHT_PER_WORKER * processes)]
         self.free = queue.Queue()
         for slot in self.slots:
             self.free.put(slot)

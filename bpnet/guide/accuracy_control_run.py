@@ -203,6 +203,7 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
     """The whole stage; returns the report (also `out_dir/accuracy_control.json`)."""
     from bpnet.benchmark import benchmark_model
     from bpnet.evaluate import evaluate_model
+    from bpnet.guide.gate import MEANINGFUL_AP_FLOOR, is_meaningful
     from bpnet.guide.gate_run import agreement_batch, run_gate
 
     options = options or AccuracyControlOptions()
@@ -248,9 +249,10 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
     emit(progress, STAGE, "start", message=f"evaluating the float model on {len(subset['images'])} images",
          fraction=0.0)
     parent = score(float_onnx, "fp32")
-    if parent["AP"] is not None and parent["AP"] <= 0:
-        warnings.append("the float model scores AP 0 on the evaluation subset: an AP drop cannot mean anything "
-                        "(untrained model, or evaluation images it cannot see people in)")
+    if not is_meaningful(parent):
+        warnings.append(f"the float model scores AP {parent['AP']:.3f} (< {MEANINGFUL_AP_FLOOR:g}) on the evaluation "
+                        "subset: it finds (almost) nobody, so an AP drop cannot mean anything (untrained model, "
+                        "or evaluation images it cannot see people in)")
     image_ids = [im["id"] for im in subset["images"]]
     ranking_data = np.concatenate(agreement_batch(subset_path, images_dir, infer_spec, image_ids,
                                                   count=options.ranking_images))

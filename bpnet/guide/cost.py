@@ -54,10 +54,11 @@ def estimate_stage(rates, kind, worker_kind, work):
 def preview_cost(history, planned, worker_kind):
     """Per planned stage ({"name", "kind", "work"}) its estimate, plus the total of the estimated.
 
-    Returns {"stages": [...], "total_seconds", "unknown": [names without history]}.
+    Returns {"stages": [...], "total_seconds", "total_low_seconds", "total_high_seconds" (sums of
+    the estimated stages' 25-75% ranges), "unknown": [names without history]}.
     """
     rates = rates_by_kind(history)
-    stages, unknown, total = [], [], 0.0
+    stages, unknown, total, low, high = [], [], 0.0, 0.0, 0.0
     for stage in planned:
         estimate = estimate_stage(rates, stage["kind"], worker_kind, stage["work"])
         stages.append({**stage, "estimate": estimate})
@@ -65,4 +66,7 @@ def preview_cost(history, planned, worker_kind):
             unknown.append(stage["name"])
         else:
             total += estimate["seconds"]
-    return {"stages": stages, "total_seconds": total, "unknown": unknown, "worker_kind": worker_kind}
+            low += estimate["low"]
+            high += estimate["high"]
+    return {"stages": stages, "total_seconds": total, "total_low_seconds": low, "total_high_seconds": high,
+            "unknown": unknown, "worker_kind": worker_kind}

@@ -20,11 +20,13 @@ from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import read_json, write_json_atomic
 from bpnet.guide.search import DEFAULT_THRESHOLD_RANGE, SearchConfig, Trial, run_search
+from bpnet.limits import DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, EQUALIZATIONS, NORMALIZERS
 from bpnet.specs import spec_to_yaml
 
 STAGE = "search"
 OBJECTIVES = ("params", "latency")
-DEFAULT_PRUNE_OPTIONS = {"equalization": "union", "granularity": 8, "min_filters": 16, "normalizer": "max"}
+DEFAULT_PRUNE_OPTIONS = {"equalization": EQUALIZATIONS[0], "granularity": DEFAULT_PRUNE_GRANULARITY,
+                         "min_filters": DEFAULT_PRUNE_MIN_FILTERS, "normalizer": NORMALIZERS[0]}
 
 
 def ap_points(metrics):

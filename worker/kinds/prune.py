@@ -4,7 +4,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from bpnet.limits import EQUALIZATIONS, NORMALIZERS, prune_threshold_problem
+from bpnet.limits import (DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, EQUALIZATIONS, NORMALIZERS,
+                          prune_threshold_problem)
 from bpnet.specs import Strict
 from worker.kinds.base import ModelOutputs, StageParams, StageResult
 
@@ -15,8 +16,8 @@ MODEL_FILE = "pruned_model.hdf5"
 class PruneOptions(Strict):
     """The pruning options of a run spec (`prune:`), TAO's `bpnet prune` flags."""
     equalization: Literal[EQUALIZATIONS] = EQUALIZATIONS[0]
-    granularity: int = Field(8, ge=1)
-    min_filters: int = Field(16, ge=1)
+    granularity: int = Field(DEFAULT_PRUNE_GRANULARITY, ge=1)
+    min_filters: int = Field(DEFAULT_PRUNE_MIN_FILTERS, ge=1)
     normalizer: Literal[NORMALIZERS] = NORMALIZERS[0]
     excluded_layers: tuple[str, ...] = ()
 
