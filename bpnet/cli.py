@@ -28,15 +28,18 @@ VERBS = {
     "explore": "AP and latency of every stage exit at several resolutions and precisions, with the oracle.",
     "dataset_convert": "TAO's TFRecord conversion is not needed (bpnet reads COCO directly): "
                        "checks the data of a coco_spec.json instead.",
+    "import": "Import a pretrained pose network (TFLite, frozen .pb, ONNX, TAO .hdf5) with its model card.",
     "spec": "Show a spec as bpnet reads it; --from-tao FILE prints the native spec of a TAO spec file.",
 }
 # TAO's spellings of our verbs, so its command lines and scripts find them.
 ALIASES = {"sample-calibration": ["sample_calibration", "sample_calibration_images"],
            "dataset-stats": ["dataset_stats"], "dataset_convert": ["dataset-convert"]}
+MODULE_NAMES = {"import": "import_"}   # `import` is a Python keyword
 
 
 def _module(verb):
-    return importlib.import_module(f"bpnet.commands.{verb.replace('-', '_')}")
+    name = MODULE_NAMES.get(verb, verb.replace("-", "_"))
+    return importlib.import_module(f"bpnet.commands.{name}")
 
 
 def build_parser():

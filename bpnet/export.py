@@ -94,17 +94,24 @@ def export_onnx(model_path, output_path, input_hw, stage=None, batch_size=None, 
     from bpnet.model import load_model
 
     emit(progress, "export", "phase", message="loading the Keras model")
+    from bpnet.imports.card import read_model_card
+
+    if Path(model_path).suffix.lower() == ".onnx":   # an ONNX import (bpnet import)
+        from bpnet.imports.onnx_source import export_imported_onnx
+        return export_imported_onnx(model_path, output_path, input_hw, stage, sdk_compatible)
     summary = export_keras(load_model(model_path), output_path, input_hw, stage, batch_size, opset,
-                           sdk_compatible, upsample_ratio, progress, channels_first)
+                           sdk_compatible, upsample_ratio, progress, channels_first,
+                           card=read_model_card(model_path))
     return {"model": str(model_path), **summary}
 
 
 def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opset=OPSET,
                  sdk_compatible=False, upsample_ratio=DEFAULT_UPSAMPLE_RATIO, progress=None,
-                 channels_first=False):
+                 channels_first=False, card=None):
     """`export_onnx` for a BodyPoseNet already in memory (all stages; `stage` picks one).
     `channels_first` (TAO's `--data_format channels_first`) makes the input NCHW (N, 3, H, W);
-    the SDK variant is always NCHW."""
+    the SDK variant is always NCHW. `card`: the model card of an imported network, stored in
+    the ONNX metadata."""
     import onnx
 
     input_hw = check_input_hw(input_hw, "input_hw")
@@ -124,6 +131,9 @@ def export_keras(model, output_path, input_hw, stage=None, batch_size=None, opse
     onnx.helper.set_model_props(proto, {"bpnet_stage": str(stage or stages),
                                         "bpnet_input_hw": f"{input_hw[0]},{input_hw[1]}",
                                         "bpnet_sdk_compatible": str(bool(sdk_compatible)).lower()})
+    if card is not None:
+        from bpnet.imports.card import set_onnx_card
+        set_onnx_card(proto, card)
     with atomic_path(output_path) as tmp:
         onnx.save(proto, str(tmp))
     return {"onnx": str(output_path), "input_hw": list(input_hw), "stage": stage or stages,
@@ -287,6 +297,7 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
         report["fp16_onnx"] = str(to_fp16(output_path, paths["fp16"]))
         engine_source = paths["fp16"]
     if data_type == "int8":
+        normalization = _card_normalization(model_path, normalization)
         report["int8"] = int8_artifacts(output_path, input_hw, calibrator, percentile, cal_image_dir,
                                         cal_data_file, cal_cache_file, batch_size, batches,
                                         normalization, paths, progress, channels_first)
@@ -301,9 +312,38 @@ def export_model(model_path, output_path, input_hw, data_type="fp32", stage=None
             cal_data_file=cal_data_file, batch_size=batch_size, batches=batches,
             nchw_input=sdk_compatible or channels_first, stage=report["export"]["stage"],
             strict_types=strict_types, opt_batch_size=opt_batch_size)
+    made = {"fp16": [paths["fp16"]], "int8": [paths["int8"], paths["int8_tensorrt"]]}.get(data_type, [])
+    _copy_card_to_derived(output_path, made)
     write_json_atomic(paths["report"], report)
     report["report"] = str(paths["report"])
     return report
+
+
+def _copy_card_to_derived(onnx_path, derived):
+    """FP16/INT8 files get the FP32 file's model card (converters drop metadata)."""
+    import onnx
+
+    from bpnet.imports.card import read_model_card, set_onnx_card
+
+    card = read_model_card(onnx_path)
+    for path in derived:
+        if card is None or not Path(path).is_file():
+            continue
+        proto = onnx.load(str(path))
+        set_onnx_card(proto, card)
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
+
+
+def _card_normalization(model_path, normalization):
+    """Calibration images are prepared as the model card says (imported networks)."""
+    from bpnet.imports.card import model_normalization
+    from bpnet.preprocess import normalization_for
+
+    card = model_normalization(model_path)
+    if card is None:
+        return normalization
+    return normalization_for(normalization or card, card, "export normalization (-e SPEC)")
 
 
 def int8_artifacts(onnx_path, input_hw, calibrator, percentile, cal_image_dir, cal_data_file,

@@ -19,7 +19,7 @@ from bpnet.events import emit
 from bpnet.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic
 from bpnet.image_files import IMAGE_SUFFIXES
 from bpnet.image_files import list_images as list_image_files
-from bpnet.preprocess import STRIDE, prepare_batch, read_image
+from bpnet.preprocess import STRIDE, normalization_for, prepare_batch, read_image
 from bpnet.skeleton import load_skeleton
 from bpnet.specs import spec_to_yaml
 
@@ -126,7 +126,7 @@ def predict_maps(backend, images, spec):
     to within the rounding of the image size to whole pixels.
     """
     scales = spec.scales if spec.multi_scale_inference else (1.0,)
-    norm = spec.normalization
+    norm = normalization_for(spec.normalization, backend.normalization, "inference spec normalization")
     start = time.perf_counter()
     base, letterboxes = prepare_batch(images, spec.input_shape, spec.keep_aspect_ratio_mode,
                                       norm.image_scale, norm.image_offset)

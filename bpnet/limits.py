@@ -42,6 +42,11 @@ USEFUL_PRUNE_THRESHOLDS = "0.05-3.0"
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
+# Run specs and the New-run form.
+MAX_EPOCHS = 10000
+MAX_AP_DROP_POINTS = 100.0      # AP budgets and gate thresholds, in AP points
+MAX_SEARCH_ITERS = 30
+
 # `bpnet export` input size when neither -d nor an inference spec gives one: the workflow's
 # deployment size (its INT8 export and strict evaluation use 288x384). TAO's own default was the
 # training size 256x256, which the workflow overrode every time.

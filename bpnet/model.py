@@ -161,10 +161,18 @@ def count_params(model):
     return int(sum(int(tf.size(w)) for w in model.weights))
 
 
-def save_model(model, path):
-    """Write `model` as Keras HDF5 at `path`, atomically (no optimizer state)."""
+def save_model(model, path, card_from=None):
+    """Write `model` as Keras HDF5 at `path`, atomically (no optimizer state).
+
+    `card_from`: a model file whose model card (bpnet.imports.card) the new file inherits, so
+    an imported network keeps its preprocessing through pruning and retraining.
+    """
+    from bpnet.imports.card import copy_card_into_hdf5
+
     with atomic_path(path) as tmp:
         write_hdf5(model, tmp)
+        if card_from is not None:
+            copy_card_into_hdf5(card_from, tmp)
 
 
 def write_hdf5(model, path):
@@ -188,6 +196,10 @@ def load_keras_model(path, what="model file"):
     path = Path(path)
     if not path.is_file():
         raise BpnetError(f"{what} not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        raise BpnetError(f"{what} {path}: ONNX import: no trainable graph (pruning, retraining and "
+                         "QAT need a Keras .hdf5; an ONNX model supports export, INT8, evaluate, "
+                         "gate and bench)")
     if not h5py.is_hdf5(path):
         raise BpnetError(f"{what} {path} is not a Keras HDF5 file (.hdf5/.h5 expected)")
     check_model_file(path, what)   # a user's file is data: refuse Lambda/custom layers unread

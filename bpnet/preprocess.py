@@ -141,6 +141,24 @@ def normalization_table(image_scale, image_offset):
     return table[None]
 
 
+def normalization_for(spec_normalization, card_normalization, where="normalization"):
+    """The normalisation to use: the model card's when the model has one, else the spec's.
+
+    An imported network was trained with one preprocessing, written in its model card. A spec
+    left at the defaults follows the card; a spec that sets other values that disagree with
+    the card is an error rather than silently wrong maps.
+    """
+    if card_normalization is None:
+        return spec_normalization
+    given = (tuple(spec_normalization.image_scale), tuple(spec_normalization.image_offset))
+    card = (tuple(card_normalization.image_scale), tuple(card_normalization.image_offset))
+    if given not in (card, (DEFAULT_IMAGE_SCALE, DEFAULT_IMAGE_OFFSET)):
+        raise BpnetError(f"{where}: image_scale {list(given[0])} / image_offset {list(given[1])} "
+                         f"disagree with the model card's {list(card[0])} / {list(card[1])}; remove "
+                         "normalization from the spec (the card's is used) or set the card's values")
+    return card_normalization
+
+
 def prepare_batch(images, input_hw, mode="pad_image_input",
                   image_scale=DEFAULT_IMAGE_SCALE, image_offset=DEFAULT_IMAGE_OFFSET):
     """A list of BGR images -> (float32 (N, H, W, 3) batch, [Letterbox]).

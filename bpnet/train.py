@@ -54,6 +54,7 @@ def train(spec, results_dir, progress=None):
     """
     results_dir = Path(results_dir)
     check_train_spec(spec)
+    spec = follow_model_card(spec)
     results_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(results_dir / EVENTS_FILE, forward=progress)
     try:
@@ -80,6 +81,19 @@ def check_train_spec(spec):
     if spec.pretrained_weights is None and spec.load_graph:
         raise BpnetError("load_graph: true needs pretrained_weights (the model file whose "
                          "architecture to load), but pretrained_weights is null")
+
+
+def follow_model_card(spec):
+    """Retraining an imported network: its model card's normalisation replaces the spec's
+    (a spec that sets a different one explicitly is an error)."""
+    from bpnet.imports.card import model_normalization
+    from bpnet.preprocess import normalization_for
+
+    card = model_normalization(spec.pretrained_weights) if spec.pretrained_weights else None
+    if card is None:
+        return spec
+    norm = normalization_for(spec.dataloader.normalization, card, "dataloader.normalization")
+    return spec.model_copy(update={"dataloader": spec.dataloader.model_copy(update={"normalization": norm})})
 
 
 # ---------------------------------------------------------------- the run
@@ -121,7 +135,7 @@ def _train(spec, results_dir, log):
     with data_errors():   # a corrupt image found by a pipeline worker -> its BpnetError
         loop.run()
 
-    save_model(model, results_dir / MODEL_FILE)
+    save_model(model, results_dir / MODEL_FILE, card_from=spec.pretrained_weights)
     summary = loop.summary(pretrained, time.time() - started, results_dir / MODEL_FILE)
     write_json_atomic(results_dir / SUMMARY_FILE, summary)
     emit(log, STAGE, "done", epoch=state["epoch"], num_epochs=spec.num_epoch,

@@ -80,10 +80,11 @@ def test_new_run_rejects_a_file_that_is_not_coco(config, tmp_path):
 def test_new_run_previews_and_submits_a_sweep(config):
     seed_store.register_worker(config)
     at = open_page("views/new_run.py")
+    at.radio(key="base").set_value("train").run()   # train from scratch (the default is pretrained)
     at.text_input(key="thresholds").set_value("0.1, 0.3").run()
     at.number_input(key="train_epochs").set_value(1).run()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["results"] == "3"          # unpruned + 2 thresholds, 1 resolution, FP32
+    assert metrics["results"] == "6"          # unpruned + 2 thresholds, 1 resolution, FP32 + INT8 (default)
     assert metrics["stages cached"] == "0"
     assert "no TensorRT worker" in texts(at.warning)
     assert "cpu-worker@test" in texts(at.success)

@@ -130,6 +130,8 @@ def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
             shot(page, "1-new-run-invalid")
             thresholds.fill("0.1")
             thresholds.press("Enter")
+            page.get_by_text("train from scratch").click()   # the default base is the pretrained network
+            page.wait_for_timeout(800)
             set_number(page, "Training epochs", 1)
             stages = page.get_by_role("slider", name="Stages")   # the recommended 3 -> 2: a faster tiny run
             stages.focus()
@@ -185,3 +187,59 @@ def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
             shot(page, "7-broken-model-refused")
         finally:
             browser.close()
+
+
+PRETRAINED_RUN_TIMEOUT_S = 1500   # the default run from the bundled network, on 2 shared cores
+
+
+def detections_in_annotated_boxes(results_file, annotations, min_keypoints=3):
+    """Detected people with >= min_keypoints keypoints inside one annotated person's box."""
+    import json
+
+    truth = json.loads(Path(annotations).read_text())
+    boxes = {}
+    for ann in truth["annotations"]:
+        if ann.get("num_keypoints", 0) > 0:
+            boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
+    found = 0
+    for det in json.loads(Path(results_file).read_text()):
+        kps = det["keypoints"]
+        points = [(kps[i], kps[i + 1]) for i in range(0, len(kps), 3) if kps[i + 2] > 0]
+        for x0, y0, w, h in boxes.get(det["image_id"], []):
+            inside = sum(x0 <= x <= x0 + w and y0 <= y <= y0 + h for x, y in points)
+            if inside >= min_keypoints:
+                found += 1
+                break
+    return found
+
+
+def test_the_default_run_starts_from_the_pretrained_network_and_finds_people(studio, tmp_path):
+    """New run as it opens (pretrained base, FP32 + INT8): submitted, finished by the worker, and
+    Run detail shows pictures of annotated people with the network's skeletons on them."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.goto(f"{studio}/new")
+            expect(page.get_by_role("heading", name="New run")).to_be_visible()
+            expect(page.get_by_label("start from a pretrained model")).to_be_checked()
+            expect(page.get_by_text("train from scratch")).to_be_visible()
+            expect(page.get_by_text("may have been in its training data")).to_be_visible()
+            expect(page.get_by_text("stages to compute")).to_be_visible()
+            shot(page, "p1-new-run-pretrained-default")
+            page.get_by_role("button", name="Submit run").click()
+            page.get_by_role("link", name="Open its details").click()
+            status = page.get_by_test_id("stMetricValue").first
+            expect(status).to_have_text("completed", timeout=PRETRAINED_RUN_TIMEOUT_S * 1000)
+            expect(page.get_by_text("mean OKS").first).to_be_visible()
+            shot(page, "p2-run-detail-pretrained")
+        finally:
+            browser.close()
+    results = sorted((tmp_path / "studio").rglob("evaluate-*/results.json"))
+    assert results, "no evaluation results in the run's artifacts"
+    annotations = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
+    assert max(detections_in_annotated_boxes(r, annotations) for r in results) >= 1

@@ -240,3 +240,16 @@ def test_dashboard_store_error_masks_the_password(config, monkeypatch):
     at = open_page("views/runs.py")
     shown = texts(at.error)
     assert "cannot be read" in shown and "bpnet:***@127.0.0.1:1" in shown and "topsecret" not in shown
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_register_exits_without_taking_tasks(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT, "BPNET_STUDIO_HOME": str(tmp_path),
+           "DATABASE_URL": "postgresql://bpnet:topsecret@127.0.0.1:1/bpnet"}
+    env.pop("REDIS_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "worker", "--queues", "cpu",
+                           "--loglevel", "warning"], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "could not register in the job store, so it takes no tasks" in proc.stderr
+    assert "topsecret" not in proc.stderr and "ready" not in proc.stdout + proc.stderr

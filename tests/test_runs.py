@@ -53,8 +53,19 @@ def test_bad_run_specs_are_rejected_with_the_field_named(overrides, needle):
     assert needle in str(err.value)
 
 
-def test_the_demo_spec_is_valid_and_expands_to_a_sweep():
+def test_the_pretrained_demo_spec_imports_instead_of_training():
     spec = load_run_spec(ROOT / "specs" / "run_demo.yaml")
+    nodes = expand_run(spec)
+    # import the bundled network; prune, retrain (the pretrained retraining recipe); 2 models x 2 precisions
+    assert kinds(nodes).count("train") == 0 and kinds(nodes).count("import") == 1
+    assert kinds(nodes).count("retrain") == 2 and kinds(nodes).count("evaluate") == 6
+    assert spec.calibration.calibrator == "minmax"
+    retrain = next(n for n in nodes if n["kind"] == "retrain")
+    assert retrain["params"]["train_spec"]["dataloader"]["image_shape"] == [288, 384]
+
+
+def test_the_demo_spec_is_valid_and_expands_to_a_sweep():
+    spec = load_run_spec(ROOT / "specs" / "run_demo_scratch.yaml")
     nodes = expand_run(spec)
     # train; 2 x (prune, retrain); 3 models x 2 precisions x (export, evaluate)
     assert kinds(nodes).count("train") == 1

@@ -52,6 +52,10 @@ def new_id():
     return uuid.uuid4().hex[:12]
 
 
+# Stage kinds whose result is a Compare row: an evaluation, or one point of an explorer run.
+RESULT_KINDS = ("evaluate", "explore_point")
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -571,7 +575,7 @@ class Store:
             q = (select(Stage.id, Stage.run_id, Stage.label, Stage.status, Stage.result_json, Run.name,
                         Run.dataset, Stage.params_json)
                  .join(Run, Run.id == Stage.run_id)
-                 .where(Stage.kind == "evaluate", Stage.status.in_(STAGE_DONE),
+                 .where(Stage.kind.in_(RESULT_KINDS), Stage.status.in_(STAGE_DONE),
                         Stage.result_json.is_not(None))
                  .order_by(Run.created_at, Stage.seq))
             if run_ids:

@@ -67,11 +67,11 @@ def register(queues):
     the caller stops when this raises."""
     from worker.capabilities import detect_capabilities
 
-    _, store, _ = _context()
     last = None
     for delay in (0.0, 0.5, 1.0, 2.0, 4.0):
         time.sleep(delay)
         try:
+            _, store, _ = _context()
             return store.register_worker(worker_id(), socket.gethostname(), os.getpid(), queues,
                                          detect_capabilities())
         except Exception as err:   # StoreUnavailable, a locked SQLite file, ...

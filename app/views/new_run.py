@@ -7,6 +7,7 @@ import streamlit as st
 import yaml
 
 from app import forms, jobs, present
+from app.views import explorer_section
 from bpnet.errors import BpnetError
 
 TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
@@ -106,6 +107,7 @@ submitted_slot = st.container()   # "submitted" goes at the top, where the user 
 st.caption("A run trains (or reuses) a base model, prunes it at every threshold, retrains, exports at "
            "every resolution and precision and evaluates each result. Stages already computed by any "
            "run are reused.")
+explorer_section.prefilled_export(jobs)   # an explorer point's export run, when one was chosen
 
 # ---------------------------------------------------------------- dataset
 st.subheader("1 · Dataset")
@@ -153,10 +155,18 @@ if stats is not None:
 
 # ---------------------------------------------------------------- base model
 st.subheader("2 · Base model")
-base = st.radio("Base model", ["train", "existing"], horizontal=True, key="base",
-                format_func={"train": "train a new model", "existing": "an existing trained model"}.get)
+base = st.radio("Base model", ["pretrained", "train", "existing"], horizontal=True, key="base",
+                format_func={"pretrained": "start from a pretrained model", "train": "train from scratch",
+                             "existing": "an existing trained model"}.get)
 existing_model = None
-if base == "train":
+if base == "pretrained":
+    train_epochs, stages = 1, 2
+    st.caption(f"**{forms.PRETRAINED_LABEL}** (`{forms.PRETRAINED_MODEL.name}`, 6 stages). The first run imports "
+               "it into Keras with a parity check against TFLite (about a minute), later runs reuse it. It is "
+               "retrained briefly after pruning at its own 0..255 BGR input convention (its model card). "
+               "The bundled COCO sample images are from COCO train2017 and may have been in its training "
+               "data: AP on them is optimistic.")
+elif base == "train":
     c1, c2 = st.columns(2)
     train_epochs = c1.number_input("Training epochs", min_value=1, max_value=1000, value=4, key="train_epochs",
                                    help="epochs of the base model on the chosen data (small CPU spec: "
@@ -181,7 +191,8 @@ base_slot = st.empty()
 st.subheader("3 · Sweep or search")
 kind = st.radio("Run kind", list(forms.RUN_KINDS), horizontal=True, key="kind",
                 format_func={"sweep": "sweep: prune at the thresholds I give",
-                             "search": "AP-budget search: the smallest model within my AP budget"}.get)
+                             "search": "AP-budget search: the smallest model within my AP budget",
+                             "explore": "explore: every stage exit × resolution × precision of the model"}.get)
 presets = st.pills("Input resolutions (H×W)", list(forms.RESOLUTION_PRESETS), selection_mode="multi",
                    default=["288×384"], key="presets",
                    help="224×320 → 288×384 gains about 7-10% AP on medium people; 320×448 another 7-10%")
@@ -196,38 +207,43 @@ if use_custom:
     custom_w = c2.number_input("W (multiple of 8)", min_value=1, max_value=4096, value=320, step=8, key="custom_w")
 resolution_slot = st.empty()
 stages_slot = st.empty()
-budget_ap, objective, max_iters, thresholds = 2.0, "params", 6, ""
+budget_ap, objective, max_iters, thresholds, stage_exits = 2.0, "params", 6, "", ""
 if kind == "search":
     c1, c2, c3 = st.columns(3)
-    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=100.0, value=2.0,
+    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0,
                                 step=0.5, key="budget_ap",
                                 help="the search keeps only models within this many AP points of the unpruned one")
     objective = c2.selectbox("Objective (what to make small)", list(forms.SEARCH_OBJECTIVES), key="objective",
                              format_func={"params": "parameters",
                                           "latency": "latency (FP32, first resolution)"}.get)
-    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=30, value=6, key="max_iters",
+    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=forms.MAX_SEARCH_ITERS, value=6, key="max_iters",
                                 help="each iteration prunes, retrains and evaluates one threshold")
     st.caption("The search tries 0.05 first, then 1.0, then narrows the bracket around your budget from the "
                "measured AP of each retrained model; it never picks a model outside the budget.")
+elif kind == "explore":
+    stage_exits = st.text_input("Stage exits (empty = every stage of the model)", key="stage_exits",
+                                help="the model truncated after stage k, exported and evaluated at each "
+                                     "resolution and precision, with the oracle ceiling; no training")
 else:
     thresholds = st.text_input("Prune thresholds (several → a sweep)", value="0.1", key="thresholds",
                                help=forms.advice_text(advice["prune.threshold"]))
     st.caption(f"Prune threshold: {forms.advice_text(advice['prune.threshold'])}")
 thresholds_slot = st.empty()
-precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi", default=["FP32"],
+precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi",
+                      default=["FP32", "INT8"] if base == "pretrained" else ["FP32"],
                       key="precisions", help=forms.advice_text(advice["export.data_type"]))
 st.caption(f"Precision: {forms.advice_text(advice['export.data_type'])}")
 precisions_slot = st.empty()
 gate_max_ap_drop = 2.0
 if precisions and set(precisions) & {"INT8", "FP16"}:
     gate_max_ap_drop = st.number_input(
-        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=100.0, value=2.0, step=0.5,
+        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0, step=0.5,
         key="gate_max_ap_drop",
         help="every INT8/FP16 result is compared with its float parent on the same evaluation; a larger "
              "AP drop, or outputs that no longer follow the float model's, marks it failed with remedies")
 gate_slot = st.empty()
 retrain_epochs = st.number_input("Retrain epochs (after pruning; 0 = evaluate pruned models as they are)",
-                                 min_value=0, max_value=1000, value=2, key="retrain_epochs")
+                                 min_value=0, max_value=forms.MAX_EPOCHS, value=2, key="retrain_epochs")
 retrain_slot = st.empty()
 cal_images = cal_batches = cal_batch_size = None
 if precisions and "INT8" in precisions:
@@ -236,8 +252,8 @@ if precisions and "INT8" in precisions:
     default_cal = str(info.images) if info is not None else ""
     cal_images = st.text_input("Calibration images folder", value=default_cal, key="cal_images")
     c1, c2 = st.columns(2)
-    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=256, value=8, key="cal_batch_size")
-    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=10000, value=2, key="cal_batches")
+    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=forms.MAX_CALIBRATION_BATCH_SIZE, value=8, key="cal_batch_size")
+    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=forms.MAX_CALIBRATION_BATCHES, value=2, key="cal_batches")
     if stats is not None:
         from bpnet.guide.recommend import recommend_calibration
 
@@ -256,7 +272,7 @@ form = {"dataset": source, "base": base, "existing_model": existing_model, "trai
         "cal_images": cal_images, "cal_batches": cal_batches, "cal_batch_size": cal_batch_size,
         "retrain_epochs": retrain_epochs, "name": name, "eval_annotations": eval_annotations,
         "eval_images": eval_images, "kind": kind, "budget_ap": budget_ap, "objective": objective,
-        "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop}
+        "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop, "stage_exits": stage_exits}
 request, errors = forms.validate_new_run(form, info)   # widget text -> values
 if dataset_error:
     errors["dataset"] = dataset_error
@@ -269,7 +285,8 @@ for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_
                   (resolution_slot, "resolution"),
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
                   (retrain_slot, "retrain_epochs"), (calibration_slot, "calibration"), (gate_slot, "gate"),
-                  (thresholds_slot, "budget_ap"), (thresholds_slot, "max_iters"), (thresholds_slot, "objective")):
+                  (thresholds_slot, "budget_ap"), (thresholds_slot, "max_iters"), (thresholds_slot, "objective"),
+                  (thresholds_slot, "stage_exits")):
     show_error(slot, errors, key)
 
 st.subheader("4 · Preview")

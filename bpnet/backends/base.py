@@ -32,6 +32,8 @@ class Backend:
       output_names  names of the (heatmaps, pafs) outputs
       stage       the 1-based stage whose maps `predict` returns
       num_stages  how many stages the model has (or exposes)
+      normalization  the model card's BGR normalisation (NormalizationSpec) for imported
+                  networks, None for models that follow the spec's (set by load_backend)
 
     `predict(batch)` takes float32 (N, H, W, 3), already normalised by bpnet.preprocess, and
     returns float32 numpy arrays (heatmaps (N, H/8, W/8, 19), pafs (N, H/8, W/8, 38)).
@@ -44,6 +46,7 @@ class Backend:
     output_names = ("heatmaps", "pafs")
     stage = None
     num_stages = None
+    normalization = None
 
     def predict(self, batch):
         raise NotImplementedError(f"{type(self).__name__} does not implement predict")
@@ -83,4 +86,7 @@ def load_backend(model_path, stage=None, threads=None):
     if threads and suffix in (".engine", ".plan"):
         raise BpnetError(f"model {path}: a thread count applies to CPU runtimes, not TensorRT engines")
     extra = {"threads": int(threads)} if threads else {}
-    return getattr(module, class_name)(path, stage=stage, **extra)
+    backend = getattr(module, class_name)(path, stage=stage, **extra)
+    from bpnet.imports.card import model_normalization
+    backend.normalization = model_normalization(path)
+    return backend

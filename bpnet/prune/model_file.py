@@ -46,6 +46,7 @@ def prune_model_file(model_path, output_path, threshold=0.1, equalization="union
     check_options(threshold, equalization, granularity, min_filters, normalizer)
     check_paths(model_path, output_path)
     from bpnet.model import OUTPUT_NAME, load_model, num_stages
+    from bpnet.imports.card import copy_card_into_hdf5
     from bpnet.prune.surgery import prune_keras_model
 
     emit(progress, "prune", "start", message=f"loading {model_path}", fraction=0.0)
@@ -63,6 +64,7 @@ def prune_model_file(model_path, output_path, threshold=0.1, equalization="union
         # would only confuse the user.
         warnings.simplefilter("ignore", UserWarning)
         pruned.save(tmp, save_format="h5", include_optimizer=False)
+        copy_card_into_hdf5(model_path, tmp)   # an imported network keeps its model card
     weights = {layer.name: layer.get_weights() for layer in model.layers}
     report = {
         "input_model": str(model_path),
