@@ -25,7 +25,7 @@ BUNDLED_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
 PRETRAINED_MODEL = ROOT / "data" / "models" / "mobilenet_v2_pose_dm14_368_432_weight_quant.tflite"
 PRETRAINED_LABEL = "tf-pose MobileNetV2 (depth 1.4) OpenPose, trained on COCO train2017 — bundled, MIT"
 
-RUN_KINDS = ("sweep", "search")
+RUN_KINDS = ("sweep", "search", "explore")
 SEARCH_OBJECTIVES = ("params", "latency")
 RESOLUTION_PRESETS = {"224×320": (224, 320), "288×384": (288, 384), "320×448": (320, 448)}
 PRECISIONS = tuple(p.upper() for p in RUN_PRECISIONS)   # as the widgets show them
@@ -64,6 +64,7 @@ class RunRequest:
     objective: str = "params"                 # search: params | latency
     max_iters: int = 6                        # search: iteration limit
     gate_max_ap_drop: float = 2.0             # INT8/FP16 results losing more AP points fail the gate
+    stage_exits: tuple = ()                   # explore: stage exits to measure; () = every stage
 
 
 def parse_resolution(height, width, what="custom resolution"):
@@ -122,6 +123,13 @@ def parse_thresholds(text):
             raise BpnetError(f"prune thresholds: {problem}")
         values.append(value)
     return sorted(set(values))
+
+
+def parse_stage_exits(text):
+    """'1, 3' -> (1, 3); '' -> () (every stage exit of the model). Checked against the model's
+    stages when the run spec is validated (bpnet.guide.explorer.check_plan)."""
+    tokens = [t for t in str(text or "").replace(",", " ").split() if t]
+    return tuple(sorted({parse_int(t, "stage exits", 1, MAX_STAGES) for t in tokens}))
 
 
 def parse_int(value, what, low, high):
@@ -282,6 +290,12 @@ def validate_new_run(form, dataset_info=None):
         search["objective"] = form.get("objective") or "params"
         if search["objective"] not in SEARCH_OBJECTIVES:
             errors["objective"] = f"objective: {search['objective']!r} is not one of {list(SEARCH_OBJECTIVES)}"
+    elif kind == "explore":
+        thresholds = []   # the explorer measures the model as it is
+        search["stage_exits"] = attempt("stage_exits", parse_stage_exits, form.get("stage_exits"))
+        if form.get("base", "pretrained") == "train":
+            errors["base"] = ("base model: the explorer measures an existing trained or imported model; "
+                              "pick the pretrained or an existing one (train it first with a sweep)")
     else:
         thresholds = attempt("thresholds", parse_thresholds, form.get("thresholds"))
     precisions = attempt("precisions", check_precisions, form.get("precisions"))
@@ -322,6 +336,7 @@ WIDGET_OF_FIELD = {
     "dataset": "dataset", "model": "base", "train": "base", "train_spec": "base", "stages": "stages",
     "resolutions": "resolution", "prune_thresholds": "thresholds", "retrain_epochs": "retrain_epochs",
     "precisions": "precisions", "calibration": "calibration", "int8_gate_max_ap_drop": "gate",
+    "explorer": "stage_exits",
 }
 SEARCH_WIDGETS = {"budget_ap": "budget_ap", "max_iters": "max_iters", "objective": "objective"}
 
@@ -341,7 +356,7 @@ def errors_by_widget(problems):
 def default_run_name(thresholds, resolutions, precisions, budget_ap=None):
     res = ",".join(f"{h}x{w}" for h, w in resolutions)
     what = (f"search within {budget_ap:g} AP" if budget_ap is not None
-            else f"pth {','.join(f'{t:g}' for t in thresholds)}")
+            else f"pth {','.join(f'{t:g}' for t in thresholds)}" if thresholds else "explore stage exits")
     return f"{what} @ {res} {'/'.join(precisions)}"
 
 
@@ -384,6 +399,10 @@ def run_spec_dict(request, train_template):
             spec["calibration"]["calibrator"] = "minmax"
     if set(request.precisions) & {"INT8", "FP16"}:
         spec["int8_gate_max_ap_drop"] = request.gate_max_ap_drop
+    if request.kind == "explore":
+        spec["kind"] = "explore"
+        spec["explorer"] = {"stage_exits": list(request.stage_exits)}
+        del spec["retrain_epochs"]
     if request.kind == "search":
         spec["kind"] = "search"
         spec["search"] = {"budget_ap": request.budget_ap, "objective": request.objective,

@@ -166,6 +166,8 @@ def short_result_label(row):
     prune = "unpruned" if pth is None else f"pth {pth:g}"
     if row.get("branch") == "search":
         prune = f"search: {prune}"
+    elif row.get("branch") == "explore":   # an explorer point: the stage exit it measured
+        prune = f"explore: stage exit {row.get('stage_exit') or 'last'}"
     return (f"{row.get('run_name', '')[:24]} · {prune} · {row.get('resolution') or '?'} · "
             f"s{row.get('stages') or '?'} · {str(row.get('precision') or '?').upper()}")
 

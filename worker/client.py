@@ -37,7 +37,7 @@ from worker import artifacts, costs, scheduler
 from worker.config import load_config
 from worker.kinds.evaluate import RESULT_FIELDS as EVALUATION_RESULT_FIELDS
 from worker.runs import dataset_label, expand_run, parse_run_spec
-from worker.store import STAGE_DONE, open_store
+from worker.store import RESULT_KINDS, STAGE_DONE, open_store
 
 # The fields of one evaluated model (worker.kinds.evaluate.EvaluationResult): what the evaluate
 # stage stores, what list_results returns and what the Compare charts read.
@@ -105,7 +105,7 @@ def preview_run(spec, base_dir=None, config=None):
     if alive and not has_tensorrt_worker(alive):
         warnings.append("no TensorRT worker: results run on ONNX Runtime; TensorRT engines will "
                         "not be built")
-    return {"num_stages": len(nodes), "num_results": sum(n["kind"] == "evaluate" for n in nodes),
+    return {"num_stages": len(nodes), "num_results": sum(n["kind"] in RESULT_KINDS for n in nodes),
             "stages": rows, "cached": [r["label"] for r in rows if r["cached"]],
             "to_compute": sum(not r["cached"] for r in rows), "estimate_s": estimate["estimate_s"],
             "estimate_low_s": estimate["low_s"], "estimate_high_s": estimate["high_s"],

@@ -24,12 +24,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from bpnet.errors import BpnetError
 from bpnet.guide.accuracy_control import AccuracyControlOptions
 from bpnet.image_files import count_images, is_image_file
-from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_SEARCH_ITERS, PRECISIONS, STRIDE,
+from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_SEARCH_ITERS, PRECISIONS,
                           calibration_count_problem, prune_threshold_problem, stages_problem)
 from bpnet.model_safety import check_model_file
+from bpnet.preprocess import check_input_hw
 from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
                          load_yaml, parse_spec)
-from worker.kinds import engine, evaluate, export, gate, import_model, prune, quantize, retrain, search, train
+from worker.kinds import (engine, evaluate, explore, explore_point, export, gate, import_model, prune, quantize,
+                          retrain, search, train)
 from worker.kinds.evaluate import BenchmarkOptions
 # A run's base `model` may be a pretrained .tflite/.pb (its model card beside it): the import
 # stage rebuilds it with `bpnet import` on first use; the stage cache keeps the result.
@@ -49,8 +51,10 @@ class RunDataset(Strict):
 
 
 def _check_resolution(h, w):
-    if h <= 0 or w <= 0 or h % STRIDE or w % STRIDE:
-        raise ValueError(f"[{h}, {w}]: H and W must be positive multiples of {STRIDE}")
+    try:   # the engine's own check (one place for the limit); pydantic reports ValueErrors by field
+        check_input_hw((h, w), f"[{h}, {w}]")
+    except BpnetError as err:
+        raise ValueError(str(err)) from None
 
 
 class SearchOptions(Strict):
@@ -79,12 +83,18 @@ class SearchOptions(Strict):
         return value
 
 
+class ExplorerOptions(Strict):
+    """`kind: explore`: every stage exit of the base model at each of `resolutions` and
+    `precisions`, with the oracle per resolution (bpnet/guide/explorer.py); no training."""
+    stage_exits: tuple[int, ...] = ()      # () = every stage 1..last of the model
+
+
 class RunSpec(Strict):
     """One optimization run (or sweep): a base model (trained from `train_spec`/`train`, or an
     existing `model`), swept over stages x prune thresholds x resolutions x precisions; or, with
     `kind: search`, an AP-budget search for the prune threshold."""
     name: str = ""
-    kind: Literal["sweep", "search"] = "sweep"
+    kind: Literal["sweep", "search", "explore"] = "sweep"
     dataset: RunDataset
     train_spec: Optional[Path] = None      # training spec YAML for the base model
     train: Optional[dict] = None           # ... or the same inline (dataset filled from `dataset`)
@@ -102,6 +112,9 @@ class RunSpec(Strict):
     benchmark: BenchmarkOptions = BenchmarkOptions()
     eval_max_images: Optional[int] = Field(None, ge=1)   # None = every annotated image
     search: SearchOptions = SearchOptions()
+    explorer: ExplorerOptions = ExplorerOptions()
+    # the stage exit every result exports and evaluates (TAO's output_stage_to_use); None = the last
+    output_stage: Optional[int] = Field(None, ge=1)
     # INT8/FP16 results losing more AP points than this against their float parent fail the gate
     int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=MAX_AP_DROP_POINTS)
     engines: bool = False                  # also build TensorRT engines (needs a TensorRT worker)
@@ -168,6 +181,20 @@ class RunSpec(Strict):
                                  "them (or use kind 'sweep')")
             if self.retrain_epochs < 1:
                 raise ValueError("retrain_epochs: kind 'search' retrains every trial, give at least 1")
+        if self.kind == "explore":
+            if self.model is None:
+                raise ValueError("kind 'explore' measures one existing model: give `model` (a trained "
+                                 "or imported model), not train_spec/train")
+            if self.prune_thresholds:
+                raise ValueError("prune_thresholds: kind 'explore' does not prune; remove them")
+            if self.output_stage is not None:
+                raise ValueError("output_stage: kind 'explore' measures every stage exit; list them "
+                                 "in explorer.stage_exits")
+            if self.accuracy_control is not None:
+                raise ValueError("accuracy_control: kind 'explore' calibrates INT8 once per resolution; "
+                                 "use accuracy control on the export run of the point you choose")
+        elif self.explorer.stage_exits:
+            raise ValueError("explorer.stage_exits applies to kind 'explore' only")
         return self
 
 
@@ -246,9 +273,44 @@ def check_run_inputs(spec, source):
     if problems:
         raise BpnetError(f"{source}: {len(problems)} problem(s):\n" +
                          "\n".join(f"  - {p}" for p in problems))
+    if spec.kind == "explore":
+        explorer_plan(spec, source)   # a stage exit beyond the model, a bad resolution: refused now
+    elif spec.output_stage is not None:
+        check_output_stage(spec, source)
     if spec.train_spec is not None or spec.train is not None:
         base_train_spec(spec, source)   # raises on an invalid training spec
     infer_spec(spec, spec.resolutions[0], source)
+
+
+def explorer_plan(spec, source="run spec"):
+    """The explorer's grid (stage exits, [(H, W)], precisions), checked against the model by
+    bpnet.guide.explorer.check_plan (the same check the engine makes). A Keras model's stages are
+    read from its file; a model in another format is imported at run time, so its stage exits
+    must be listed, and are checked against it then."""
+    from bpnet.guide.explorer import check_plan, stage_count_of_file
+
+    try:
+        count = stage_count_of_file(spec.model)
+        if count is None:
+            if not spec.explorer.stage_exits:
+                raise BpnetError(f"explorer.stage_exits: list the stage exits to measure for {spec.model.name} "
+                                 "(its stage count is known only once it is imported)")
+            count = max(spec.explorer.stage_exits)
+        return check_plan(count, spec.explorer.stage_exits, spec.resolutions, spec.precisions)
+    except BpnetError as err:
+        raise BpnetError(f"{source}: {err}") from None
+
+
+def check_output_stage(spec, source):
+    """`output_stage` must be one of the base model's stages."""
+    if spec.model is not None:
+        from bpnet.guide.explorer import stage_count_of_file
+
+        count = stage_count_of_file(spec.model)
+    else:
+        count = min(base_train_spec(spec, source, stages).model.stages for stages in spec.stages or (None,))
+    if count is not None and spec.output_stage > count:
+        raise BpnetError(f"{source}: output_stage: {spec.output_stage} beyond the model's stages 1..{count}")
 
 
 def calibration_images(spec):
@@ -296,6 +358,8 @@ def infer_spec(spec, input_hw, source="run spec"):
         data = dict(spec.infer or {})
         where = f"{source}: infer"
     data["input_shape"] = list(input_hw)
+    if spec.output_stage is not None:
+        data["output_stage_to_use"] = spec.output_stage
     return parse_spec(InferSpec, data, where)
 
 
@@ -366,6 +430,9 @@ def expand_run(spec, tensorrt=False):
 
     train_data = (file_fingerprint(spec.dataset.annotations), folder_fingerprint(spec.dataset.images))
     for base, stages_label in _base_nodes(spec, add, train_data):
+        if spec.kind == "explore":
+            _add_explore(spec, add, base)
+            continue
         unpruned_only = spec.kind == "sweep" and not spec.prune_thresholds
         models = [ModelNode(base, "unpruned")] if spec.evaluate_unpruned or unpruned_only else []
         if spec.kind == "search":
@@ -399,6 +466,29 @@ def _add_search(spec, add, nodes, base, stages_label, train_data):
     eval_fp = (file_fingerprint(eval_ann), folder_fingerprint(eval_images))
     return add(search, f"search {stages_label} budget {options.budget_ap:g} AP {options.objective}",
                params, base, train_data + eval_fp)
+
+
+def _add_explore(spec, add, base):
+    """One `explore` stage measuring the whole grid in one job, then one `explore_point` per
+    (resolution, stage exit, precision): the result row Compare and the Pareto front show, with
+    that point's model file as its downloadable artifact."""
+    stage_exits, hws, precisions = explorer_plan(spec)
+    eval_ann, eval_images = eval_data(spec)
+    data = (file_fingerprint(eval_ann), folder_fingerprint(eval_images))
+    int8 = "int8" in precisions
+    if int8:
+        data += (folder_fingerprint(calibration_images(spec)),)
+    params = explore.Params(infer_spec=infer_spec(spec, hws[0]), annotations=str(eval_ann), images=str(eval_images),
+                            resolutions=hws, stage_exits=stage_exits, precisions=precisions,
+                            calibration=calibration_params(spec) if int8 else None, max_images=spec.eval_max_images)
+    grid = f"{len(hws)} resolutions x {len(stage_exits)} stage exits x {len(precisions)} precisions"
+    explored = add(explore, f"explore {spec.model.name}: {grid}", params, base, data)
+    for hw in hws:
+        for stage in stage_exits:
+            for precision in precisions:
+                add(explore_point, f"explore {hw[0]}x{hw[1]} stage {stage} {precision}",
+                    explore_point.Params(input_hw=hw, stage=stage, precision=precision, annotations=str(eval_ann),
+                                         images=str(eval_images)), explored)
 
 
 def _base_nodes(spec, add, train_data):
@@ -470,7 +560,7 @@ def _add_export_and_evaluate(spec, add, nodes, model, stages_label, tensorrt=Fal
             # fine-tuned at the resolution it is exported at
             qat = (qat_train.model_copy(update={"dataloader": qat_train.dataloader.model_copy(update={"image_shape": hw})})
                    if int8 and qat_train is not None else None)
-            export_params = export.Params(input_hw=hw, precision=precision,
+            export_params = export.Params(input_hw=hw, precision=precision, stage=spec.output_stage,
                                           calibration=calibration_params(spec) if int8 else None,
                                           qat_train_spec=qat)
             name = f"{tag} {hw[0]}x{hw[1]} {precision}"

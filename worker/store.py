@@ -52,6 +52,10 @@ def new_id():
     return uuid.uuid4().hex[:12]
 
 
+# Stage kinds whose result is a Compare row: an evaluation, or one point of an explorer run.
+RESULT_KINDS = ("evaluate", "explore_point")
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -237,8 +241,13 @@ def schema_lock(engine, database_url):
             conn.execute(text("SELECT pg_advisory_xact_lock(4242013)"))
             yield conn
     elif path is not None:
-        with open(path.with_name(path.name + ".schema-lock"), "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)   # released on close or when the process dies
+        try:
+            lock_file = open(path.with_name(path.name + ".schema-lock"), "a")
+        except OSError:   # a read-only folder: nobody can create the schema there anyway
+            lock_file = contextlib.nullcontext()
+        with lock_file:
+            if hasattr(lock_file, "fileno"):
+                fcntl.flock(lock_file, fcntl.LOCK_EX)   # released on close or when the process dies
             with engine.begin() as conn:
                 yield conn
     else:
@@ -571,7 +580,7 @@ class Store:
             q = (select(Stage.id, Stage.run_id, Stage.label, Stage.status, Stage.result_json, Run.name,
                         Run.dataset, Stage.params_json)
                  .join(Run, Run.id == Stage.run_id)
-                 .where(Stage.kind == "evaluate", Stage.status.in_(STAGE_DONE),
+                 .where(Stage.kind.in_(RESULT_KINDS), Stage.status.in_(STAGE_DONE),
                         Stage.result_json.is_not(None))
                  .order_by(Run.created_at, Stage.seq))
             if run_ids:

@@ -2,11 +2,13 @@
 the sweep will cost before submitting. Every field is validated as it changes (no form submit)."""
 
 import json
+from pathlib import Path
 
 import streamlit as st
 import yaml
 
 from app import forms, jobs, present
+from app.views import explorer_section
 from bpnet.errors import BpnetError
 
 TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
@@ -78,6 +80,11 @@ def prune_preview(spec):
         st.caption("What each threshold keeps is shown here once the base model exists (an existing or "
                    "pretrained model); a model trained by this run is measured after training.")
         return
+    if Path(str(model)).suffix.lower() not in (".hdf5", ".h5"):
+        st.caption(f"What each threshold keeps is measured on Keras weights: `{Path(str(model)).name}` is "
+                   "imported to Keras by the run's first stage, so pick it as an existing model afterwards to "
+                   "see each threshold's parameter count before a sweep.")
+        return
     grid = tuple(sorted(set(present.PRUNE_GRID) | set(chosen)))
     rows, error = pruning_dry_run(str(model), modification_time(model), grid,
                                   json.dumps(spec.get("prune") or {}, sort_keys=True))
@@ -106,6 +113,7 @@ submitted_slot = st.container()   # "submitted" goes at the top, where the user 
 st.caption("A run trains (or reuses) a base model, prunes it at every threshold, retrains, exports at "
            "every resolution and precision and evaluates each result. Stages already computed by any "
            "run are reused.")
+explorer_section.prefilled_export(jobs)   # an explorer point's export run, when one was chosen
 
 # ---------------------------------------------------------------- dataset
 st.subheader("1 · Dataset")
@@ -189,7 +197,8 @@ base_slot = st.empty()
 st.subheader("3 · Sweep or search")
 kind = st.radio("Run kind", list(forms.RUN_KINDS), horizontal=True, key="kind",
                 format_func={"sweep": "sweep: prune at the thresholds I give",
-                             "search": "AP-budget search: the smallest model within my AP budget"}.get)
+                             "search": "AP-budget search: the smallest model within my AP budget",
+                             "explore": "explore: every stage exit × resolution × precision of the model"}.get)
 presets = st.pills("Input resolutions (H×W)", list(forms.RESOLUTION_PRESETS), selection_mode="multi",
                    default=["288×384"], key="presets",
                    help="224×320 → 288×384 gains about 7-10% AP on medium people; 320×448 another 7-10%")
@@ -204,7 +213,7 @@ if use_custom:
     custom_w = c2.number_input("W (multiple of 8)", min_value=1, max_value=4096, value=320, step=8, key="custom_w")
 resolution_slot = st.empty()
 stages_slot = st.empty()
-budget_ap, objective, max_iters, thresholds = 2.0, "params", 6, ""
+budget_ap, objective, max_iters, thresholds, stage_exits = 2.0, "params", 6, "", ""
 if kind == "search":
     c1, c2, c3 = st.columns(3)
     budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0,
@@ -217,6 +226,10 @@ if kind == "search":
                                 help="each iteration prunes, retrains and evaluates one threshold")
     st.caption("The search tries 0.05 first, then 1.0, then narrows the bracket around your budget from the "
                "measured AP of each retrained model; it never picks a model outside the budget.")
+elif kind == "explore":
+    stage_exits = st.text_input("Stage exits (empty = every stage of the model)", key="stage_exits",
+                                help="the model truncated after stage k, exported and evaluated at each "
+                                     "resolution and precision, with the oracle ceiling; no training")
 else:
     thresholds = st.text_input("Prune thresholds (several → a sweep)", value="0.1", key="thresholds",
                                help=forms.advice_text(advice["prune.threshold"]))
@@ -265,7 +278,7 @@ form = {"dataset": source, "base": base, "existing_model": existing_model, "trai
         "cal_images": cal_images, "cal_batches": cal_batches, "cal_batch_size": cal_batch_size,
         "retrain_epochs": retrain_epochs, "name": name, "eval_annotations": eval_annotations,
         "eval_images": eval_images, "kind": kind, "budget_ap": budget_ap, "objective": objective,
-        "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop}
+        "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop, "stage_exits": stage_exits}
 request, errors = forms.validate_new_run(form, info)   # widget text -> values
 if dataset_error:
     errors["dataset"] = dataset_error
@@ -278,7 +291,8 @@ for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_
                   (resolution_slot, "resolution"),
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
                   (retrain_slot, "retrain_epochs"), (calibration_slot, "calibration"), (gate_slot, "gate"),
-                  (thresholds_slot, "budget_ap"), (thresholds_slot, "max_iters"), (thresholds_slot, "objective")):
+                  (thresholds_slot, "budget_ap"), (thresholds_slot, "max_iters"), (thresholds_slot, "objective"),
+                  (thresholds_slot, "stage_exits")):
     show_error(slot, errors, key)
 
 st.subheader("4 · Preview")

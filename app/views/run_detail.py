@@ -13,7 +13,7 @@ import yaml
 
 from app import charts, jobs, present
 from app import widgets
-from app.views import quantize_section
+from app.views import explorer_section, quantize_section
 from app.widgets import run_action_buttons
 from bpnet.errors import BpnetError
 
@@ -177,6 +177,7 @@ for row in gated:
 
 # ---------------------------------------------------------------- INT8 with accuracy control
 quantize_section.render(run, jobs.artifact_path)
+explorer_section.render(run, jobs.artifact_path)   # kind explore: charts, table, export
 
 # ---------------------------------------------------------------- training loss
 st.subheader("Training loss")

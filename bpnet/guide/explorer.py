@@ -11,6 +11,7 @@ The pure helpers (`check_plan`, `people_bucket`, `latency_by_people`, `gain_per_
 TensorFlow; `explore_model` does the work with the existing export and evaluation functions.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,28 @@ def gain_per_step(points, key="APm"):
     return steps
 
 
+def stage_count_of_file(model_path):
+    """Stage exits of a Keras HDF5 model read from its stored architecture (h5py + JSON, no
+    TensorFlow: run specs check a plan before queueing); None for other formats (an ONNX file
+    has one output; a TFLite/GraphDef source is counted when it is imported)."""
+    if Path(model_path).suffix.lower() not in (".hdf5", ".h5"):
+        return None
+    import re
+
+    from bpnet.model_safety import read_model_config
+
+    config = read_model_config(model_path, "explorer model")
+    names = re.findall(r'"name": "stage(\d+)_(heatmaps|pafs)"', json.dumps(config))
+    found = {}
+    for stage, kind in names:
+        found.setdefault(int(stage), set()).add(kind)
+    stages = sorted(k for k, kinds in found.items() if kinds == {"heatmaps", "pafs"})
+    if not stages or stages != list(range(1, len(stages) + 1)):
+        raise BpnetError(f"explorer model {model_path}: not a BodyPoseNet (expected output layers "
+                         f"stage1_heatmaps, stage1_pafs, ...; found stages {stages or 'none'})")
+    return len(stages)
+
+
 # ---------------------------------------------------------------- the work
 
 def model_stage_count(model_path):
@@ -166,9 +189,11 @@ def explore_model(model_path, annotations, images_dir, infer_spec, resolutions, 
                 with load_backend(files[precision]) as backend:
                     detections, results, timing = infer_images(backend, items, spec, skeleton)
                 stats, _ = score_results(coco, results, category_id, image_ids)
+                results_file = Path(files[precision]).parent / f"results.{precision}.json"
+                write_json_atomic(results_file, results)   # the detections, for pictures of this point
                 rows = [{"people": people[d.item.image_id], **d.timing_ms} for d in detections]
                 point = {"resolution": list(hw), "stage": stage, "precision": precision,
-                         "model_file": str(files[precision]),
+                         "model_file": str(files[precision]), "results_file": str(results_file),
                          **{k: stats[k] for k in ("AP", "APm", "APl", "AP50")},
                          "pre_ms": round(timing["read_ms_per_image"] + timing["prepare_ms_per_image"], 3),
                          "cnn_ms": timing["cnn_ms_per_image"], "decode_ms": timing["decode_ms_per_image"]}

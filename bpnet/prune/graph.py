@@ -92,6 +92,7 @@ class PruningPlan:
     kept: dict
     widths: dict
     groups: list
+    bias_shift: dict    # conv name: what its removed inputs contributed (see compensate.py)
 
     def filters(self, name):
         """(kept, total) output channels of a layer."""
@@ -310,8 +311,21 @@ def plan_pruning(config, weights, threshold=0.1, equalization="union", granulari
     decisions, groups = choose_channels(weights, spaces, normalizer, equalization, threshold,
                                         granularity, min_filters)
     kept = kept_channels(layers, inbound, widths, spaces, space_of, decisions)
+    from bpnet.prune.compensate import bias_shifts   # here: compensate builds on this module
+    position = {entry["name"]: k for k, entry in enumerate(layers)}   # groups read in graph order
     return PruningPlan(layers=layers, inbound=inbound, kept=kept, widths=widths,
-                       groups=[convs for _, convs in groups])
+                       bias_shift=bias_shifts(layers, inbound, kept, widths, weights),
+                       groups=sorted((sorted(convs, key=position.get) for _, convs in groups),
+                                     key=lambda convs: position[convs[0]]))
+
+
+def has_bias(entry):
+    return bool(entry["config"].get("use_bias", True))
+
+
+def needs_bias(plan, entry):
+    """A bias-free conv that must absorb its removed inputs' constants gets a bias."""
+    return is_prunable_conv(entry) and not has_bias(entry) and entry["name"] in plan.bias_shift
 
 
 def _take(array, index, axis):
@@ -328,9 +342,14 @@ def sliced_weights(plan, entry, weights):
         in_kept = plan.kept[plan.inbound[name][0]]
         kernel = _take(arrays[0], in_kept, axis=2)
         out_kept = plan.kept[(name, 0)]
-        if is_prunable_conv(entry):
-            kernel = _take(kernel, out_kept, axis=3)
-        return [kernel] + [_take(w, out_kept, axis=0) for w in arrays[1:]]
+        if not is_prunable_conv(entry):
+            return [kernel] + [_take(w, out_kept, axis=0) for w in arrays[1:]]
+        kernel = _take(kernel, out_kept, axis=3)
+        if name not in plan.bias_shift:
+            return [kernel] + [_take(w, out_kept, axis=0) for w in arrays[1:]]
+        shift = _take(plan.bias_shift[name], out_kept, axis=0)
+        bias = _take(arrays[1], out_kept, axis=0) if has_bias(entry) else 0.0
+        return [kernel, np.asarray(bias + shift, dtype=kernel.dtype)]
     if is_channelwise(entry) and plan.inbound[name]:
         out_kept = plan.kept[(name, 0)]
         return [_take(w, out_kept, axis=w.ndim - 1) for w in arrays]

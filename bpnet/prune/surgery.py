@@ -5,7 +5,7 @@ filters and copies the sliced weights.
 Only the model's config and weights are read; the input model object is never changed.
 """
 
-from bpnet.prune.graph import is_prunable_conv, plan_pruning, sliced_weights
+from bpnet.prune.graph import is_prunable_conv, needs_bias, plan_pruning, sliced_weights
 
 
 def layer_weights(model):
@@ -22,6 +22,8 @@ def pruned_config(config, plan):
         entry.pop("build_config", None)
         if is_prunable_conv(entry):
             entry["config"]["filters"] = plan.filters(entry["name"])[0]
+        if needs_bias(plan, entry):
+            entry["config"]["use_bias"] = True
         new_layers.append(entry)
     return {**config, "layers": new_layers}
 

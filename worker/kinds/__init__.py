@@ -16,11 +16,12 @@ queue, its entry in `worker.scheduler`. docs/ARCHITECTURE.md has the table of ki
 Modules import only pydantic models at top level; TensorFlow and the engine load inside `run`.
 """
 
-from worker.kinds import engine, evaluate, export, gate, import_model, prune, quantize, retrain, search, train
+from worker.kinds import (engine, evaluate, explore, explore_point, export, gate, import_model, prune, quantize,
+                          retrain, search, train)
 from worker.kinds.base import Parent, StageResult
 
 KINDS = {module.KIND: module for module in (import_model, train, retrain, prune, search, export, quantize,
-                                            engine, evaluate, gate)}
+                                            engine, evaluate, gate, explore, explore_point)}
 
 __all__ = ["KINDS", "Parent", "StageResult", "kind_module", "parse_outputs", "parse_params"]
 

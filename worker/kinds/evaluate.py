@@ -14,7 +14,7 @@ from worker.kinds.base import StageOutputs, StageParams, StageResult
 
 KIND = "evaluate"
 METRIC_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-BRANCHES = ("unpruned", "pruned", "search")
+BRANCHES = ("unpruned", "pruned", "search", "explore")
 
 
 class BenchmarkOptions(Strict):
@@ -83,6 +83,11 @@ class EvaluationResult(BaseModel):
     backend: Optional[str] = None
     device: Optional[str] = None
     num_images: Optional[int] = None
+    # an explorer point (kind explore_point): the stage exit measured (`stages` is then the same)
+    # and the rest of the per-image split beside cnn/decode (latency_ms is the CNN, as `bench`)
+    stage_exit: Optional[int] = None
+    pre_ms_per_image: Optional[float] = None
+    pipeline_ms_per_image: Optional[float] = None
     model_artifact_id: Optional[str] = None
     artifact_ids: Optional[list[str]] = None
 

@@ -39,9 +39,10 @@ class CalibrationParams(CalibrationOptions, StageParams):
 
 
 class Params(StageParams):
-    OMIT_WHEN_EMPTY = ("calibration", "qat_train_spec")
+    OMIT_WHEN_EMPTY = ("calibration", "qat_train_spec", "stage")
     input_hw: tuple[int, int]
     precision: Literal[PRECISIONS]
+    stage: Optional[int] = None      # the stage exit exported (run spec `output_stage`); None = the last
     calibration: Optional[CalibrationParams] = None     # INT8 only
     qat_train_spec: Optional[TrainSpec] = None          # INT8 by QAT only: the fine-tuning recipe
 
@@ -100,7 +101,8 @@ def run(params, parent, out_dir, progress, inputs=None):
         parent.model(), out_dir / ONNX_FILE, params.input_hw, data_type=params.precision,
         calibrator=cal.calibrator if cal else DEFAULT_CALIBRATOR, cal_image_dir=cal.images if cal else None,
         cal_data_file=out_dir / TENSOR_FILE if int8 else None,
-        batch_size=cal.batch_size if cal else 1, batches=cal.batches if cal else 1, progress=progress)
+        batch_size=cal.batch_size if cal else 1, batches=cal.batches if cal else 1, stage=params.stage,
+        progress=progress)
     files = {"onnx": _name(report["export"]["onnx"]), "report": _name(report.get("report")),
              "fp16": _name(report.get("fp16_onnx"))}
     metrics = {"max_abs_diff": report["export"]["max_abs_diff"]}
@@ -113,7 +115,8 @@ def run(params, parent, out_dir, progress, inputs=None):
     if int8 and cal.keep_float_layers:
         keep_float(out_dir / deployed, out_dir / files["onnx"], cal.keep_float_layers, progress)
         metrics["layers_kept_float"] = len(cal.keep_float_layers)
-    outputs = Outputs(model=deployed, precision=params.precision, num_stages=parent.outputs.num_stages,
+    # an exported stage exit k is a k-stage model
+    outputs = Outputs(model=deployed, precision=params.precision, num_stages=params.stage or parent.outputs.num_stages,
                       prune_threshold=parent.outputs.prune_threshold, **files)
     return StageResult(outputs, None, metrics)
 
