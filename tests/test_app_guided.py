@@ -45,6 +45,7 @@ def test_new_run_shows_dataset_statistics_recommendations_and_ranges(config):
     assert "small / medium / large people" in list(stats["quantity"])
     shown = texts(at.info)
     assert "Recommended input resolution" in shown and "medium or small" in shown
+    at.radio(key="base").set_value("train").run()    # the stages slider belongs to "train from scratch"
     captions = texts(at.caption)
     assert "recommended: 0.05 (0.05–3 work)" in captions and "recommended: 3 (2–7 work)" in captions
     assert "FP32, FP16 or INT8; recommended: INT8" in captions and "INT8 within 2-3 AP points" in captions
@@ -61,6 +62,7 @@ def test_new_run_submits_an_ap_budget_search(config):
     at.radio(key="kind").set_value("search").run()
     at.number_input(key="budget_ap").set_value(1.5).run()
     at.number_input(key="max_iters").set_value(2).run()
+    at.pills(key="precisions").set_value(["FP32"]).run()   # the pretrained default adds INT8
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["results"] == "2"        # the unpruned model and the search's choice
     at.button(key="submit").click().run()

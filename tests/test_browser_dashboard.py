@@ -46,12 +46,7 @@ def test_runs_path_guard_and_ground_truth_pictures(studio, tmp_path):  # noqa: F
             expect(page.get_by_text("Page not found")).to_have_count(0)
             shot(page, "dash-1-runs-path")
 
-            # a click on the run's row (its row marker: the table is a canvas) opens its Run detail
-            grid = page.get_by_test_id("stDataFrame").first
-            expect(glide_cells(page, "browser untrained").first).to_be_attached()
-            box = grid.bounding_box()
-            page.mouse.click(box["x"] + 15, box["y"] + 55)
-            page.wait_for_url(f"**/run?run={run_id}*")
+            page.goto(f"{studio}/run?run={run_id}")
             expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed",
                                                                            timeout=RUN_TIMEOUT_S * 1000)
             expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
@@ -66,6 +61,15 @@ def test_runs_path_guard_and_ground_truth_pictures(studio, tmp_path):  # noqa: F
             expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
             expect(page.locator(".js-plotly-plot", has_text="Pareto front")).to_have_count(0)
             shot(page, "dash-3-compare-guard")
+
+            # a click on the finished run's row (its row marker: the table is a canvas) opens it
+            page.goto(f"{studio}/runs")
+            grid = page.get_by_test_id("stDataFrame").first
+            expect(glide_cells(page, "browser untrained").first).to_be_attached()
+            box = grid.bounding_box()
+            page.mouse.click(box["x"] + 15, box["y"] + 55)
+            page.wait_for_url(f"**/run?run={run_id}*")
+            expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed")
         finally:
             browser.close()
 

@@ -14,6 +14,8 @@ from app import charts, jobs, present, widgets
 from bpnet.errors import BpnetError
 
 DEFAULT_RUNS = 5
+CHARTS = ("AP vs latency", "all settings (parallel coordinates)", "AP by person size", "size vs AP",
+          "latency by precision")
 OVERLAY_IMAGES = 2
 
 
@@ -109,10 +111,10 @@ if untrained:
     # No Pareto front of noise: with every AP at 0 there is nothing to trade latency against.
     st.warning(untrained, icon=":material/report:")
 else:
-    tab_pareto, tab_parallel, tab_area, tab_size, tab_latency = st.tabs(
-        ["AP vs latency", "all settings (parallel coordinates)", "AP by person size", "size vs AP",
-         "latency by precision"])
-    with tab_pareto:
+    # One chart at a time: tabs would build and draw all five on every load (Plotly is the slowest
+    # part of this page in the browser).
+    chart = st.segmented_control("Chart", CHARTS, default=CHARTS[0], key="compare_chart") or CHARTS[0]
+    if chart == CHARTS[0]:
         plotted = charts.rows_with(rows, "latency_ms", "AP")
         if plotted:
             event = st.plotly_chart(charts.ap_vs_latency_figure(rows), key="pareto_chart", on_select="rerun",
@@ -128,23 +130,23 @@ else:
         missing = len(rows) - len(plotted)
         if plotted and missing:
             st.caption(f"{missing} result(s) without AP or latency are not plotted.")
-    with tab_parallel:
+    if chart == CHARTS[1]:
         if len(charts.rows_with(rows, "AP")) >= 2:
             st.plotly_chart(charts.parallel_coordinates_figure(rows), key="parallel_chart")
         else:
             st.caption("Parallel coordinates need at least two results with an AP.")
-    with tab_area:
+    if chart == CHARTS[2]:
         if any(r.get("APm") is not None and r["APm"] >= 0 or r.get("APl") is not None and r["APl"] >= 0
                for r in rows):
             st.plotly_chart(charts.ap_by_area_figure(rows), key="area_chart")
         else:
             st.caption("No AP by person size: the evaluation images have no medium or large people.")
-    with tab_size:
+    if chart == CHARTS[3]:
         if charts.rows_with(rows, "params", "AP"):
             st.plotly_chart(charts.size_vs_ap_figure(rows), key="size_chart")
         else:
             st.caption("No parameter counts stored for these results.")
-    with tab_latency:
+    if chart == CHARTS[4]:
         if charts.rows_with(rows, "latency_ms"):
             st.plotly_chart(charts.latency_by_precision_figure(rows), key="latency_chart")
         else:

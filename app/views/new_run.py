@@ -2,6 +2,7 @@
 the sweep will cost before submitting. Every field is validated as it changes (no form submit)."""
 
 import json
+from pathlib import Path
 
 import streamlit as st
 import yaml
@@ -78,6 +79,11 @@ def prune_preview(spec):
     if not model:
         st.caption("What each threshold keeps is shown here once the base model exists (an existing or "
                    "pretrained model); a model trained by this run is measured after training.")
+        return
+    if Path(str(model)).suffix.lower() not in (".hdf5", ".h5"):
+        st.caption(f"What each threshold keeps is measured on Keras weights: `{Path(str(model)).name}` is "
+                   "imported to Keras by the run's first stage, so pick it as an existing model afterwards to "
+                   "see each threshold's parameter count before a sweep.")
         return
     grid = tuple(sorted(set(present.PRUNE_GRID) | set(chosen)))
     rows, error = pruning_dry_run(str(model), modification_time(model), grid,
@@ -162,7 +168,7 @@ existing_model = None
 if base == "pretrained":
     train_epochs, stages = 1, 2
     st.caption(f"**{forms.PRETRAINED_LABEL}** (`{forms.PRETRAINED_MODEL.name}`, 6 stages). The first run imports "
-               "it into Keras with a parity check against TFLite (about a minute), later runs reuse it. It is "
+               "it into Keras with a parity check against TFLite (one to a few minutes), later runs reuse it. It is "
                "retrained briefly after pruning at its own 0..255 BGR input convention (its model card). "
                "The bundled COCO sample images are from COCO train2017 and may have been in its training "
                "data: AP on them is optimistic.")
