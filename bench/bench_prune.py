@@ -55,6 +55,9 @@ def parse_args():
     p.add_argument("--train-epochs", type=int, default=100)
     p.add_argument("--l1", type=float, default=3e-3, help="L1 kernel regularisation factor")
     p.add_argument("--retrain-epochs", type=int, default=4)
+    p.add_argument("--retrain-lr", type=float, default=None,
+                   help="base learning rate of the retrain (default: specs/retrain_small.yaml's); "
+                        "an imported pretrained model needs a small one (docs/pruning.md)")
     p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     p.add_argument("--granularity", type=int, default=8)
     p.add_argument("--min-filters", type=int, default=8)
@@ -129,6 +132,9 @@ def data_loss(model_path, spec):
     from bpnet.losses import bpnet_loss
     from bpnet.model import load_model
 
+    from bpnet.train import follow_model_card
+    # An imported base model (and what is pruned/retrained from it) takes its card's input.
+    spec = follow_model_card(spec.model_copy(update={"pretrained_weights": Path(model_path)}))
     model = load_model(model_path)
     total, images = 0.0, 0
     for batch, targets in make_dataset(spec, training=False):
@@ -160,7 +166,10 @@ def measure_threshold(name, base_model, args, infer_spec, base_params, loss_spec
         params = report["params_after"]
     retrain = spec_from_file(RETRAIN_SPEC, {
         "pretrained_weights": str(pruned), "load_graph": True, "num_epoch": args.retrain_epochs,
-        "dataloader.image_shape": list(args.eval_hw)})
+        "dataloader.image_shape": list(args.eval_hw),
+        **({} if args.retrain_lr is None else
+           {"optimizer.learning_rate_schedule.base_learning_rate": args.retrain_lr,
+            "optimizer.learning_rate_schedule.min_learning_rate": args.retrain_lr / 50})})
     retrained = train_once(retrain, work / "retrain")
     assert count_params(load_model(retrained)) == params
     row = {

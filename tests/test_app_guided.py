@@ -62,6 +62,7 @@ def test_new_run_submits_an_ap_budget_search(config):
     at.radio(key="kind").set_value("search").run()
     at.number_input(key="budget_ap").set_value(1.5).run()
     at.number_input(key="max_iters").set_value(2).run()
+    at.pills(key="precisions").set_value(["FP32"]).run()   # the pretrained default adds INT8
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["results"] == "2"        # the unpruned model and the search's choice
     at.button(key="submit").click().run()

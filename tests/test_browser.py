@@ -132,6 +132,8 @@ def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
             thresholds.press("Enter")
             page.get_by_text("train from scratch").click()   # the default base is the pretrained network
             page.wait_for_timeout(800)
+            page.get_by_role("button", name="INT8", exact=True).click()   # the pretrained default's INT8: off
+            page.wait_for_timeout(800)
             set_number(page, "Training epochs", 1)
             stages = page.get_by_role("slider", name="Stages")   # the recommended 3 -> 2: a faster tiny run
             stages.focus()
@@ -213,6 +215,9 @@ def detections_in_annotated_boxes(results_file, annotations, min_keypoints=3):
     return found
 
 
+@pytest.mark.skipif(not os.environ.get("BPNET_PRETRAINED_E2E"),
+                    reason="the default pretrained run took over 40 minutes on the shared 2-core machine "
+                           "(docs/pretrained.md); set BPNET_PRETRAINED_E2E=1 to run it")
 def test_the_default_run_starts_from_the_pretrained_network_and_finds_people(studio, tmp_path):
     """New run as it opens (pretrained base, FP32 + INT8): submitted, finished by the worker, and
     Run detail shows pictures of annotated people with the network's skeletons on them."""

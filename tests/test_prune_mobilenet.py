@@ -341,3 +341,29 @@ def test_pruned_mobilenet_retrains_with_its_graph(pruned_file, tmp_path):
     assert [w.shape for w in after.weights] == [w.shape for w in before.weights]
     assert any(not np.array_equal(a, b)
                for a, b in zip(before.get_weights(), after.get_weights()))
+
+
+@pytest.mark.slow
+def test_pruned_imported_model_keeps_its_card_and_retrains_with_its_preprocessing(
+        dead_model_file, tmp_path):
+    """An imported network's card (BGR 0-255 for tf-pose nets) travels into the pruned file, and
+    a retrain from it takes the card's normalisation instead of the spec's default."""
+    import shutil
+
+    from bpnet.imports.card import load_card, model_normalization, read_model_card, \
+        write_card_into_hdf5
+    from bpnet.prune import prune_model_file
+    from bpnet.specs import TrainSpec, parse_spec
+    from bpnet.train import follow_model_card
+    from conftest import ROOT, tiny_train_spec_dict
+    card = load_card(next((ROOT / "data" / "models").glob("*.card.yaml")))
+    imported = tmp_path / "imported.hdf5"
+    shutil.copy(dead_model_file, imported)
+    write_card_into_hdf5(imported, card)
+    pruned = tmp_path / "pruned.hdf5"
+    prune_model_file(imported, pruned, threshold=0.0, granularity=1, min_filters=1)
+    assert read_model_card(pruned) == card
+    spec = follow_model_card(parse_spec(TrainSpec, tiny_train_spec_dict(
+        pretrained_weights=str(pruned), load_graph=True), "retrain spec"))
+    assert spec.dataloader.normalization == model_normalization(imported)
+    assert tuple(spec.dataloader.normalization.image_scale) == (1.0, 1.0, 1.0)   # 0-255 input

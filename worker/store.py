@@ -241,8 +241,13 @@ def schema_lock(engine, database_url):
             conn.execute(text("SELECT pg_advisory_xact_lock(4242013)"))
             yield conn
     elif path is not None:
-        with open(path.with_name(path.name + ".schema-lock"), "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)   # released on close or when the process dies
+        try:
+            lock_file = open(path.with_name(path.name + ".schema-lock"), "a")
+        except OSError:   # a read-only folder: nobody can create the schema there anyway
+            lock_file = contextlib.nullcontext()
+        with lock_file:
+            if hasattr(lock_file, "fileno"):
+                fcntl.flock(lock_file, fcntl.LOCK_EX)   # released on close or when the process dies
             with engine.begin() as conn:
                 yield conn
     else:

@@ -168,7 +168,7 @@ existing_model = None
 if base == "pretrained":
     train_epochs, stages = 1, 2
     st.caption(f"**{forms.PRETRAINED_LABEL}** (`{forms.PRETRAINED_MODEL.name}`, 6 stages). The first run imports "
-               "it into Keras with a parity check against TFLite (about a minute), later runs reuse it. It is "
+               "it into Keras with a parity check against TFLite (one to a few minutes), later runs reuse it. It is "
                "retrained briefly after pruning at its own 0..255 BGR input convention (its model card). "
                "The bundled COCO sample images are from COCO train2017 and may have been in its training "
                "data: AP on them is optimistic.")
