@@ -216,8 +216,8 @@ def detections_in_annotated_boxes(results_file, annotations, min_keypoints=3):
 
 
 @pytest.mark.skipif(not os.environ.get("BPNET_PRETRAINED_E2E"),
-                    reason="the default pretrained run took over 40 minutes on the shared 2-core machine "
-                           "(docs/pretrained.md); set BPNET_PRETRAINED_E2E=1 to run it")
+                    reason="the default pretrained run takes ~18 minutes on 2 cores (docs/pretrained.md), "
+                           "most of the suite's 20-minute budget; set BPNET_PRETRAINED_E2E=1 to run it")
 def test_the_default_run_starts_from_the_pretrained_network_and_finds_people(studio, tmp_path):
     """New run as it opens (pretrained base, FP32 + INT8): submitted, finished by the worker, and
     Run detail shows pictures of annotated people with the network's skeletons on them."""
