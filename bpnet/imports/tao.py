@@ -13,7 +13,6 @@ PAFs side by side (0 and 19 for TAO's 19 + 38 channels).
 Encrypted `.tlt` files are not readable here (export them to .hdf5 with TAO first).
 """
 
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bpnet.errors import BpnetError
 from bpnet.imports import parity
 from bpnet.imports.card import bgr_normalization, map_source_output, skeleton_map
 from bpnet.imports.graph import Heads, Node, SourceGraph, apply_channel_map, infer_channels, keras_name
+from bpnet.model_safety import check_model_file
 from bpnet.skeleton import load_skeleton
 
 ALLOWED_LAYERS = ("InputLayer", "Conv2D", "DepthwiseConv2D", "BatchNormalization", "Activation",
@@ -36,16 +36,10 @@ def check_layer_classes(path):
     path = Path(path)
     if not h5py.is_hdf5(path):
         raise BpnetError(f"{path} is not an HDF5 file (a TAO .tlt is encrypted: export it to .hdf5 with TAO)")
-    try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
-    except OSError as err:
-        raise BpnetError(f"{path} could not be read (truncated or corrupt?): {err}") from None
-    if raw is None:
-        raise BpnetError(f"{path} holds no Keras model (no model_config); weights-only files cannot be imported")
-    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    # The one reader of a Keras file's architecture, which also refuses code-carrying layers.
+    config = check_model_file(path, "TAO model")
     layers = config.get("config", {}).get("layers", [])
-    bad = [(layer.get("class_name"), layer.get("name")) for layer in layers
+    bad = [(layer.get("class_name"), layer.get("name") or layer.get("config", {}).get("name")) for layer in layers
            if layer.get("class_name") not in ALLOWED_LAYERS]
     if bad:
         cls, name = bad[0]
