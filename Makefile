@@ -21,11 +21,7 @@ run: install
 
 test: install
 	bash scripts/ensure_chromium.sh
-	# test_reliability's spawned-process race tests time out (queue.Empty) when they run after the
-	# rest of the suite in one process; alone they pass. Run them in their own process until the
-	# cause is found (closing note, issue 13).
-	$(BIN)/python -m pytest -q --ignore=tests/test_reliability.py
-	$(BIN)/python -m pytest -q tests/test_reliability.py
+	$(BIN)/python -m pytest -q
 
 bench: install
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -6,6 +6,7 @@ Keep tests fast (the whole suite must stay under 20 minutes on 2 cores): tiny re
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 COCO_MINI = ROOT / "data" / "coco-mini"
 COCO_ANNOTATIONS = COCO_MINI / "annotations" / "person_keypoints_train2017.json"
 COCO_IMAGES = COCO_MINI / "train2017"
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest installs the page script as `sys.modules["__main__"]` and never puts the
+    real one back. Processes started with "spawn" (the input pipeline's pool, the race tests'
+    workers) re-import `__main__` from its `__file__`, so after one AppTest they ran the page's
+    temporary script, died with `NameError: __args`, and every later spawn test failed
+    (BrokenProcessPool, queue.Empty). Restore it after each test."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session")
