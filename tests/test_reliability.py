@@ -233,6 +233,27 @@ def test_n_processes_open_a_fresh_embedded_broker_at_once(config):
     assert out == ["ok"] * N
 
 
+def test_the_embedded_broker_deletes_delivered_messages(config):
+    import sqlite3
+
+    import worker.celery_app  # noqa: F401  (registers the embedded transport)
+    from kombu import Connection
+    config.home.mkdir(parents=True)
+    with Connection(config.broker_url) as conn:
+        queue = conn.SimpleQueue("cpu")
+        for i in range(3):
+            queue.put({"n": i})
+        received = [queue.get(timeout=10) for _ in range(2)]
+        for message in received:
+            message.ack()
+        queue.close()
+    db = sqlite3.connect(config.broker_url.split("///", 1)[-1])
+    rows = db.execute("SELECT visible FROM kombu_message").fetchall()
+    db.close()
+    assert [m.payload["n"] for m in received] == [0, 1]
+    assert rows == [(1,)]   # the one still waiting; the two delivered are gone
+
+
 def test_dashboard_store_error_masks_the_password(config, monkeypatch):
     from tests.test_app_pages import open_page, texts
 

@@ -54,6 +54,21 @@ class EmbeddedChannel(SQLAlchemyChannel):
                 self.session.rollback()   # another process created it: read it next time
         return super()._get_or_create(queue)
 
+    def _get(self, queue):
+        """kombu marks a delivered message invisible and keeps its row forever, so the broker file
+        grew with every stage ever run. Nothing reads an invisible row again (an unacked message
+        that must go back is re-published as a new row), so delete the queue's delivered rows."""
+        payload = super()._get(queue)
+        obj = self._get_or_create(queue)
+        try:
+            (self.session.query(self.message_cls)
+             .filter(self.message_cls.queue_id == obj.id, self.message_cls.visible == False)  # noqa: E712
+             .delete(synchronize_session=False))
+            self.session.commit()
+        except OperationalError:   # the file is busy: the next delivery deletes them
+            self.session.rollback()
+        return payload
+
 
 class EmbeddedTransport(SQLAlchemyTransport):
     """kombu's SQLAlchemy transport, polling every 0.2 s instead of 1 s: a stage that becomes
