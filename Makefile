@@ -21,7 +21,7 @@ run: install
 
 test: install
 	bash scripts/ensure_chromium.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: install
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
