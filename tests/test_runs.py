@@ -230,7 +230,7 @@ def test_cancel_marks_waiting_stages_and_drops_their_messages(env):
 
 def test_training_goes_to_a_live_gpu_worker():
     now = time.time()
-    gpu = {"queues": "cpu,gpu", "status": "online", "heartbeat_at": now}
+    gpu = {"queues": ["cpu", "gpu"], "status": "online", "heartbeat_at": now}
     stale = {**gpu, "heartbeat_at": now - 3600}
     assert scheduler.choose_queue("train", [gpu], now) == "gpu"
     assert scheduler.choose_queue("export", [gpu], now) == "cpu"

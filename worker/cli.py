@@ -35,8 +35,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("worker", help="Run a Celery worker that executes stages.")
-    p.add_argument("--queues", help="comma-separated queues (default: from the detected "
-                                    "capabilities: cpu, plus gpu/tensorrt when present)")
+    p.add_argument("--queues", type=comma_list, help="comma-separated queues (default: from the detected "
+                                                     "capabilities: cpu, plus gpu/tensorrt when present)")
     p.add_argument("--gpus", help="comma-separated GPU indices: one worker process per GPU, "
                                   "each with its own CUDA_VISIBLE_DEVICES (one task per GPU)")
     p.add_argument("--loglevel", default="info")
@@ -69,6 +69,11 @@ def build_parser():
     return parser
 
 
+def comma_list(text):
+    """'cpu,gpu' -> ['cpu', 'gpu']: a list from here on, never split again."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -89,24 +94,24 @@ def cmd_worker(args):
     if args.gpus:
         return _one_worker_per_gpu(args)
     from worker.capabilities import default_queues, detect_capabilities
+    from worker.celery_app import QUEUES, get_app
 
-    queues = args.queues or ",".join(default_queues(detect_capabilities()))
-    unknown = set(queues.split(",")) - {"cpu", "gpu", "tensorrt"}
+    queues = args.queues or default_queues(detect_capabilities())
+    unknown = set(queues) - set(QUEUES)
     if unknown:
-        raise BpnetError(f"--queues: {', '.join(sorted(unknown))} not one of cpu, gpu, tensorrt")
-    from worker.celery_app import get_app
+        raise BpnetError(f"--queues: {', '.join(sorted(unknown))} not one of {', '.join(QUEUES)}")
     app = get_app()
     import worker.tasks  # noqa: F401  (registers the task and the heartbeat signals)
     # solo pool: one task at a time in this process (TensorFlow and CUDA do not survive fork; one
     # task per GPU); a SIGKILL takes the task down with it and the store recovers it.
-    app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", queues,
+    app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", ",".join(queues),
                      "-n", f"bpnet-{os.getpid()}@%h", f"--loglevel={args.loglevel}", "--without-gossip",
                      "--without-mingle", "--without-heartbeat"])
     return 0
 
 
 def _one_worker_per_gpu(args):
-    indices = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    indices = comma_list(args.gpus)
     if not all(g.isdigit() for g in indices):
         raise BpnetError(f"--gpus: {args.gpus!r} must be comma-separated GPU indices such as 0,1")
     children = []
@@ -114,7 +119,7 @@ def _one_worker_per_gpu(args):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": index}
         cmd = [sys.executable, "-m", "worker.cli", "worker", f"--loglevel={args.loglevel}"]
         if args.queues:
-            cmd += ["--queues", args.queues]
+            cmd += ["--queues", ",".join(args.queues)]
         children.append(subprocess.Popen(cmd, env=env))
     return _wait_children(children)
 

@@ -121,10 +121,8 @@ def estimate_cost(nodes, store, workers=None):
     """Expected time of `nodes` from past stages' seconds per unit of work on the worker kind
     each would run on (`worker.costs`)."""
     workers = store.workers() if workers is None else workers
-    rows = [{**w, "queues": ",".join(w["queues"]) if isinstance(w["queues"], list) else w["queues"]}
-            for w in workers]
     return costs.estimate_run(nodes, store.stage_history(),
-                              lambda kind: scheduler.choose_queue(kind, rows))
+                              lambda kind: scheduler.choose_queue(kind, workers))
 
 
 def submit_run(spec, base_dir=None, name=None, config=None, rerun_of=None):
@@ -426,7 +424,6 @@ def list_workers(config=None):
     store = get_store(config)
     rows = store.workers()
     for w in rows:
-        w["queues"] = [q for q in w["queues"].split(",") if q]
         w["alive"] = w["status"] == "online" and now - w["heartbeat_at"] < scheduler.HEARTBEAT_FRESH_S
         w.update(_current_stage(store, w.get("current_stage_id")))
     return rows

@@ -33,7 +33,7 @@ def choose_queue(kind, workers, now=None):
     else to `cpu`."""
     if kind in TENSORRT_KINDS:
         return "tensorrt"
-    if kind in TRAINING_KINDS and any("gpu" in w["queues"].split(",") for w in live_workers(workers, now)):
+    if kind in TRAINING_KINDS and any("gpu" in w["queues"] for w in live_workers(workers, now)):
         return "gpu"
     return "cpu"
 

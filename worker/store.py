@@ -38,7 +38,6 @@ RUN_ACTIVE = ("queued", "running")
 RUN_FINAL = ("completed", "failed", "cancelled")
 STAGE_DONE = ("completed", "cached")
 STAGE_FINAL = ("completed", "cached", "failed", "cancelled", "skipped")
-STAGE_WAITING = ("pending", "queued")
 
 
 class StoreUnavailable(BpnetError):
@@ -148,7 +147,8 @@ class Worker(Base):
     id: Mapped[str] = mapped_column(String(200), primary_key=True)   # celery hostname
     hostname: Mapped[str] = mapped_column(String(200))
     pid: Mapped[int] = mapped_column(Integer)
-    queues: Mapped[str] = mapped_column(String(200))               # comma-separated
+    # comma-separated in the table only: `Store.workers()` and `register_worker` take and give lists
+    queues: Mapped[str] = mapped_column(String(200))
     capabilities_json: Mapped[str] = mapped_column(Text, default="{}")
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
@@ -617,7 +617,7 @@ class Store:
             w = s.get(Worker, worker_id)
             if w is None:
                 raise StoreUnavailable(f"worker {worker_id}: registration is not in the job store")
-            return row_dict(w)
+            return worker_dict(w)
 
     def heartbeat(self, worker_id, current_stage_id=None, status="online"):
         with self.Session.begin() as s:
@@ -625,8 +625,16 @@ class Store:
                 heartbeat_at=time.time(), current_stage_id=current_stage_id, status=status))
 
     def workers(self):
+        """Registered workers as dicts; `queues` is a list."""
         with self.Session() as s:
-            return [row_dict(w) for w in s.scalars(select(Worker).order_by(Worker.id))]
+            return [worker_dict(w) for w in s.scalars(select(Worker).order_by(Worker.id))]
+
+
+def worker_dict(worker):
+    """A worker row as a dict, its queues as the list they were registered with."""
+    row = row_dict(worker)
+    row["queues"] = [q for q in (row["queues"] or "").split(",") if q]
+    return row
 
 
 def _evaluation_data(params_json):
