@@ -325,25 +325,27 @@ def search_figure(report, iterations=()):
     return fig
 
 
-def short_stage_label(label, kind):
+def short_stage_label(label, kind, params=None):
     """A node's label without what its ancestors already say (the graph reads left to right:
-    prune shows the threshold, export the resolution and precision), so nodes stay narrow and
-    their text readable: 'retrain s2 pth=0.1' -> 'retrain', 'evaluate s2 pth=0.1 64x64 fp32' ->
-    'evaluate'. The full label is the node's tooltip."""
-    words = label.split()
-    if kind in ("retrain", "evaluate", "gate") and words:
-        return words[0]
-    if kind == "prune":
-        return " ".join(w for w in words if not (w.startswith("s") and w[1:].isdigit()))
-    if kind == "export":
-        return " ".join(w for w in words if not w.startswith("pth=") and not (w.startswith("s") and w[1:].isdigit()))
+    prune shows its threshold, export its resolution and precision, from the stage's params), so
+    nodes stay narrow and their text readable: 'retrain s2 pth=0.1' -> 'retrain', 'evaluate s2
+    pth=0.1 64x64 fp32' -> 'evaluate'. The full label is the node's tooltip."""
+    params = params or {}
+    if kind in ("retrain", "evaluate", "gate"):
+        return kind
+    if kind == "prune" and "threshold" in params:
+        return f"prune pth={params['threshold']:g}"
+    if kind == "export" and "input_hw" in params:
+        h, w = params["input_hw"]
+        return f"export {h}x{w} {params.get('precision', '')}".rstrip()
     return label
 
 
 def dag_dot(stages):
     """Graphviz DOT text of a run's stages, coloured by status.
 
-    `stages` are dicts with `id`, `label`, `status` and `parents` (ids of the stages they need).
+    `stages` are dicts with `id`, `label`, `status`, `parents` (ids of the stages they need) and
+    optionally `kind` and `params` (for the short node label).
     """
     # Drawn at its natural size (not stretched or shrunk to the page): 14-pt labels stay readable
     # on a 1400-px screen even for a 40-stage sweep, which scrolls instead.
@@ -353,7 +355,7 @@ def dag_dot(stages):
         status = stage.get("status", "pending")
         color = STATUS_COLORS.get(status, "#e0e0e0")
         full = str(stage.get("label", stage["id"])).replace('"', "'")
-        label = f"{short_stage_label(full, stage.get('kind'))}\\n{status}"
+        label = f"{short_stage_label(full, stage.get('kind'), stage.get('params'))}\\n{status}"
         lines.append(f'  "{stage["id"]}" [label="{label}", tooltip="{full}", fillcolor="{color}66", '
                      f'color="{color}"];')
     for stage in stages:

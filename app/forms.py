@@ -1,8 +1,10 @@
-"""The New-run form: parsing and validation of what the user typed (pure: no Streamlit, no store).
+"""The New-run form: what the user typed turned into values (pure: no Streamlit, no store).
 
 Each `parse_*` / `check_*` function raises `BpnetError` naming the field, the value and what is
-allowed; `validate_new_run` runs them all and returns every problem at once, keyed by field, so
-the page can show each message beside its widget while the user types.
+allowed, by the rules of `bpnet.limits` (the dataset check is `bpnet.data.coco.inspect_dataset`);
+`validate_new_run` runs them all and returns every problem at once, keyed by widget. The values
+become a run spec (`run_spec_dict`) that the page validates with `RunSpec` itself, each error's
+`loc` shown under its widget (`errors_by_widget`). How guidance reads is `app.present`.
 """
 
 import json
@@ -10,6 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from bpnet.data.coco import DatasetInfo
+from bpnet.data.coco import inspect_dataset as inspect_coco
 from bpnet.errors import BpnetError
 from bpnet.image_files import count_images
 from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_EPOCHS,
@@ -29,18 +33,6 @@ RUN_KINDS = ("sweep", "search", "explore")
 SEARCH_OBJECTIVES = ("params", "latency")
 RESOLUTION_PRESETS = {"224×320": (224, 320), "288×384": (288, 384), "320×448": (320, 448)}
 PRECISIONS = tuple(p.upper() for p in RUN_PRECISIONS)   # as the widgets show them
-IMAGE_CHECK_SAMPLE = 20   # listed images checked on disk; enough to catch a wrong folder quickly
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    annotations: Path
-    images: Path
-    num_images: int
-    num_people: int            # non-crowd person annotations
-    num_people_with_keypoints: int
-    num_images_with_keypoints: int
-    bundled: bool
 
 
 @dataclass
@@ -165,66 +157,12 @@ def check_precisions(precisions):
     return [p for p in PRECISIONS if p in chosen]
 
 
-def default_images_dir(annotations):
-    """COCO's layout: annotations/person_keypoints_<split>.json beside the image folder <split>/."""
-    annotations = Path(annotations)
-    split = annotations.stem.split("_")[-1]
-    return annotations.parent.parent / split
-
-
-def inspect_coco_dataset(annotations, images=None, bundled=False):
-    """Check a COCO person-keypoint dataset (exists, is COCO JSON, images present) -> DatasetInfo."""
-    text = str(annotations or "").strip()
-    if not text:
-        raise BpnetError("dataset: no annotations file given; enter the path of a COCO "
-                         "person_keypoints_*.json file")
-    annotations = Path(text).expanduser()
-    if annotations.is_dir():
-        found = sorted(annotations.glob("annotations/person_keypoints_*.json"))
-        if not found:
-            raise BpnetError(f"dataset: {annotations} is a folder without annotations/person_keypoints_*.json; "
-                             "give the annotations JSON file itself")
-        annotations = found[0]
-    if not annotations.is_file():
-        raise BpnetError(f"dataset: annotations file {annotations} does not exist")
+def inspect_dataset(annotations, images=None, bundled=False):
+    """`bpnet.data.coco.inspect_dataset`, its message named for the dataset widget."""
     try:
-        data = json.loads(annotations.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BpnetError(f"dataset: {annotations} is not valid JSON ({err})") from None
-    except OSError as err:
-        raise BpnetError(f"dataset: cannot read {annotations} ({err.strerror})") from None
-    _check_coco_layout(data, annotations)
-    images = Path(str(images).strip()).expanduser() if images and str(images).strip() else default_images_dir(annotations)
-    if not images.is_dir():
-        raise BpnetError(f"dataset: image folder {images} does not exist; give the folder holding the "
-                         f"images listed in {annotations.name}")
-    listed = [img.get("file_name", "") for img in data["images"][:IMAGE_CHECK_SAMPLE]]
-    missing = [name for name in listed if not (images / name).is_file()]
-    if missing:
-        raise BpnetError(f"dataset: {len(missing)} of the first {len(listed)} images listed in "
-                         f"{annotations.name} are missing from {images} (e.g. {missing[0]}); "
-                         "is it the right image folder?")
-    people = [a for a in data["annotations"] if not a.get("iscrowd")]
-    with_keypoints = [a for a in people if a.get("num_keypoints", 0) > 0]
-    return DatasetInfo(annotations=annotations.resolve(), images=images.resolve(),
-                       num_images=len(data["images"]), num_people=len(people),
-                       num_people_with_keypoints=len(with_keypoints),
-                       num_images_with_keypoints=len({a["image_id"] for a in with_keypoints}),
-                       bundled=bundled)
-
-
-def _check_coco_layout(data, path):
-    if not isinstance(data, dict):
-        raise BpnetError(f"dataset: {path} is not a COCO annotations file (top level is "
-                         f"{type(data).__name__}, expected an object with images, annotations, categories)")
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
-    if missing:
-        raise BpnetError(f"dataset: {path} is not a COCO annotations file: missing list(s) {missing}")
-    if not any(c.get("keypoints") for c in data["categories"] if isinstance(c, dict)):
-        raise BpnetError(f"dataset: {path} has no category with keypoints; a person-keypoints file "
-                         "(person_keypoints_*.json) is needed")
-    if not any(a.get("num_keypoints", 0) > 0 for a in data["annotations"] if isinstance(a, dict)):
-        raise BpnetError(f"dataset: {path} has no person with labelled keypoints; nothing to train or evaluate on")
+        return inspect_coco(annotations, images, bundled)
+    except BpnetError as err:
+        raise BpnetError(f"dataset: {err}") from None
 
 
 def parse_float(value, what, low, high):
@@ -268,12 +206,12 @@ def validate_new_run(form, dataset_info=None):
 
     if dataset_info is None:
         if form.get("dataset") == "bundled":
-            dataset_info = attempt("dataset", inspect_coco_dataset, BUNDLED_ANNOTATIONS, BUNDLED_IMAGES, True)
+            dataset_info = attempt("dataset", inspect_dataset, BUNDLED_ANNOTATIONS, BUNDLED_IMAGES, True)
         else:
-            dataset_info = attempt("dataset", inspect_coco_dataset, form.get("annotations"), form.get("images"))
+            dataset_info = attempt("dataset", inspect_dataset, form.get("annotations"), form.get("images"))
     eval_dataset = None
     if form.get("dataset") != "bundled" and str(form.get("eval_annotations") or "").strip():
-        eval_dataset = attempt("eval_dataset", inspect_coco_dataset, form.get("eval_annotations"),
+        eval_dataset = attempt("eval_dataset", inspect_dataset, form.get("eval_annotations"),
                                form.get("eval_images"))
     custom = (form.get("custom_h"), form.get("custom_w")) if form.get("use_custom") else None
     resolutions = attempt("resolution", collect_resolutions, form.get("presets", []), custom)
@@ -408,61 +346,3 @@ def run_spec_dict(request, train_template):
         spec["search"] = {"budget_ap": request.budget_ap, "objective": request.objective,
                           "max_iters": request.max_iters}
     return spec
-
-
-# ------------------------------------------------------------------ guidance (pure)
-
-def stats_rows(stats):
-    """The statistics the New-run page shows, as (quantity, value) rows."""
-    ppi, kpp = stats["people_per_image"], stats["keypoints_per_person"]
-    sizes = stats["area_ranges"]
-    at640 = stats["area_ranges_at_640"]["fractions"]
-    h, w = stats["image_height"], stats["image_width"]
-    return [
-        {"quantity": "images (with people)", "value": f"{stats['num_images']} ({stats['num_images_with_people']})"},
-        {"quantity": "people with keypoints", "value": str(stats["num_people"])},
-        {"quantity": "people per image (images with people)",
-         "value": f"median {ppi['median']:g}, mean {ppi['mean']:.1f}, max {ppi['max']:g}"},
-        {"quantity": "labelled keypoints per person", "value": f"median {kpp['median']:g}, mean {kpp['mean']:.1f}"},
-        {"quantity": "small / medium / large people",
-         "value": " / ".join(f"{sizes['counts'][k]} ({sizes['fractions'][k]:.0%})" for k in ("small", "medium", "large"))},
-        {"quantity": "small / medium / large at COCO's 640-px scale",
-         "value": " / ".join(f"{at640[k]:.0%}" for k in ("small", "medium", "large"))},
-        {"quantity": "image size (H × W)",
-         "value": f"median {h['median']:g} × {w['median']:g}, from {h['min']:g} × {w['min']:g} to {h['max']:g} × {w['max']:g}"},
-        {"quantity": "crowd regions", "value": str(stats["num_crowd_regions"])},
-    ]
-
-
-def advice_text(advice):
-    """A field's recommendation as a sentence: 'recommended: 3 (2–7 work): reason; reason',
-    'recommended: 16: …' (not '16–16'), 'FP32, FP16 or INT8; recommended: INT8: …'."""
-    value_range = advice.recommended_range
-    value = _shown(advice.value)
-    if isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range):
-        low, high = value_range
-        shown = f"recommended: {value}" + ("" if low == high else f" ({low:g}–{high:g} work)")
-    elif isinstance(value_range, (tuple, list)) and value_range:
-        options = [_shown(v) for v in value_range]
-        listed = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
-        shown = f"{listed}; recommended: {value}"
-    else:
-        shown = f"recommended: {value}"
-    return f"{shown}: " + "; ".join(advice.reasons)
-
-
-def _shown(value):
-    """Precisions in capitals (FP32), numbers without trailing zeros, anything else as written."""
-    if isinstance(value, str) and value.lower() in ("fp32", "fp16", "int8"):
-        return value.upper()
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def static_advice():
-    """{field: Advice} of the ranges that do not depend on the data."""
-    from bpnet.guide.recommend import static_guidance
-
-    return {a.field: a for a in static_guidance()}

@@ -239,8 +239,8 @@ def cost_rows(stages):
 
 
 def stage_dag(stages):
-    """Client stages -> the dicts `charts.dag_dot` draws (id, label, status, parents)."""
-    return [{"id": s["id"], "label": s["label"], "kind": s.get("kind"), "status": s["status"],
+    """Client stages -> the dicts `charts.dag_dot` draws (id, label, kind, params, status, parents)."""
+    return [{"id": s["id"], "label": s["label"], "kind": s.get("kind"), "params": s.get("params"), "status": s["status"],
              "parents": [s["parent_id"]] if s.get("parent_id") else []} for s in stages]
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bpnet.data.coco import read_coco_json
 from bpnet.draw import draw_skeletons
 from bpnet.errors import BpnetError
-from bpnet.guide.gate import match_people, oks
+from bpnet.guide.gate import match_people, oks, people_by_image
 from bpnet.preprocess import read_image
 from bpnet.skeleton import load_skeleton
 
@@ -36,12 +37,14 @@ def _shrink(image):
 
 def image_paths_by_id(annotations):
     """{image_id: file_name} of a COCO annotations file."""
-    path = Path(annotations)
+    return {int(img["id"]): img["file_name"] for img in _read_annotations(annotations, "image list")["images"]}
+
+
+def _read_annotations(annotations, what):
     try:
-        data = json.loads(path.read_text())
-        return {int(img["id"]): img["file_name"] for img in data["images"]}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise BpnetError(f"annotations file {path} cannot be read for its image list ({err})") from None
+        return read_coco_json(annotations)
+    except BpnetError as err:
+        raise BpnetError(f"annotations file {annotations} cannot be read for its {what} ({err})") from None
 
 
 def read_detections(path):
@@ -71,19 +74,11 @@ def read_detections(path):
 def read_ground_truth(annotations):
     """{image_id: [{"xyv": (17, 3), "area": a}]} of the labelled, non-crowd people of a COCO file
     (the form `bpnet.guide.gate.match_people` takes)."""
-    path = Path(annotations)
+    coco = _read_annotations(annotations, "people")
     try:
-        data = json.loads(path.read_text())
-        people = {}
-        for ann in data["annotations"]:
-            if ann.get("iscrowd") or ann.get("num_keypoints", 0) <= 0:
-                continue
-            people.setdefault(int(ann["image_id"]), []).append(
-                {"xyv": np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3),
-                 "area": float(ann.get("area", 0.0))})
-        return people
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise BpnetError(f"annotations file {path} cannot be read for its people ({err})") from None
+        return {int(image_id): people for image_id, people in people_by_image(coco).items()}
+    except (KeyError, TypeError, ValueError) as err:
+        raise BpnetError(f"annotations file {annotations} cannot be read for its people ({err})") from None
 
 
 def person_oks(gt_people, detections):

@@ -285,3 +285,61 @@ def prune_preview_rows(rows, chosen):
 def useful_thresholds(rows):
     """The thresholds of a dry run that remove parameters (keep under 99%)."""
     return [r["threshold"] for r in rows if r["kept"] is not None and r["kept"] <= PRUNED_NOTHING_RATIO]
+
+
+# ------------------------------------------------------------------ guidance (the New-run page)
+
+def stats_rows(stats):
+    """The statistics the New-run page shows, as (quantity, value) rows."""
+    ppi, kpp = stats["people_per_image"], stats["keypoints_per_person"]
+    sizes = stats["area_ranges"]
+    at640 = stats["area_ranges_at_640"]["fractions"]
+    h, w = stats["image_height"], stats["image_width"]
+    return [
+        {"quantity": "images (with people)", "value": f"{stats['num_images']} ({stats['num_images_with_people']})"},
+        {"quantity": "people with keypoints", "value": str(stats["num_people"])},
+        {"quantity": "people per image (images with people)",
+         "value": f"median {ppi['median']:g}, mean {ppi['mean']:.1f}, max {ppi['max']:g}"},
+        {"quantity": "labelled keypoints per person", "value": f"median {kpp['median']:g}, mean {kpp['mean']:.1f}"},
+        {"quantity": "small / medium / large people",
+         "value": " / ".join(f"{sizes['counts'][k]} ({sizes['fractions'][k]:.0%})" for k in ("small", "medium", "large"))},
+        {"quantity": "small / medium / large at COCO's 640-px scale",
+         "value": " / ".join(f"{at640[k]:.0%}" for k in ("small", "medium", "large"))},
+        {"quantity": "image size (H × W)",
+         "value": f"median {h['median']:g} × {w['median']:g}, from {h['min']:g} × {w['min']:g} to {h['max']:g} × {w['max']:g}"},
+        {"quantity": "crowd regions", "value": str(stats["num_crowd_regions"])},
+    ]
+
+
+def advice_text(advice):
+    """A field's recommendation as a sentence: 'recommended: 3 (2–7 work): reason; reason',
+    'recommended: 16: …' (not '16–16'), 'FP32, FP16 or INT8; recommended: INT8: …'."""
+    value_range = advice.recommended_range
+    value = _shown(advice.value)
+    if isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range):
+        low, high = value_range
+        shown = f"recommended: {value}" + ("" if low == high else f" ({low:g}–{high:g} work)")
+    elif isinstance(value_range, (tuple, list)) and value_range:
+        options = [_shown(v) for v in value_range]
+        listed = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+        shown = f"{listed}; recommended: {value}"
+    else:
+        shown = f"recommended: {value}"
+    return f"{shown}: " + "; ".join(advice.reasons)
+
+
+def _shown(value):
+    """Precisions in capitals (FP32), numbers without trailing zeros, anything else as written."""
+    if isinstance(value, str) and value.lower() in ("fp32", "fp16", "int8"):
+        return value.upper()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def static_advice():
+    """{field: Advice} of the ranges that do not depend on the data."""
+    from bpnet.guide.recommend import static_guidance
+
+    return {a.field: a for a in static_guidance()}

@@ -236,3 +236,18 @@ def evaluate_model(model_path, annotations, images_dir, infer_spec, out_dir, max
     write_outputs(out_dir, results, metrics, table, infer_spec)
     emit(progress, "evaluate", "end", message=f"AP {stats['AP']:.3f}")
     return metrics
+
+
+def evaluate_once(model_path, annotations, images_dir, infer_spec, out_dir, max_images=None, progress=None):
+    """`evaluate_model`, unless `out_dir` already holds an evaluation of this same model file (its
+    metrics.json names it and results.json is beside it: written by an earlier attempt, or copied
+    from the evaluate stage that measured it); the metrics either way. The one "evaluate once"
+    cache of the search trials and the gate."""
+    out_dir = Path(out_dir)
+    metrics_path = out_dir / "metrics.json"
+    if metrics_path.is_file() and (out_dir / "results.json").is_file():
+        cached = read_json(metrics_path, "cached metrics")
+        if cached.get("model") == str(model_path):
+            return cached
+    return evaluate_model(model_path, annotations, images_dir, infer_spec, out_dir, max_images=max_images,
+                          progress=progress)

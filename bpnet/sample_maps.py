@@ -12,7 +12,8 @@ image: the letterbox scale and the network input size.
 
 import numpy as np
 
-from bpnet.fileio import atomic_path, read_json
+from bpnet.data.coco import labelled_people, read_coco_json
+from bpnet.fileio import atomic_path
 from bpnet.preprocess import read_image
 
 SAMPLE_MAPS = "sample_maps.npz"
@@ -22,9 +23,8 @@ NUM_SAMPLE_IMAGES = 3
 def images_with_most_people(coco, count=NUM_SAMPLE_IMAGES):
     """[(image_id, file_name)] of the images with the most labelled, non-crowd people."""
     people = {}
-    for ann in coco.get("annotations", []):
-        if not ann.get("iscrowd") and ann.get("num_keypoints", 0) > 0:
-            people[ann["image_id"]] = people.get(ann["image_id"], 0) + 1
+    for ann in labelled_people(coco):
+        people[ann["image_id"]] = people.get(ann["image_id"], 0) + 1
     names = {img["id"]: img["file_name"] for img in coco.get("images", [])}
     ranked = sorted((i for i in people if i in names), key=lambda i: (-people[i], i))
     return [(i, names[i]) for i in ranked[:count]]
@@ -38,7 +38,7 @@ def save_sample_maps(model_path, annotations, images_dir, infer_spec, out_path, 
     from bpnet.backends import load_backend
     from bpnet.infer import predict_maps
 
-    chosen = images_with_most_people(read_json(annotations, "annotations"), count)
+    chosen = images_with_most_people(read_coco_json(annotations), count)
     if not chosen:
         return None
     images = [read_image(Path(images_dir) / name) for _, name in chosen]

@@ -58,29 +58,29 @@ def test_calibration_follows_the_seed_rule(coco_mini, tmp_path):
 
 
 def test_bundled_dataset_inspection_counts_people(coco_mini):
-    info = forms.inspect_coco_dataset(*coco_mini)
+    info = forms.inspect_dataset(*coco_mini)
     assert (info.num_images, info.num_people_with_keypoints, info.num_images_with_keypoints) == (80, 86, 28)
 
 
 def test_images_folder_defaults_to_coco_layout(coco_mini):
-    info = forms.inspect_coco_dataset(coco_mini[0], "")
+    info = forms.inspect_dataset(coco_mini[0], "")
     assert info.images == coco_mini[1].resolve()
 
 
 def test_dataset_errors_name_the_path(tmp_path, coco_mini):
     with pytest.raises(BpnetError, match="does not exist"):
-        forms.inspect_coco_dataset(tmp_path / "nope.json", coco_mini[1])
+        forms.inspect_dataset(tmp_path / "nope.json", coco_mini[1])
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(BpnetError, match="not valid JSON"):
-        forms.inspect_coco_dataset(bad, coco_mini[1])
+        forms.inspect_dataset(bad, coco_mini[1])
     bad.write_text(json.dumps({"images": [], "annotations": []}))
-    with pytest.raises(BpnetError, match=r"missing list\(s\) \['categories'\]"):
-        forms.inspect_coco_dataset(bad, coco_mini[1])
+    with pytest.raises(BpnetError, match="field 'categories' must be a list"):
+        forms.inspect_dataset(bad, coco_mini[1])
     with pytest.raises(BpnetError, match="image folder .* does not exist"):
-        forms.inspect_coco_dataset(coco_mini[0], tmp_path / "no-images")
+        forms.inspect_dataset(coco_mini[0], tmp_path / "no-images")
     with pytest.raises(BpnetError, match="missing from"):
-        forms.inspect_coco_dataset(coco_mini[0], tmp_path)
+        forms.inspect_dataset(coco_mini[0], tmp_path)
 
 
 def good_form(**changes):
@@ -166,6 +166,17 @@ def test_other_figures_build_from_rows():
     loss = charts.loss_curve_figure([{"step": 2, "loss": 1.0}, {"step": 1, "loss": 2.0},
                                      {"step": 1, "loss": 3.0, "stage": "retrain"}])
     assert list(loss.data[1].y) == [2.0, 1.0]
+
+
+def test_dag_nodes_are_named_by_their_own_params_not_their_ancestors():
+    assert charts.short_stage_label("prune s2 pth=0.1", "prune", {"threshold": 0.1}) == "prune pth=0.1"
+    assert charts.short_stage_label("export s3 pth=0.5 288x384 int8", "export",
+                                    {"input_hw": [288, 384], "precision": "int8"}) == "export 288x384 int8"
+    assert charts.short_stage_label("evaluate s2 pth=0.1 64x64 fp32", "evaluate", {}) == "evaluate"
+    assert charts.short_stage_label("train s2", "train", {}) == "train s2"
+    dot = charts.dag_dot([{"id": "p", "label": "prune s2 pth=0.1", "kind": "prune", "params": {"threshold": 0.1},
+                           "status": "queued", "parents": []}])
+    assert 'label="prune pth=0.1\\nqueued"' in dot and 'tooltip="prune s2 pth=0.1"' in dot
 
 
 def test_dag_dot_has_every_stage_and_edge():

@@ -138,9 +138,12 @@ def test_detections_and_ground_truth_files_are_read_with_clear_errors(tmp_path):
                                    {"image_id": 4, "keypoints": "broken"}]))
     assert list(overlay.read_detections(results)) == [3]
     annotations = tmp_path / "a.json"
-    annotations.write_text(json.dumps({"annotations": [{"image_id": 3, "keypoints": [1] * 51, "num_keypoints": 17,
-                                                        "area": 10}, {"image_id": 4, "keypoints": [0] * 51,
-                                                                      "num_keypoints": 0, "area": 1}]}))
+    annotations.write_text(json.dumps({   # a COCO file (bpnet.data.coco.read_coco_json checks its structure)
+        "images": [{"id": i, "file_name": f"{i}.jpg", "height": 8, "width": 8} for i in (3, 4)],
+        "categories": [{"id": 1, "name": "person"}],
+        "annotations": [{"id": 1, "image_id": 3, "category_id": 1, "keypoints": [1] * 51, "num_keypoints": 17,
+                         "area": 10}, {"id": 2, "image_id": 4, "category_id": 1, "keypoints": [0] * 51,
+                                       "num_keypoints": 0, "area": 1}]}))
     assert list(overlay.read_ground_truth(annotations)) == [3]
     annotations.write_text("{")
     with pytest.raises(Exception, match="cannot be read for its people"):

@@ -22,7 +22,7 @@ def inspect_dataset(annotations, images, bundled, modified_ns):
     """(DatasetInfo, None) or (None, message); cached per path and modification time because a
     real COCO annotations file takes seconds to parse."""
     try:
-        return forms.inspect_coco_dataset(annotations, images, bundled), None
+        return forms.inspect_dataset(annotations, images, bundled), None
     except BpnetError as err:
         return None, str(err)
 
@@ -142,7 +142,7 @@ else:
 eval_slot = st.empty()
 dataset_slot = st.empty()
 stats = None
-advice = forms.static_advice()
+advice = present.static_advice()
 if info is not None:
     dataset_slot.success(f"{info.num_images} images · {info.num_people_with_keypoints} people with keypoints "
                          f"in {info.num_images_with_keypoints} images · images from `{info.images}`", icon=":material/check_circle:")
@@ -154,7 +154,7 @@ if stats is not None:
 
     resolution_advice = recommend_resolution(stats)
     with st.expander("Dataset statistics and the recommendations they lead to", expanded=True):
-        st.dataframe(forms.stats_rows(stats), hide_index=True, key="stats_df")
+        st.dataframe(present.stats_rows(stats), hide_index=True, key="stats_df")
         h, w = resolution_advice.value
         st.info(f"**Recommended input resolution: {h}×{w}**\n" +
                 "\n".join(f"- {reason}" for reason in resolution_advice.reasons), icon=":material/lightbulb:")
@@ -179,8 +179,8 @@ elif base == "train":
                                         "narrow backbone, 128×128 training input)")
     stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES,
                        value=int(advice["model.stages"].value), key="stages",
-                       help=forms.advice_text(advice["model.stages"]))
-    st.caption(f"Stages: {forms.advice_text(advice['model.stages'])}")
+                       help=present.advice_text(advice["model.stages"]))
+    st.caption(f"Stages: {present.advice_text(advice['model.stages'])}")
 else:
     train_epochs, stages = 1, 2
     models = trained_models()
@@ -232,13 +232,13 @@ elif kind == "explore":
                                      "resolution and precision, with the oracle ceiling; no training")
 else:
     thresholds = st.text_input("Prune thresholds (several → a sweep)", value="0.1", key="thresholds",
-                               help=forms.advice_text(advice["prune.threshold"]))
-    st.caption(f"Prune threshold: {forms.advice_text(advice['prune.threshold'])}")
+                               help=present.advice_text(advice["prune.threshold"]))
+    st.caption(f"Prune threshold: {present.advice_text(advice['prune.threshold'])}")
 thresholds_slot = st.empty()
 precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="multi",
                       default=["FP32", "INT8"] if base == "pretrained" else ["FP32"],
-                      key="precisions", help=forms.advice_text(advice["export.data_type"]))
-st.caption(f"Precision: {forms.advice_text(advice['export.data_type'])}")
+                      key="precisions", help=present.advice_text(advice["export.data_type"]))
+st.caption(f"Precision: {present.advice_text(advice['export.data_type'])}")
 precisions_slot = st.empty()
 gate_max_ap_drop = 2.0
 if precisions and set(precisions) & {"INT8", "FP16"}:
@@ -265,7 +265,7 @@ if precisions and "INT8" in precisions:
 
         try:
             st.caption(f"Calibration images: "
-                       f"{forms.advice_text(recommend_calibration(stats, int(cal_batch_size), int(cal_batches)))}")
+                       f"{present.advice_text(recommend_calibration(stats, int(cal_batch_size), int(cal_batches)))}")
         except BpnetError:
             pass   # the field error below says what is wrong
 calibration_slot = st.empty()

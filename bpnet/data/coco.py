@@ -24,6 +24,7 @@ from bpnet.errors import BpnetError
 from bpnet.fileio import read_json
 
 MAX_LISTED = 5  # missing files / bad annotations named in one error message
+IMAGE_CHECK_SAMPLE = 20   # listed images `inspect_dataset` checks on disk: catches a wrong folder quickly
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,17 @@ def load_coco_samples(annotations, images_dir, skeleton, min_keypoints=1, includ
 
 def read_coco(path):
     """A pycocotools COCO index of the file, with clear errors instead of tracebacks."""
+    coco = COCO()
+    coco.dataset = read_coco_json(path)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    return coco
+
+
+def read_coco_json(path):
+    """The COCO annotations file as a dict, its structure checked (the one COCO reader: training,
+    evaluation, the dashboard's dataset check and cost estimates read the file through it)."""
+    path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise BpnetError(f"COCO annotations file {path} is empty; expected a COCO JSON object "
                          "with 'images', 'annotations' and 'categories'")
@@ -85,11 +97,93 @@ def read_coco(path):
                 raise BpnetError(f"COCO annotations file {path}: an entry of {field!r} "
                                  f"(id {item.get('id') if isinstance(item, dict) else item!r}) lacks {missing}")
     check_unique_ids(data, path)
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        coco.createIndex()
-    return coco
+    return data
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What `inspect_dataset` found: the files, and how many images and people they hold."""
+    annotations: Path
+    images: Path
+    num_images: int
+    num_people: int            # non-crowd person annotations
+    num_people_with_keypoints: int
+    num_images_with_keypoints: int
+    bundled: bool = False
+
+
+def default_images_dir(annotations):
+    """COCO's layout: annotations/person_keypoints_<split>.json beside the image folder <split>/."""
+    annotations = Path(annotations)
+    split = annotations.stem.split("_")[-1]
+    return annotations.parent.parent / split
+
+
+_ANNOTATED_IMAGES = {}
+
+
+def count_annotated_images(path):
+    """Images with at least one labelled person in a COCO file; 0 for a file that cannot be read
+    (a cost estimate's input: the run itself refuses such a file with the reason). Memoised on
+    path, size and modification time: a real COCO file takes seconds to parse."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return 0
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _ANNOTATED_IMAGES:
+        try:
+            _ANNOTATED_IMAGES[memo] = len({a["image_id"] for a in labelled_people(read_coco_json(path))})
+        except (BpnetError, OSError):
+            _ANNOTATED_IMAGES[memo] = 0
+    return _ANNOTATED_IMAGES[memo]
+
+
+def labelled_people(data):
+    """The non-crowd person annotations of a COCO dict with at least one labelled keypoint."""
+    return [a for a in data["annotations"] if not a.get("iscrowd") and a.get("num_keypoints", 0) > 0]
+
+
+def inspect_dataset(annotations, images=None, bundled=False):
+    """Check a COCO person-keypoint dataset the user points at (the annotations file, or a folder
+    holding annotations/person_keypoints_*.json; the image folder, default the COCO layout's) ->
+    DatasetInfo. Quick: the structure and the first images listed, not every file."""
+    text = str(annotations or "").strip()
+    if not text:
+        raise BpnetError("no annotations file given; enter the path of a COCO person_keypoints_*.json file")
+    annotations = Path(text).expanduser()
+    if annotations.is_dir():
+        found = sorted(annotations.glob("annotations/person_keypoints_*.json"))
+        if not found:
+            raise BpnetError(f"{annotations} is a folder without annotations/person_keypoints_*.json; "
+                             "give the annotations JSON file itself")
+        annotations = found[0]
+    if not annotations.is_file():
+        raise BpnetError(f"annotations file {annotations} does not exist")
+    data = read_coco_json(annotations)
+    if not any(c.get("keypoints") for c in data["categories"] if isinstance(c, dict)):
+        raise BpnetError(f"{annotations} has no category with keypoints; a person-keypoints file "
+                         "(person_keypoints_*.json) is needed")
+    with_keypoints = labelled_people(data)
+    if not with_keypoints:
+        raise BpnetError(f"{annotations} has no person with labelled keypoints; nothing to train or evaluate on")
+    images = Path(str(images).strip()).expanduser() if images and str(images).strip() else default_images_dir(annotations)
+    if not images.is_dir():
+        raise BpnetError(f"image folder {images} does not exist; give the folder holding the "
+                         f"images listed in {annotations.name}")
+    listed = [img["file_name"] for img in data["images"][:IMAGE_CHECK_SAMPLE]]
+    missing = [name for name in listed if not (images / name).is_file()]
+    if missing:
+        raise BpnetError(f"{len(missing)} of the first {len(listed)} images listed in "
+                         f"{annotations.name} are missing from {images} (e.g. {missing[0]}); "
+                         "is it the right image folder?")
+    return DatasetInfo(annotations=annotations.resolve(), images=images.resolve(),
+                       num_images=len(data["images"]),
+                       num_people=sum(not a.get("iscrowd") for a in data["annotations"]),
+                       num_people_with_keypoints=len(with_keypoints),
+                       num_images_with_keypoints=len({a["image_id"] for a in with_keypoints}),
+                       bundled=bundled)
 
 
 def check_unique_ids(data, path):

@@ -89,6 +89,20 @@ def match_people(gt_people, detections):
     return pairs
 
 
+def people_by_image(coco, image_ids=None):
+    """{image_id: [{"xyv": (17, 3), "area"}]} of the labelled, non-crowd people of a COCO dict
+    (of `image_ids` only, when given): the form `match_people` takes."""
+    from bpnet.data.coco import labelled_people
+
+    people = {}
+    for ann in labelled_people(coco):
+        if image_ids is None or ann["image_id"] in image_ids:
+            people.setdefault(ann["image_id"], []).append(
+                {"xyv": np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3),
+                 "area": float(ann.get("area", 0.0))})
+    return people
+
+
 def keypoint_errors(coco_gt, detections, image_ids=None):
     """Per-keypoint localisation error of matched people, normalised by the person's size.
 
@@ -97,11 +111,7 @@ def keypoint_errors(coco_gt, detections, image_ids=None):
     people that no detection matched.
     """
     wanted = set(image_ids) if image_ids is not None else {img["id"] for img in coco_gt["images"]}
-    gt_by_image, det_by_image = {}, {}
-    for ann in coco_gt["annotations"]:
-        if ann["image_id"] in wanted and not ann.get("iscrowd", 0) and ann.get("num_keypoints", 0) > 0:
-            gt_by_image.setdefault(ann["image_id"], []).append(
-                {"xyv": np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3), "area": float(ann["area"])})
+    gt_by_image, det_by_image = people_by_image(coco_gt, wanted), {}
     for det in detections:
         if det["image_id"] in wanted:
             det_by_image.setdefault(det["image_id"], []).append(det)

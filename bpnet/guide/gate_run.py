@@ -15,6 +15,7 @@ new INT8 model that goes through the gate again. Quantization-aware training
 
 from pathlib import Path
 
+from bpnet.data.coco import read_coco_json
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import read_json, write_json_atomic
@@ -30,7 +31,7 @@ def agreement_batch(annotations, images_dir, infer_spec, image_ids, count=AGREEM
     """The first `count` evaluation images, prepared exactly as the evaluation prepares them."""
     from bpnet.preprocess import prepare_batch, read_image
 
-    coco = read_json(annotations, "annotations")
+    coco = read_coco_json(annotations)
     names = {img["id"]: img["file_name"] for img in coco["images"]}
     chosen = [i for i in (image_ids or sorted(names)) if i in names][:count]
     if not chosen:
@@ -58,21 +59,12 @@ def outputs_agreement(parent_model, child_model, batches, stage=None):
 
 
 def evaluate_cached(model_path, annotations, images_dir, infer_spec, out_dir, max_images, progress):
-    """(metrics, results) of `model_path`; an evaluation already in `out_dir` of the same model is
-    reused (the parent is shared by all its INT8/FP16 children)."""
-    from bpnet.evaluate import evaluate_model
+    """(metrics, results) of `model_path` (`bpnet.evaluate.evaluate_once`: the parent's evaluation
+    is shared by all its INT8/FP16 children)."""
+    from bpnet.evaluate import evaluate_once
 
-    out_dir = Path(out_dir)
-    metrics_path, results_path = out_dir / "metrics.json", out_dir / "results.json"
-    metrics = None
-    if metrics_path.is_file() and results_path.is_file():
-        cached = read_json(metrics_path, "cached metrics")
-        if cached.get("model") == str(model_path):
-            metrics = cached
-    if metrics is None:
-        metrics = evaluate_model(model_path, annotations, images_dir, infer_spec, out_dir,
-                                 max_images=max_images, progress=progress)
-    return metrics, read_json(results_path, "evaluation results")
+    metrics = evaluate_once(model_path, annotations, images_dir, infer_spec, out_dir, max_images, progress)
+    return metrics, read_json(Path(out_dir) / "results.json", "evaluation results")
 
 
 def model_precision(model_path):
@@ -105,7 +97,7 @@ def run_gate(parent_model, child_model, annotations, images_dir, infer_spec, out
     emit(progress, STAGE, "phase", message=f"evaluating the {precision} model {child_model}", fraction=0.4)
     child_metrics, child_results = evaluate_cached(child_model, annotations, images_dir, infer_spec,
                                                    out_dir / "child", max_images, progress)
-    coco = read_json(annotations, "annotations")
+    coco = read_coco_json(annotations)
     image_ids = parent_metrics.get("image_ids")
     parent_errors = keypoint_errors(coco, parent_results, image_ids)
     child_errors = keypoint_errors(coco, child_results, image_ids)

@@ -20,7 +20,8 @@ from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import read_json, write_json_atomic
 from bpnet.guide.search import DEFAULT_THRESHOLD_RANGE, SearchConfig, Trial, run_search
-from bpnet.limits import DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, EQUALIZATIONS, NORMALIZERS
+from bpnet.limits import (DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, EQUALIZATIONS, MAX_AP_DROP_POINTS,
+                          MAX_SEARCH_ITERS, NORMALIZERS)
 from bpnet.specs import spec_to_yaml
 
 STAGE = "search"
@@ -45,17 +46,6 @@ def content_key(base_model, train_spec, prune_options, annotations, images_dir, 
     return digest.hexdigest()[:12]
 
 
-def evaluate_once(model_path, annotations, images_dir, infer_spec, out_dir, max_images, progress):
-    """metrics.json of `model_path`, computed only if an earlier run has not written it."""
-    from bpnet.evaluate import evaluate_model
-
-    metrics_path = Path(out_dir) / "metrics.json"
-    if metrics_path.is_file():
-        return read_json(metrics_path, "cached metrics")
-    return evaluate_model(model_path, annotations, images_dir, infer_spec, out_dir,
-                          max_images=max_images, progress=progress)
-
-
 def model_size(model_path, objective, latency_options, params=None):
     """The objective value of a model: its parameter count, or its measured median latency (ms)."""
     if objective == "params":
@@ -76,10 +66,10 @@ def check_search_inputs(base_model, budget_ap, objective, max_iters, latency_opt
         raise BpnetError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if objective == "latency" and not latency_options.get("input_hw"):
         raise BpnetError("objective 'latency' needs latency options with input_hw (and batch_size, runs)")
-    if not isinstance(max_iters, int) or not 1 <= max_iters <= 30:
-        raise BpnetError(f"max_iters must be an integer between 1 and 30, got {max_iters!r}")
-    if budget_ap < 0 or budget_ap > 100:
-        raise BpnetError(f"AP budget must be between 0 and 100 AP points, got {budget_ap}")
+    if not isinstance(max_iters, int) or not 1 <= max_iters <= MAX_SEARCH_ITERS:
+        raise BpnetError(f"max_iters must be an integer between 1 and {MAX_SEARCH_ITERS}, got {max_iters!r}")
+    if budget_ap < 0 or budget_ap > MAX_AP_DROP_POINTS:
+        raise BpnetError(f"AP budget must be between 0 and {MAX_AP_DROP_POINTS:g} AP points, got {budget_ap}")
 
 
 def search_prune_threshold(base_model, train_spec, annotations, images_dir, infer_spec, out_dir,
@@ -101,6 +91,8 @@ def search_prune_threshold(base_model, train_spec, annotations, images_dir, infe
                       max_images, objective, latency_options)
     cache = out_dir / "cache" / key
     started = time.time()
+
+    from bpnet.evaluate import evaluate_once
 
     emit(progress, STAGE, "start", message=f"evaluating the unpruned model {base_model}")
     base_metrics = evaluate_once(base_model, annotations, images_dir, infer_spec, cache / "base_eval",
@@ -154,6 +146,7 @@ def trial_record(trial, config):
 def run_trial(threshold, base_model, train_spec, annotations, images_dir, infer_spec, trial_dir,
               prune_options, objective, latency_options, max_images, progress):
     """Prune at `threshold`, retrain, evaluate (each step skipped when its result exists)."""
+    from bpnet.evaluate import evaluate_once
     from bpnet.prune.model_file import prune_model_file, report_path
     from bpnet.train import MODEL_FILE, train
 
