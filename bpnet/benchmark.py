@@ -286,11 +286,11 @@ def benchmark_end_to_end(model_path, images, infer_spec, threads=None, max_image
     CNN -> decode), batch 1, stages pipelined across threads (or one after another), and the
     per-stage split by number of people. One untimed pass over the first images warms up."""
     from bpnet.backends import load_backend
-    from bpnet.infer import check_backend_fits, list_images
+    from bpnet.infer import check_backend_fits, image_items
     from bpnet.machine import describe_cpu
     from bpnet.skeleton import load_skeleton
 
-    items = list_images(images)
+    items = image_items(images)
     if max_images is not None:
         if int(max_images) < 1:
             raise BpnetError(f"--max_images: {max_images} must be >= 1")

@@ -18,7 +18,7 @@ from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic
 from bpnet.image_files import IMAGE_SUFFIXES
-from bpnet.image_files import list_images as list_image_files
+from bpnet.image_files import list_images
 from bpnet.preprocess import STRIDE, normalization_for, prepare_batch, read_image
 from bpnet.skeleton import load_skeleton
 from bpnet.specs import spec_to_yaml
@@ -44,7 +44,7 @@ class Detections:
 
 # ---------------------------------------------------------------- image lists
 
-def list_images(source, images_dir=None):
+def image_items(source, images_dir=None):
     """Images to run: one image, every image file of a folder, every image of a COCO JSON, or
     the paths of a JSON list (TAO's `--input_type json`).
 
@@ -54,7 +54,7 @@ def list_images(source, images_dir=None):
     """
     source = Path(source)
     if source.is_dir():
-        files = list_image_files(source)
+        files = list_images(source)
         if not files:
             raise BpnetError(f"image folder {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return _numbered(files)
@@ -221,7 +221,7 @@ def run_inference(model_path, images, infer_spec, out_dir, dump_visualizations=F
 
     out_dir = Path(out_dir)
     skeleton = load_skeleton(infer_spec.skeleton)
-    items = list_images(images, images_dir)
+    items = image_items(images, images_dir)
     emit(progress, "inference", "start", num_steps=len(items), message=f"{len(items)} images")
     with load_backend(model_path, stage=infer_spec.output_stage_to_use) as backend:
         detections, results, timing = infer_images(backend, items, infer_spec, skeleton, progress)

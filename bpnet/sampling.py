@@ -65,12 +65,6 @@ def image_profiles(coco, min_keypoints=1, min_visible=0):
     return profiles
 
 
-def count_people(coco, min_keypoints):
-    """{image id: number of non-crowd persons with >= min_keypoints labelled keypoints} (images
-    with people only)."""
-    return {i: len(p["sizes"]) for i, p in image_profiles(coco, min_keypoints).items() if p["sizes"]}
-
-
 def dominant_size(sizes):
     """The size class most people of an image have (ties: the larger), None without people."""
     if not sizes:

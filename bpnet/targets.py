@@ -17,13 +17,6 @@ from bpnet.geometry import cell_centers
 HEATMAP_FLOOR = 1e-3
 
 
-def grid_points(grid_hw, cell_px):
-    """(x, y) input-pixel coordinates of every cell centre: two (h, w) arrays."""
-    h, w = grid_hw
-    ys, xs = cell_centers(h, cell_px), cell_centers(w, cell_px)
-    return np.meshgrid(xs, ys)  # each (h, w)
-
-
 def labelled(parts):
     """(num_people, P) bool: which parts carry a label."""
     return parts[..., 2] > 0

@@ -7,7 +7,7 @@ import pytest
 
 from bpnet.backends import load_backend
 from bpnet.errors import BpnetError
-from bpnet.infer import ImageItem, check_backend_fits, list_images, run_inference, scaled_hw
+from bpnet.infer import ImageItem, check_backend_fits, image_items, run_inference, scaled_hw
 from bpnet.specs import InferSpec
 from tests.conftest import COCO_ANNOTATIONS, COCO_IMAGES
 
@@ -121,15 +121,15 @@ def test_model_files_of_unknown_kind_or_missing(tmp_path):
 
 
 def test_image_lists_from_a_folder_or_a_coco_json(tmp_path):
-    from_folder = list_images(COCO_IMAGES)
-    from_json = list_images(COCO_ANNOTATIONS, images_dir=COCO_IMAGES)
+    from_folder = image_items(COCO_IMAGES)
+    from_json = image_items(COCO_ANNOTATIONS, images_dir=COCO_IMAGES)
     assert len(from_folder) == len(from_json) == 80
     assert {i.image_id for i in from_folder} == {i.image_id for i in from_json}
     assert isinstance(from_json[0], ImageItem)
     with pytest.raises(BpnetError, match="holds no images"):
-        list_images(tmp_path)
+        image_items(tmp_path)
     with pytest.raises(BpnetError, match="neither a folder"):
-        list_images(tmp_path / "x.txt")
+        image_items(tmp_path / "x.txt")
 
 
 def test_scaled_sizes_stay_multiples_of_the_stride():

@@ -24,7 +24,6 @@ from bpnet.preprocess import check_input_hw
 PRECISIONS = ("fp32", "fp16", "int8")
 # People-per-image groups for the latency split: decoding grows with people, the CNN does not.
 PEOPLE_BUCKETS = ((0, 0, "0"), (1, 1, "1"), (2, 3, "2-3"), (4, 6, "4-6"), (7, None, "7+"))
-TIMING_PARTS = ("read", "prepare", "cnn", "decode")
 REPORT_NAME = "explorer.json"
 
 
