@@ -25,6 +25,7 @@ from bpnet.fileio import atomic_path
 from bpnet.limits import stages_problem
 from bpnet.model_safety import check_model_file
 from bpnet.preprocess import check_input_hw
+from bpnet.skeleton import DEFAULT_SKELETON, load_skeleton
 
 MIN_CHANNELS = 8
 
@@ -109,8 +110,9 @@ def _refinement_branch(layers, x, stage, branch, out_channels, out_name):
     return layers.conv_out(x, out_channels, out_name)
 
 
-def build_model(model_spec, input_hw=None):
-    """A fresh BodyPoseNet for `model_spec` (bpnet.specs.ModelSpec); input (None, None, 3).
+def build_model(model_spec, input_hw=None, skeleton=DEFAULT_SKELETON):
+    """A fresh BodyPoseNet for `model_spec` (bpnet.specs.ModelSpec) predicting the maps of
+    `skeleton` (a name, file or `Skeleton`: its heatmap and PAF channel counts); input (None, None, 3).
 
     `input_hw`, if given, is only checked (H and W multiples of 8): the model itself accepts any
     such size.
@@ -119,19 +121,19 @@ def build_model(model_spec, input_hw=None):
         check_input_hw(input_hw, "input_hw")
     if stages_problem(model_spec.stages):
         raise BpnetError(f"model.stages: {stages_problem(model_spec.stages)}")
+    if not hasattr(skeleton, "num_pafs"):
+        skeleton = load_skeleton(skeleton)
     layers = _LayerFactory(model_spec)
     image = tf.keras.Input(shape=(None, None, 3), name="input")
     features = _backbone(layers, image)
 
-    heat = _initial_branch(layers, features, "heat", model_spec.heat_channels, "stage1_heatmaps")
-    paf = _initial_branch(layers, features, "paf", model_spec.paf_channels, "stage1_pafs")
+    heat = _initial_branch(layers, features, "heat", skeleton.num_heatmaps, "stage1_heatmaps")
+    paf = _initial_branch(layers, features, "paf", skeleton.num_pafs, "stage1_pafs")
     outputs = [heat, paf]
     for stage in range(2, model_spec.stages + 1):
         x = tf.keras.layers.Concatenate(name=f"stage{stage}_concat")([features, heat, paf])
-        heat = _refinement_branch(layers, x, stage, "heat", model_spec.heat_channels,
-                                  f"stage{stage}_heatmaps")
-        paf = _refinement_branch(layers, x, stage, "paf", model_spec.paf_channels,
-                                 f"stage{stage}_pafs")
+        heat = _refinement_branch(layers, x, stage, "heat", skeleton.num_heatmaps, f"stage{stage}_heatmaps")
+        paf = _refinement_branch(layers, x, stage, "paf", skeleton.num_pafs, f"stage{stage}_pafs")
         outputs += [heat, paf]
     return tf.keras.Model(image, outputs, name="bodyposenet")
 

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bpnet.errors import BpnetError
 from bpnet.limits import DEFAULT_STAGES, MAX_STAGES, STRIDE, stages_problem
 from bpnet.preprocess import DEFAULT_IMAGE_OFFSET, DEFAULT_IMAGE_SCALE
+from bpnet.skeleton import DEFAULT_SKELETON, load_skeleton
 
 
 class Strict(BaseModel):
@@ -60,7 +61,7 @@ class TargetSpec(Strict):
 class DataloaderSpec(Strict):
     batch_size: int = Field(8, ge=1, le=1024)
     image_shape: tuple[int, int] = (256, 256)     # network input [H, W]
-    skeleton: str = "bpnet_18joints"              # bundled name or path to a skeleton JSON
+    skeleton: str = DEFAULT_SKELETON              # bundled name or path to a skeleton JSON
     dataset: DatasetSpec
     normalization: NormalizationSpec = NormalizationSpec()
     augmentation: AugmentationSpec = AugmentationSpec()
@@ -74,8 +75,7 @@ class ModelSpec(Strict):
     backbone: Literal["vgg"] = "vgg"
     backbone_width: float = Field(1.0, gt=0, le=2)   # channel multiplier; 0.25 = narrow CPU model
     stages: int = DEFAULT_STAGES                      # MIN_STAGES..MAX_STAGES (bpnet.limits)
-    heat_channels: int = 19
-    paf_channels: int = 38
+    # (no channel counts: the output convolutions have the skeleton's, `TrainSpec` checks old files' copies)
     use_bias: bool = True
     use_batch_norm: bool = False
     regularization_type: Literal["l1", "l2", "none"] = "l1"
@@ -115,6 +115,43 @@ class TrainSpec(Strict):
     dataloader: DataloaderSpec
     optimizer: OptimizerSpec = OptimizerSpec()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _channel_counts_of_the_skeleton(cls, data):
+        """Spec files written before (and TAO's) give model.heat_channels / paf_channels; the
+        skeleton fixes them, so a matching copy is accepted and dropped, another one refused."""
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict) or not set(CHANNEL_FIELDS) & set(model):
+            return data
+        loader = data.get("dataloader")
+        name = loader.get("skeleton", DEFAULT_SKELETON) if isinstance(loader, dict) else DEFAULT_SKELETON
+        problem = channel_count_problem(model, name)
+        if problem:
+            raise ValueError(problem)
+        return {**data, "model": {k: v for k, v in model.items() if k not in CHANNEL_FIELDS}}
+
+
+CHANNEL_FIELDS = ("heat_channels", "paf_channels")
+
+
+def skeleton_channel_counts(skeleton_name):
+    """{"heat_channels": P + 1, "paf_channels": 2 x limbs} of a skeleton (bundled name or file)."""
+    skeleton = load_skeleton(skeleton_name)
+    return {"heat_channels": skeleton.num_heatmaps, "paf_channels": skeleton.num_pafs}
+
+
+def channel_count_problem(model, skeleton_name):
+    """None when the channel counts a model section gives are its skeleton's, else why not."""
+    try:
+        counts = skeleton_channel_counts(skeleton_name)
+    except BpnetError as err:
+        return f"dataloader.skeleton: {err}"
+    for field in CHANNEL_FIELDS:
+        if field in model and model[field] != counts[field]:
+            return (f"model.{field}: {model[field]!r} does not match skeleton {skeleton_name!r}, which needs "
+                    f"{counts[field]} (the channel counts come from the skeleton; leave the field out)")
+    return None
+
 
 # ---------------------------------------------------------------- inference spec
 
@@ -136,7 +173,7 @@ class InferSpec(Strict):
     peak_refinement: Literal["upsample", "gaussian"] = "upsample"
     multi_scale_inference: bool = False
     scales: tuple[float, ...] = (1.0,)
-    skeleton: str = "bpnet_18joints"
+    skeleton: str = DEFAULT_SKELETON
     normalization: NormalizationSpec = NormalizationSpec()
     batch_size: int = Field(1, ge=1, le=256)
 
@@ -189,7 +226,9 @@ def format_validation_error(err, source):
     lines = [f"{source}: {err.error_count()} invalid field(s):"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        if not e["loc"] and e["type"] == "value_error":   # a rule across fields: its message names them
+            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  - {field}: unknown field (value {e['input']!r}); check the spelling")
         elif e["type"] == "missing":
             lines.append(f"  - {field}: required field is missing")

@@ -72,12 +72,7 @@ def train(spec, results_dir, progress=None):
 def check_train_spec(spec):
     """Rules across fields that the spec models cannot check one field at a time."""
     check_schedule(spec.optimizer.learning_rate_schedule)
-    skeleton = load_skeleton(spec.dataloader.skeleton)
-    for field, have, want in (("heat_channels", spec.model.heat_channels, skeleton.num_heatmaps),
-                              ("paf_channels", spec.model.paf_channels, skeleton.num_pafs)):
-        if have != want:
-            raise BpnetError(f"model.{field}: {have} does not match skeleton "
-                             f"{spec.dataloader.skeleton!r}, which needs {want}")
+    load_skeleton(spec.dataloader.skeleton)   # a clear error for a bad skeleton before any data is read
     if spec.pretrained_weights is None and spec.load_graph:
         raise BpnetError("load_graph: true needs pretrained_weights (the model file whose "
                          "architecture to load), but pretrained_weights is null")
@@ -276,16 +271,17 @@ def pick_strategy():
 def initial_model(spec):
     """(model, description of the pretrained weights or None) for a fresh run."""
     if spec.pretrained_weights is None:
-        return build_model(spec.model, spec.dataloader.image_shape), None
+        return build_model(spec.model, spec.dataloader.image_shape, spec.dataloader.skeleton), None
     path = spec.pretrained_weights
     if spec.load_graph:
         model = with_regularizer(load_model(path), spec.model)
         heat = model.get_layer("stage1_heatmaps").filters
-        if heat != spec.model.heat_channels:
-            raise BpnetError(f"pretrained_weights {path}: the model predicts {heat} heatmaps but "
-                             f"model.heat_channels is {spec.model.heat_channels}")
+        wanted = load_skeleton(spec.dataloader.skeleton).num_heatmaps
+        if heat != wanted:
+            raise BpnetError(f"pretrained_weights {path}: the model predicts {heat} heatmaps but skeleton "
+                             f"{spec.dataloader.skeleton!r} has {wanted}")
         return model, {"path": str(path), "load_graph": True, "stages": num_stages(model)}
-    model = build_model(spec.model, spec.dataloader.image_shape)
+    model = build_model(spec.model, spec.dataloader.image_shape, spec.dataloader.skeleton)
     matched, skipped = transfer_weights(load_keras_model(path, "pretrained_weights"), model)
     if not matched:
         raise BpnetError(f"pretrained_weights {path}: no layer matches the spec's model by name "

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Optional
 from pydantic import BaseModel, ConfigDict, model_serializer
 
 from bpnet.errors import BpnetError
-from bpnet.specs import Strict
+from bpnet.specs import Strict, TrainSpec, skeleton_channel_counts
 
 
 class StageParams(Strict):
@@ -28,10 +28,24 @@ class StageParams(Strict):
         for name in self.OMIT_WHEN_EMPTY:
             if name in data and data[name] in (None, 0, [], (), {}):
                 del data[name]
+        for name, value in self:
+            if isinstance(value, TrainSpec) and isinstance(data.get(name), dict):
+                data[name] = with_legacy_channel_counts(value, data[name])
         return data
 
     def key_dict(self):
         return self.model_dump(mode="json")
+
+
+def with_legacy_channel_counts(spec, dumped):
+    """A TrainSpec's dump as params stored before `ModelSpec` lost heat_channels/paf_channels (the
+    skeleton fixes them): with the skeleton's counts in `model`, so every train, retrain, search
+    and QAT export key stays the key of the runs made before (`TrainSpec` drops them again)."""
+    try:
+        counts = skeleton_channel_counts(spec.dataloader.skeleton)
+    except BpnetError:
+        return dumped   # no such skeleton: the stage fails with that message, its key matters not
+    return {**dumped, "model": {**dumped["model"], **counts}}
 
 
 class StageOutputs(BaseModel):
@@ -48,6 +62,35 @@ class ModelOutputs(StageOutputs):
     model: str                                # the .hdf5 file inside the stage folder
     num_stages: Optional[int] = None
     prune_threshold: Optional[float] = None   # the search's chosen threshold
+
+
+# ---------------------------------------------------------------- work units (cost estimates)
+# A kind's `work(params, result=None) -> (cost kind, units)` scales its time (worker.costs turns
+# past stages' seconds per unit into estimates with bpnet.guide.cost); a kind without one is one
+# unit per model (prune, FP32/FP16 export, import, engine, explore).
+
+def training_work(spec):
+    """Images seen x input megapixels x stages of training `spec` (a TrainSpec)."""
+    from bpnet.data.coco import count_annotated_images
+    from bpnet.guide.cost import training_work as work
+
+    loader = spec.dataloader
+    images = spec.steps_per_epoch * loader.batch_size if spec.steps_per_epoch else \
+        count_annotated_images(loader.dataset.annotations)
+    return work(images, spec.num_epoch, loader.image_shape, spec.model.stages)
+
+
+def evaluation_work(annotations, max_images, input_hw, result=None):
+    """Evaluated images (the result's count once measured) x input megapixels."""
+    from bpnet.data.coco import count_annotated_images
+    from bpnet.guide.cost import inference_work
+
+    if result and result.get("num_images"):
+        images = result["num_images"]
+    else:
+        images = count_annotated_images(annotations)
+        images = min(images, max_images) if max_images else images
+    return inference_work(images, input_hw)
 
 
 @dataclass(frozen=True)
