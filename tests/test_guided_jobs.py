@@ -171,17 +171,27 @@ def test_remedies_that_cannot_run_are_refused_with_the_reason(kind, calibrator, 
         remedy_spec(spec, evaluate, gate, kind, calibrator)
 
 
+def evaluate_params(input_hw, max_images=None):
+    """Stored params of an evaluate stage (what `expand_run` writes)."""
+    from bpnet.specs import InferSpec
+    from worker.kinds import evaluate
+
+    return evaluate.Params(infer_spec=InferSpec(input_shape=input_hw), annotations=str(COCO_ANNOTATIONS),
+                           images=str(COCO_IMAGES), benchmark=evaluate.BenchmarkOptions(), precision="fp32",
+                           max_images=max_images, input_hw=input_hw, stages_label="s2").key_dict()
+
+
 def test_cost_preview_scales_past_rates_by_work_on_the_same_worker_kind():
     train = {"num_epoch": 10, "steps_per_epoch": 5, "model": {"stages": 2},
-             "dataloader": {"batch_size": 4, "image_shape": [64, 64]}}
+             "dataloader": {"batch_size": 4, "image_shape": [64, 64],
+                            "dataset": {"annotations": str(COCO_ANNOTATIONS), "images": str(COCO_IMAGES)}}}
     history = [{"kind": "train", "queue": "cpu", "params": {"train_spec": train}, "result": None, "duration_s": 100.0},
                {"kind": "train", "queue": "gpu", "params": {"train_spec": train}, "result": None, "duration_s": 5.0},
-               {"kind": "evaluate", "queue": "cpu", "params": {"input_hw": [64, 64], "annotations": str(COCO_ANNOTATIONS)},
+               {"kind": "evaluate", "queue": "cpu", "params": evaluate_params((64, 64)),
                 "result": {"num_images": 10}, "duration_s": 2.0}]
     planned = [{"kind": "retrain", "label": "retrain", "params": {"train_spec": {**train, "num_epoch": 5}}},
-               {"kind": "evaluate", "label": "eval", "params": {"input_hw": [128, 128], "max_images": 20,
-                                                                "annotations": str(COCO_ANNOTATIONS)}},
-               {"kind": "prune", "label": "prune", "params": {}}]
+               {"kind": "evaluate", "label": "eval", "params": evaluate_params((128, 128), max_images=20)},
+               {"kind": "prune", "label": "prune", "params": {"threshold": 0.1}}]
     cpu = costs.estimate_run(planned, history, lambda kind: "cpu")
     assert cpu["estimate_s"] == pytest.approx(50.0 + 2.0 * 2 * 4)     # half the epochs; 2x images, 4x pixels
     assert cpu["unknown"] == ["prune"] and "prune" in cpu["basis"]

@@ -1,74 +1,24 @@
-"""What a run will cost: each stage's amount of work, and past stages' measured seconds per unit of
-work on the same worker kind (`bpnet.guide.cost`, pure). No TensorFlow: the dashboard's preview.
-
-Work units (they scale a stage's time, so runs of other sizes are estimated from the same rates):
-- train / retrain: images seen x input megapixels x model stages;
-- evaluate and gate: evaluation images x megapixels; INT8 export: calibration images x megapixels;
-- search: its iteration limit x the retraining work of one trial (an upper bound: it may stop early);
-- prune, FP32/FP16 export, import, engine: one per model.
-The worker kind is the queue a stage ran on (`cpu`, `gpu`, `tensorrt`).
+"""What a run will cost, for the dashboard's preview (no TensorFlow): each stage's amount of work
+from its kind (`work(params, result)` in worker/kinds/<kind>.py: train and retrain images seen x
+input megapixels x stages, evaluate and gate images x megapixels, INT8 export calibration images x
+megapixels, search its iteration limit x one trial's retraining, anything else one unit per model)
+and past stages' seconds per unit of work on the same worker kind, the queue a stage ran on
+(`cpu`, `gpu`, `tensorrt`), turned into estimates by `bpnet.guide.cost` (the one cost model, pure).
 """
 
-import json
-from pathlib import Path
-
-from bpnet.guide.cost import inference_work, preview_cost, training_work
-
-_ANNOTATED = {}
-
-
-def annotated_images(annotations):
-    """Images with at least one labelled person in a COCO file (memoised on path, size, mtime)."""
-    path = Path(annotations)
-    try:
-        st = path.stat()
-    except OSError:
-        return 0
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _ANNOTATED:
-        try:
-            data = json.loads(path.read_text())
-            _ANNOTATED[memo] = len({a["image_id"] for a in data.get("annotations", [])
-                                    if not a.get("iscrowd") and a.get("num_keypoints", 0) > 0})
-        except (OSError, ValueError, KeyError, TypeError):
-            _ANNOTATED[memo] = 0
-    return _ANNOTATED[memo]
-
-
-def _evaluation_images(params, result=None):
-    if result and result.get("num_images"):
-        return result["num_images"]
-    count = annotated_images(params.get("annotations", ""))
-    limit = params.get("max_images")
-    return min(count, limit) if limit else count
-
-
-def _training_work(train_spec):
-    loader = train_spec.get("dataloader") or {}
-    epochs = train_spec.get("num_epoch") or 1
-    steps = train_spec.get("steps_per_epoch")
-    if steps:
-        images = steps * (loader.get("batch_size") or 1)
-    else:
-        images = annotated_images((loader.get("dataset") or {}).get("annotations", ""))
-    stages = (train_spec.get("model") or {}).get("stages") or 2
-    return training_work(images, epochs, loader.get("image_shape") or (368, 368), stages)
+from bpnet.errors import BpnetError
+from bpnet.guide.cost import preview_cost
+from worker.kinds import KINDS
 
 
 def stage_work(kind, params, result=None):
-    """(cost kind, work) of one stage from its parameters (and its result, once evaluated)."""
-    if kind in ("train", "retrain"):
-        return "train", _training_work(params.get("train_spec") or {})
-    if kind in ("evaluate", "gate"):
-        return kind, inference_work(_evaluation_images(params, result), params["input_hw"]
-                                    if "input_hw" in params else params["infer_spec"]["input_shape"])
-    if kind == "export" and params.get("precision") == "int8":
-        cal = params.get("calibration") or {}
-        return "export-int8", inference_work(cal.get("batch_size", 1) * cal.get("batches", 1),
-                                             params["input_hw"])
-    if kind == "search":
-        return "search", params["max_iters"] * _training_work(params.get("retrain_spec") or {})
-    return kind, 1.0
+    """(cost kind, work) of one stage from its stored parameters (validated into its kind's
+    Params) and its result once evaluated: the kind's `work`, else one unit per model."""
+    module = KINDS.get(kind)
+    work = getattr(module, "work", None)
+    if work is None:
+        return kind, 1.0
+    return work(module.Params.model_validate(params or {}), result)
 
 
 def history_records(rows):
@@ -77,7 +27,7 @@ def history_records(rows):
     for row in rows:
         try:
             kind, work = stage_work(row["kind"], row["params"] or {}, row.get("result"))
-        except (KeyError, TypeError, ValueError):
+        except (BpnetError, KeyError, TypeError, ValueError):   # pydantic's ValidationError is a ValueError
             continue   # a stage of an older format says nothing reliable about its cost
         records.append({"kind": kind, "worker_kind": row["queue"], "seconds": row["duration_s"], "work": work})
     return records

@@ -5,7 +5,9 @@
   `key_dict()` is stored in the stage row and hashed into the cache key;
 - `Outputs`: a pydantic model naming every file of the stage folder a child reads (plus small
   facts such as `num_stages`); children read these names, never a guessed path;
-- `run(params, parent, out_dir, progress, inputs) -> StageResult`: calls one engine verb.
+- `run(params, parent, out_dir, progress, inputs) -> StageResult`: calls one engine verb;
+- optionally `work(params, result=None) -> (cost kind, units)`: what its time scales with, for the
+  cost preview (worker.costs); without it a stage is one unit per model.
   `parent` is a `base.Parent` (kind, folder, validated Outputs) or None; `inputs` the other
   finished stages of the run it reads (only the gate has any).
 

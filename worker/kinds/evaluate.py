@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bpnet.fileio import write_json_atomic
 from bpnet.limits import PRECISIONS
 from bpnet.specs import InferSpec, Strict
-from worker.kinds.base import StageOutputs, StageParams, StageResult
+from worker.kinds.base import StageOutputs, StageParams, StageResult, evaluation_work
 
 KIND = "evaluate"
 METRIC_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -113,6 +113,10 @@ def result_row(params, parent, model_path, metrics, bench):
         params=bench.get("params"), gflops=bench.get("gflops"), size_bytes=Path(model_path).stat().st_size,
         backend=bench.get("backend") or metrics.get("backend"), device=bench.get("device"),
         num_images=metrics.get("num_images"))
+
+
+def work(params, result=None):
+    return "evaluate", evaluation_work(params.annotations, params.max_images, params.input_hw, result)
 
 
 def run(params, parent, out_dir, progress, inputs=None):

@@ -91,6 +91,15 @@ def _name(path):
     return Path(path).name if path else None
 
 
+def work(params, result=None):
+    """INT8 calibration runs the model on its images; FP32/FP16 export is one unit per model."""
+    if params.precision != "int8":
+        return KIND, 1.0
+    from bpnet.guide.cost import inference_work
+
+    return "export-int8", inference_work(params.calibration.batch_size * params.calibration.batches, params.input_hw)
+
+
 def run(params, parent, out_dir, progress, inputs=None):
     from bpnet.export import export_model
 

@@ -9,7 +9,7 @@ from typing import Literal, Optional
 from bpnet.errors import BpnetError
 from bpnet.limits import CALIBRATORS, PRECISIONS
 from bpnet.specs import InferSpec
-from worker.kinds.base import StageOutputs, StageParams, StageResult
+from worker.kinds.base import StageOutputs, StageParams, StageResult, evaluation_work
 
 KIND = "gate"
 GATED_PRECISIONS = ("int8", "fp16")
@@ -48,6 +48,10 @@ def reuse_evaluation(evaluation, export, dst_dir):
     for src in files:
         shutil.copyfile(src, dst_dir / src.name)
     return True
+
+
+def work(params, result=None):
+    return "gate", evaluation_work(params.annotations, params.max_images, params.infer_spec.input_shape, result)
 
 
 def run(params, parent, out_dir, progress, inputs=None):

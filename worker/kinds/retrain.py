@@ -7,6 +7,7 @@ from worker.kinds.base import ModelOutputs
 KIND = "retrain"
 Params = train.Params
 Outputs = ModelOutputs
+work = train.work      # the same cost kind: a retrain's time per unit is a training's
 
 
 def run(params, parent, out_dir, progress, inputs=None):

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from bpnet.specs import InferSpec, Strict, TrainSpec
-from worker.kinds.base import ModelOutputs, StageParams, StageResult
+from worker.kinds.base import ModelOutputs, StageParams, StageResult, training_work
 from worker.kinds.prune import PruneOptions
 
 KIND = "search"
@@ -54,6 +54,11 @@ def link_shared_trial_cache(out_dir):
     link = out_dir / "cache"
     if not link.exists():
         link.symlink_to(shared.resolve(), target_is_directory=True)
+
+
+def work(params, result=None):
+    """Its iteration limit x one trial's retraining (an upper bound: it may stop early)."""
+    return "search", params.max_iters * training_work(params.retrain_spec)
 
 
 def run(params, parent, out_dir, progress, inputs=None):

@@ -2,7 +2,7 @@
 
 from bpnet.fileio import write_text_atomic
 from bpnet.specs import TrainSpec, spec_to_yaml
-from worker.kinds.base import ModelOutputs, StageParams, StageResult
+from worker.kinds.base import ModelOutputs, StageParams, StageResult, training_work
 
 KIND = "train"
 MODEL_FILE = "bpnet_model.hdf5"        # what bpnet.train.train writes into its results folder
@@ -14,6 +14,10 @@ class Params(StageParams):
 
 
 Outputs = ModelOutputs
+
+
+def work(params, result=None):
+    return "train", training_work(params.train_spec)
 
 
 def train_into(spec, out_dir, progress, num_stages=None):
