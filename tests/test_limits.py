@@ -70,6 +70,12 @@ def test_calibrators_equalisations_and_precisions_come_from_limits():
     assert prune_kind.PruneOptions.model_fields["equalization"].annotation.__args__ == limits.EQUALIZATIONS
     assert forms.PRECISIONS == tuple(p.upper() for p in limits.PRECISIONS)
     assert RunSpec.model_fields["precisions"].default == ("fp32",)
+    from bpnet.guide.accuracy_control import CALIBRATOR_METHODS
+    from bpnet.guide.recommend import static_guidance
+
+    assert CALIBRATOR_METHODS == limits.CALIBRATORS
+    stages = next(a for a in static_guidance() if a.field == "model.stages")
+    assert stages.recommended_range == (limits.MIN_STAGES, limits.MAX_STAGES) and stages.value == limits.DEFAULT_STAGES
 
 
 def test_run_spec_problems_land_under_the_widget_of_their_field():
@@ -98,3 +104,39 @@ def test_too_few_calibration_images_is_one_rule_for_form_run_spec_cli_and_tensor
     assert rule in refusal(export_model, model, tmp_path / "m.onnx", (64, 64), "int8", None, "entropy", 99.99,
                            images, None, None, 9, 9)
     assert rule in refusal(build_calibration_tensor, images, (64, 64), 9, 9)
+
+
+def test_search_iterations_and_ap_budget_have_one_bound_in_form_run_spec_and_engine(tmp_path):
+    from bpnet.guide.search_run import check_search_inputs
+
+    model = tmp_path / "m.hdf5"
+    model.write_bytes(b"only its existence is checked first")
+    too_many = limits.MAX_SEARCH_ITERS + 1
+    assert f"allowed whole numbers 1 to {limits.MAX_SEARCH_ITERS}" in refusal(
+        forms.parse_int, too_many, "search iterations", 1, limits.MAX_SEARCH_ITERS)
+    assert f"less than or equal to {limits.MAX_SEARCH_ITERS}" in refusal(
+        parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[], search={"max_iters": too_many}))
+    assert f"between 1 and {limits.MAX_SEARCH_ITERS}" in refusal(
+        check_search_inputs, model, 2.0, "params", too_many, {})
+    budget = limits.MAX_AP_DROP_POINTS + 1
+    assert f"allowed 0 to {limits.MAX_AP_DROP_POINTS:g}" in refusal(
+        forms.parse_float, budget, "AP budget (points)", 0.0, limits.MAX_AP_DROP_POINTS)
+    assert f"less than or equal to {limits.MAX_AP_DROP_POINTS:g}" in refusal(
+        parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[], search={"budget_ap": budget}))
+    assert f"between 0 and {limits.MAX_AP_DROP_POINTS:g}" in refusal(
+        check_search_inputs, model, budget, "params", 3, {})
+    high = limits.MAX_PRUNE_THRESHOLD + 1
+    assert f"<= {limits.MAX_PRUNE_THRESHOLD:g}" in refusal(
+        parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[], search={"threshold_range": [0.1, high]}))
+
+
+def test_channel_counts_come_from_the_skeleton_only():
+    from bpnet.specs import TrainSpec
+
+    assert "heat_channels" not in ModelSpec.model_fields and "paf_channels" not in ModelSpec.model_fields
+    base = {"dataloader": {"dataset": {"annotations": "a.json", "images": "img"}}}
+    # a copy written by an older version (or TAO) that matches the skeleton is accepted and dropped
+    spec = parse_spec(TrainSpec, {**base, "model": {"stages": 3, "heat_channels": 19, "paf_channels": 38}})
+    assert spec.model == ModelSpec(stages=3)
+    wrong = refusal(parse_spec, TrainSpec, {**base, "model": {"paf_channels": 40}})
+    assert "model.paf_channels: 40 does not match skeleton 'bpnet_18joints', which needs 38" in wrong

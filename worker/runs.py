@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from bpnet.errors import BpnetError
 from bpnet.guide.accuracy_control import AccuracyControlOptions
 from bpnet.image_files import count_images, is_image_file
-from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_SEARCH_ITERS, PRECISIONS,
+from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_PRUNE_THRESHOLD, MAX_SEARCH_ITERS, PRECISIONS,
                           calibration_count_problem, prune_threshold_problem, stages_problem)
 from bpnet.model_safety import check_model_file
 from bpnet.preprocess import check_input_hw
@@ -78,8 +78,8 @@ class SearchOptions(Strict):
     @field_validator("threshold_range")
     @classmethod
     def _range_order(cls, value):
-        if not 0 < value[0] < value[1] <= 10:
-            raise ValueError(f"{list(value)}: give [low, high] with 0 < low < high <= 10")
+        if not 0 < value[0] < value[1] <= MAX_PRUNE_THRESHOLD:
+            raise ValueError(f"{list(value)}: give [low, high] with 0 < low < high <= {MAX_PRUNE_THRESHOLD:g}")
         return value
 
 

@@ -19,11 +19,12 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from bpnet.errors import BpnetError
+from bpnet.limits import CALIBRATORS, MAX_AP_DROP_POINTS
 from bpnet.specs import Strict
 
 DEFAULT_MAX_DROP = 1.0
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile:99.99", "percentile:99.999")
-CALIBRATOR_METHODS = ("entropy", "minmax", "percentile")
+CALIBRATOR_METHODS = CALIBRATORS
 DEFAULT_MAX_EVAL_IMAGES = 300
 MIN_DISJOINT_EVAL_IMAGES = 10     # fewer left after taking out the calibration images: use them too
 # Ranking layers one at a time costs one model run per layer; above this many layers "auto" uses
@@ -36,7 +37,7 @@ RANKINGS = ("auto", "isolated", "divergence")
 
 class AccuracyControlOptions(Strict):
     """`accuracy_control:` of a run spec, and the `bpnet quantize` flags."""
-    max_drop: float = Field(DEFAULT_MAX_DROP, ge=0, le=100)        # AP points
+    max_drop: float = Field(DEFAULT_MAX_DROP, ge=0, le=MAX_AP_DROP_POINTS)        # AP points
     calibrators: tuple[str, ...] = DEFAULT_CALIBRATORS
     max_eval_images: int = Field(DEFAULT_MAX_EVAL_IMAGES, ge=1, le=100000)
     num_calibration_images: int = Field(16, ge=1, le=10000)     # chosen from the annotations if no folder

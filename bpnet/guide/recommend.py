@@ -16,6 +16,7 @@ The seed's measurements behind the rules (BodyPoseNet on COCO):
 from dataclasses import asdict, dataclass
 
 from bpnet.errors import BpnetError
+from bpnet.limits import DEFAULT_STAGES, MAX_STAGES, MIN_STAGES
 from bpnet.preprocess import STRIDE
 
 # Input heights in increasing cost; the first three are the seed's measured resolutions.
@@ -140,7 +141,7 @@ def static_guidance():
             "start at 0.05 and raise it while the retrained accuracy holds; the AP-budget search "
             "(bpnet search) does this for you",
             "with the 'max' normaliser every threshold above 1.0 keeps only the minimum filters")),
-        Advice("model.stages", 3, (2, 7), (
+        Advice("model.stages", DEFAULT_STAGES, (MIN_STAGES, MAX_STAGES), (
             "3 stages balance speed and accuracy; 2 is faster; more refinement stages add little AP "
             "for their cost",)),
         Advice("model.regularization_type", "l1", ("l1", "l2", "none"), (

@@ -11,6 +11,7 @@ from pathlib import Path
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import atomic_path, write_json_atomic
+from bpnet.limits import DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, DEFAULT_PRUNE_THRESHOLD
 from bpnet.prune.graph import count_params, plan_pruning, pruned_param_count
 from bpnet.prune.h5_file import read_model_config_and_weights
 from bpnet.prune.ranking import (EQUALIZATIONS, NORMALIZERS, check_choice,
@@ -39,8 +40,9 @@ def check_paths(model_path, output_path):
                          "pruning never overwrites its input, choose another path")
 
 
-def prune_model_file(model_path, output_path, threshold=0.1, equalization="union", granularity=8,
-                     min_filters=16, normalizer="max", excluded_layers=(), progress=None):
+def prune_model_file(model_path, output_path, threshold=DEFAULT_PRUNE_THRESHOLD, equalization=EQUALIZATIONS[0],
+                     granularity=DEFAULT_PRUNE_GRANULARITY, min_filters=DEFAULT_PRUNE_MIN_FILTERS,
+                     normalizer=NORMALIZERS[0], excluded_layers=(), progress=None):
     """Prune the BodyPoseNet at `model_path`, save it to `output_path` (atomically) and return
     the report, also written to `output_path + '.prune.json'`."""
     check_options(threshold, equalization, granularity, min_filters, normalizer)
@@ -107,8 +109,9 @@ def load_for_preview(model):
     return model
 
 
-def preview_pruning(model, threshold=0.1, equalization="union", granularity=8, min_filters=16,
-                    normalizer="max", excluded_layers=()):
+def preview_pruning(model, threshold=DEFAULT_PRUNE_THRESHOLD, equalization=EQUALIZATIONS[0],
+                    granularity=DEFAULT_PRUNE_GRANULARITY, min_filters=DEFAULT_PRUNE_MIN_FILTERS,
+                    normalizer=NORMALIZERS[0], excluded_layers=()):
     """The pruning decision `bpnet prune` would take, computed from the weights alone (no Keras
     model is built, TensorFlow is not imported): the report's parameter counts, layers and tied
     groups. `model` is a Keras HDF5 path or a `(config, weights)` pair from `load_for_preview`.
