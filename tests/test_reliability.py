@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.postgres import fresh_database
 from tests.test_runs import run_spec_dict
 from worker import client
 from worker.config import load_config, mask_url, normalize_database_url
@@ -17,7 +18,6 @@ from worker.recovery import recover_lost_stages, resend_missing, stage_is_orphan
 from worker.store import Store, StoreUnavailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PG_URL = os.environ.get("BPNET_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 N = 4
 
 
@@ -63,24 +63,11 @@ def test_n_processes_create_a_fresh_sqlite_store_at_once(tmp_path):
 
 @pytest.mark.postgres
 def test_n_processes_create_a_fresh_postgres_store_at_once():
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    admin = sqlalchemy.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"bpnet_race_{os.getpid()}"
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    except Exception as err:
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {type(err).__name__}")
-    # the form users write: normalised to the installed psycopg2 driver
-    url = "postgresql://" + PG_URL.split("://", 1)[1].rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_database("bpnet_race") as url:
+        # the form users write: normalised to the installed psycopg2 driver
+        url = "postgresql://" + url.split("://", 1)[1]
         out = _together(_open_and_register, [(url, f"w{i}") for i in range(N)])
         assert all(status == "ok" for status, _ in out), out
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
 
 
 def _submit(barrier, results, env):

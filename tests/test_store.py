@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from bpnet.errors import BpnetError
+from tests.postgres import fresh_database
 from tests.test_runs import run_spec_dict
 from worker import artifacts, client
 from worker.config import load_config
@@ -16,28 +17,14 @@ from worker.recovery import MAX_ATTEMPTS, recover_lost_stages, worker_is_gone
 from worker.runs import expand_run, parse_run_spec
 from worker.store import Store
 
-PG_ADMIN_URL = os.environ.get("BPNET_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
     """A fresh database on the local Postgres, dropped afterwards."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"bpnet_store_test_{os.getpid()}"
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    except Exception as err:   # no server on this machine
-        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {type(err).__name__}")
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    from worker.store import _STORES
-    for url in [u for u in _STORES if name in u]:
-        _STORES.pop(url).close()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
+    with fresh_database("bpnet_store_test") as url:
+        yield url
+        from worker.store import _STORES
+        for cached in [u for u in _STORES if url.rsplit("/", 1)[1] in u]:
+            _STORES.pop(cached).close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
