@@ -138,3 +138,20 @@ def test_cli_mode_checks(flags, message):
     args = SimpleNamespace(**{"images": "i", "inference_spec": "e", "max_images": None, **flags})
     with pytest.raises(BpnetError, match=message):
         chosen_mode(args)
+
+
+def test_an_evaluation_is_reused_only_for_the_same_model_file(tmp_path):
+    from bpnet.evaluate import evaluate_once
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"AP": 0.5, "model": str(tmp_path / "a.onnx")}))
+    (out / "results.json").write_text("[]")
+    spec = InferSpec(input_shape=(64, 64))
+    assert evaluate_once(tmp_path / "a.onnx", COCO_ANNOTATIONS, COCO_IMAGES, spec, out)["AP"] == 0.5
+    # another file (which does not exist): evaluated, not taken from the folder
+    with pytest.raises(BpnetError, match="b.onnx"):
+        evaluate_once(tmp_path / "b.onnx", COCO_ANNOTATIONS, COCO_IMAGES, spec, out)
+    (out / "results.json").unlink()   # half an evaluation is no evaluation
+    with pytest.raises(BpnetError, match="a.onnx"):
+        evaluate_once(tmp_path / "a.onnx", COCO_ANNOTATIONS, COCO_IMAGES, spec, out)

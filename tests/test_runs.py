@@ -228,6 +228,14 @@ def test_cancel_marks_waiting_stages_and_drops_their_messages(env):
     assert store.run_status(run) == "cancelled"
 
 
+def test_worker_queues_are_parsed_once_into_a_list(capsys):
+    from worker.cli import build_parser, main
+
+    assert build_parser().parse_args(["worker", "--queues", "cpu, gpu"]).queues == ["cpu", "gpu"]
+    assert main(["worker", "--queues", "cpu,bogus"]) == 2
+    assert "--queues: bogus not one of cpu, gpu, tensorrt" in capsys.readouterr().err
+
+
 def test_training_goes_to_a_live_gpu_worker():
     now = time.time()
     gpu = {"queues": ["cpu", "gpu"], "status": "online", "heartbeat_at": now}
