@@ -4,7 +4,8 @@ padding) vs ORT INT8, unpruned and pruned, 288x384 batch 1, 1 and 2 threads; end
     python bench/bench_perf.py [--out bench_out/perf] [--rounds 3] [--stages 3] [--e2e_images 40]
                                [--model M.hdf5] [--threshold 0.8]
 
-Models: without --model, the full-width BodyPoseNet (VGG backbone, 3 stages: 65.5 GMAC at
+Models: --model M.hdf5 (e.g. the imported bundled network) is pruned directly at --threshold.
+Without --model, the full-width BodyPoseNet (VGG backbone, 3 stages: 65.5 GMAC at
 288x384) with seeded random weights: latency does not depend on the weight values. The pruned
 model: 60% of each hidden conv's filters are scaled by 1e-3 (a stand-in for the dead filters L1
 training leaves; random weights have near-equal filter norms) and `prune_model_file` at
@@ -36,6 +37,7 @@ from bpnet.machine import cpu_line, describe_cpu  # noqa: E402
 
 HW = (288, 384)
 COCO_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
+CALIBRATION_IMAGES = 8
 VARIANTS = ("keras", "ort_fp32", "ort_fp32_padded", "ort_int8", "ort_int8_padded")
 
 
@@ -83,11 +85,17 @@ def prepare_models(out, model, threshold, stages):
         build_model(ModelSpec(backbone_width=1.0, stages=stages)).save(keras["unpruned"])
     prune_report = {}
     if not keras["pruned"].exists():
-        weak = out / "with_weak_filters.hdf5"
-        weaken_filters(keras["unpruned"], weak, WEAK_FRACTION)
-        prune_report = prune_model_file(weak, keras["pruned"], threshold=threshold)
+        source = keras["unpruned"]
+        if not model:   # random weights: make the weak filters a trained model has (see weaken_filters)
+            source = out / "with_weak_filters.hdf5"
+            weaken_filters(keras["unpruned"], source, WEAK_FRACTION)
+        prune_report = prune_model_file(source, keras["pruned"], threshold=threshold)
         print(f"pruned: {prune_report['params_before']:,} -> {prune_report['params_after']:,} parameters", flush=True)
-    data, _ = calibrate.calibration_tensor(HW, 1, 4, COCO_IMAGES, out / "calibration.npy")
+    from bpnet.imports.card import model_normalization
+
+    # an imported network calibrates with its card's preprocessing (as `bpnet export` does)
+    data, _ = calibrate.calibration_tensor(HW, 1, CALIBRATION_IMAGES, COCO_IMAGES, out / "calibration.npy",
+                                           normalization=model_normalization(keras["unpruned"]))
     files = {}
     for name, path in keras.items():
         plain, padded = out / f"{name}.onnx", out / f"{name}.padded.onnx"
@@ -108,8 +116,10 @@ def prepare_models(out, model, threshold, stages):
     return {f"{m}/{v}": str(p) for (m, v), p in files.items()}, prune_report
 
 
-def latency_part(files, threads, rounds):
-    """Interleaved rounds in this process at a fixed thread count; {key: [ms per round]}."""
+def latency_part(files, threads, rounds, repeats):
+    """Interleaved rounds in this process at a fixed thread count; {key: [ms per round]}: each
+    round times every variant `repeats` times back to back and keeps the median (one call of a
+    small model is a few tens of ms, within a scheduler's time slice of noise)."""
     import numpy as np
 
     from bpnet.backends import load_backend
@@ -121,9 +131,12 @@ def latency_part(files, threads, rounds):
     times = {key: [] for key in backends}
     for round_index in range(rounds):
         for key, backend in backends.items():
-            started = time.perf_counter()
-            backend.predict(batch)
-            times[key].append(round(1000 * (time.perf_counter() - started), 1))
+            calls = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                backend.predict(batch)
+                calls.append(time.perf_counter() - started)
+            times[key].append(round(1000 * median(calls), 1))
         print(f"threads {threads} round {round_index}: " + json.dumps({k: v[-1] for k, v in times.items()}), flush=True)
     return times
 
@@ -155,6 +168,7 @@ def main(argv=None):
     parser.add_argument("--threshold", type=float, default=0.1, help="prune -pth for the pruned model")
     parser.add_argument("--stages", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1, help="calls per variant and round (median kept)")
     parser.add_argument("--e2e_images", type=int, default=40)
     parser.add_argument("--latency_part", type=int, help=argparse.SUPPRESS)   # internal: one thread count
     args = parser.parse_args(argv)
@@ -162,7 +176,7 @@ def main(argv=None):
     if args.latency_part:
         files = json.loads((out / "files.json").read_text())
         machine_before = describe_cpu(args.latency_part)
-        times = latency_part(files, args.latency_part, args.rounds)
+        times = latency_part(files, args.latency_part, args.rounds, args.repeats)
         (out / f"latency_{args.latency_part}.json").write_text(json.dumps(
             {"times": times, "machine_before": machine_before, "machine": describe_cpu(args.latency_part)}))
         return
@@ -178,20 +192,22 @@ def main(argv=None):
         complexity[model] = f"{params / 1e6:.1f} M params, {gflops / 2:.1f} GMAC"
     by_threads = {}
     for threads in (1, 2):
-        subprocess.run([sys.executable, __file__, "--out", str(out), "--rounds", str(args.rounds),
+        subprocess.run([sys.executable, __file__, "--out", str(out), "--rounds", str(args.rounds), "--repeats", str(args.repeats),
                         "--latency_part", str(threads)], check=True)
         by_threads[threads] = json.loads((out / f"latency_{threads}.json").read_text())
     e2e = []
     spec = InferSpec(input_shape=HW)
     for model in ("unpruned", "pruned"):
-        for variant in ("ort_fp32_padded", "ort_int8_padded"):
+        for variant in ("ort_fp32", "ort_int8", "ort_fp32_padded", "ort_int8_padded"):
             result = benchmark_end_to_end(files[f"{model}/{variant}"], COCO_IMAGES, spec, threads=2,
                                           max_images=args.e2e_images)
             result["label"] = f"{model} {variant}"
             e2e.append(result)
             print(f"end to end {model} {variant}: {result['images_per_s']} images/s {result['ms_per_image']}", flush=True)
+    loaded = any(part["machine_before"]["under_load"] or part["machine"]["under_load"] for part in by_threads.values())
     lines = [f"Latency, {HW[0]}x{HW[1]}, batch 1, median of {args.rounds} interleaved rounds "
-             f"(ratios inside one run). MEASURED UNDER LOAD on a shared machine.", ""]
+             f"(each the median of {args.repeats} calls) "
+             f"(ratios inside one run)." + (" MEASURED UNDER LOAD on a shared machine." if loaded else ""), ""]
     for threads, part in by_threads.items():
         lines.append(f"- {threads} thread(s): before {cpu_line(part['machine_before'])}; after: load "
                      f"{part['machine']['load_average']}")

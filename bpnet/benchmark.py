@@ -171,20 +171,20 @@ PEOPLE_BINS = ((0, 0), (1, 1), (2, 3), (4, 7), (8, None))
 QUEUE_DEPTH = 4   # images in flight between two stages
 
 
-def _prepare_one(item, spec):
-    """read + letterbox + normalise one image; returns (batch of 1, letterbox, read s, prepare s)."""
+def _prepare_one(item, spec, norm):
+    """read + letterbox + normalise (`norm`: the model card's or the spec's) one image; returns
+    (batch of 1, letterbox, read s, prepare s)."""
     from bpnet.preprocess import prepare_batch, read_image
 
     started = time.perf_counter()
     image = read_image(item.path)
     read_done = time.perf_counter()
-    norm = spec.normalization
     batch, boxes = prepare_batch([image], spec.input_shape, spec.keep_aspect_ratio_mode,
                                  norm.image_scale, norm.image_offset)
     return batch, boxes[0], read_done - started, time.perf_counter() - read_done
 
 
-def _run_stages(items, backend, spec, skeleton, pipelined):
+def _run_stages(items, backend, spec, skeleton, pipelined, norm):
     """Every image through read -> letterbox -> CNN -> decode -> COCO keypoints; returns
     (wall seconds, per-image records). Pipelined: one thread per stage, connected by bounded
     queues, so the CNN of image i overlaps the reading of i+1 and the decoding of i-1 (OpenCV,
@@ -198,7 +198,7 @@ def _run_stages(items, backend, spec, skeleton, pipelined):
     records = [dict(image_id=item.image_id) for item in items]
 
     def prepare(i):
-        batch, box, read_s, prep_s = _prepare_one(items[i], spec)
+        batch, box, read_s, prep_s = _prepare_one(items[i], spec, norm)
         records[i].update(read_ms=1000 * read_s, prepare_ms=1000 * prep_s)
         return batch, box
 
@@ -288,6 +288,7 @@ def benchmark_end_to_end(model_path, images, infer_spec, threads=None, max_image
     from bpnet.backends import load_backend
     from bpnet.infer import check_backend_fits, image_items
     from bpnet.machine import describe_cpu
+    from bpnet.preprocess import normalization_for
     from bpnet.skeleton import load_skeleton
 
     items = image_items(images)
@@ -298,8 +299,10 @@ def benchmark_end_to_end(model_path, images, infer_spec, threads=None, max_image
     skeleton = load_skeleton(infer_spec.skeleton)
     with load_backend(model_path, stage=infer_spec.output_stage_to_use, threads=threads) as backend:
         check_backend_fits(backend, infer_spec)
-        _run_stages(items[:2], backend, infer_spec, skeleton, pipelined=False)   # warm-up
-        wall, records = _run_stages(items, backend, infer_spec, skeleton, pipelined)
+        # an imported network is fed its model card's preprocessing, as in `bpnet inference`
+        norm = normalization_for(infer_spec.normalization, backend.normalization, "inference spec normalization")
+        _run_stages(items[:2], backend, infer_spec, skeleton, False, norm)   # warm-up
+        wall, records = _run_stages(items, backend, infer_spec, skeleton, pipelined, norm)
         described = backend.describe()
     busy = {stage: round(float(np.mean([r[f"{stage}_ms"] for r in records])), 3)
             for stage in ("read", "prepare", "cnn", "decode")}
@@ -307,4 +310,5 @@ def benchmark_end_to_end(model_path, images, infer_spec, threads=None, max_image
             "input_hw": list(infer_spec.input_shape), "images": len(items), "pipelined": bool(pipelined),
             "images_per_s": round(len(items) / wall, 3), "wall_s": round(wall, 3),
             "ms_per_image": busy, "people_found": int(sum(r["people"] for r in records)),
+            "normalization": {"image_scale": list(norm.image_scale), "image_offset": list(norm.image_offset)},
             "by_people": people_split(records), "machine": describe_cpu(threads)}

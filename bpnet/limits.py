@@ -85,3 +85,10 @@ def calibration_count_problem(found, batch_size, batches):
         return (f"holds {found} images, fewer than batch_size x batches = {batch_size} x {batches} = "
                 f"{needed}")
     return None
+
+
+# A benchmark record is flagged "under load" when the 1-minute load average exceeds this many
+# runnable tasks per logical core: more runnable than cores means someone waits. The benchmark's
+# own threads count too (a 2-thread run on 2 idle cores reads about 2), so a lower line would
+# flag every quiet run.
+UNDER_LOAD_PER_CORE = 1.0

