@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bpnet  # noqa: E402,F401
-from bpnet.machine import cpu_line, describe_cpu  # noqa: E402
+from bpnet.machine import cpu_line, describe_cpu, under_load  # noqa: E402
 
 HW = (288, 384)
 COCO_IMAGES = ROOT / "data" / "coco-mini" / "train2017"
@@ -84,6 +84,8 @@ def prepare_models(out, model, threshold, stages):
         tf.keras.utils.set_random_seed(17)
         build_model(ModelSpec(backbone_width=1.0, stages=stages)).save(keras["unpruned"])
     prune_report = {}
+    if Path(f"{keras['pruned']}.prune.json").exists():   # pruned by an earlier run into this --out
+        prune_report = json.loads(Path(f"{keras['pruned']}.prune.json").read_text())
     if not keras["pruned"].exists():
         source = keras["unpruned"]
         if not model:   # random weights: make the weak filters a trained model has (see weaken_filters)
@@ -171,8 +173,15 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=1, help="calls per variant and round (median kept)")
     parser.add_argument("--e2e_images", type=int, default=40)
     parser.add_argument("--latency_part", type=int, help=argparse.SUPPRESS)   # internal: one thread count
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT/bench_perf.md from OUT/bench_perf.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.render:
+        report = json.loads((out / "bench_perf.json").read_text())
+        for key, value in (("rounds", args.rounds), ("repeats", args.repeats), ("e2e_images", args.e2e_images)):
+            report.setdefault(key, value)   # reports written before these were recorded
+        write_tables(out, report)
+        return
     if args.latency_part:
         files = json.loads((out / "files.json").read_text())
         machine_before = describe_cpu(args.latency_part)
@@ -204,26 +213,45 @@ def main(argv=None):
             result["label"] = f"{model} {variant}"
             e2e.append(result)
             print(f"end to end {model} {variant}: {result['images_per_s']} images/s {result['ms_per_image']}", flush=True)
-    loaded = any(part["machine_before"]["under_load"] or part["machine"]["under_load"] for part in by_threads.values())
-    lines = [f"Latency, {HW[0]}x{HW[1]}, batch 1, median of {args.rounds} interleaved rounds "
-             f"(each the median of {args.repeats} calls) "
-             f"(ratios inside one run)." + (" MEASURED UNDER LOAD on a shared machine." if loaded else ""), ""]
+    report = {"files": files, "complexity": complexity, "rounds": args.rounds, "repeats": args.repeats,
+              "e2e_images": args.e2e_images, "prune": {k: prune_report.get(k) for k in ("params_before", "params_after")}, "latency": by_threads, "end_to_end": e2e}
+    (out / "bench_perf.json").write_text(json.dumps(report, indent=1, default=str))
+    write_tables(out, report)
+
+
+def write_tables(out, report):
+    """OUT/bench_perf.md from a report (also re-rendered from OUT/bench_perf.json with --render)."""
+    lines = render(report)
+    (out / "bench_perf.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def render(report):
+    """The tables of docs/performance.md; the machine lines say whether the load was above the
+    cores (bpnet.machine.under_load, from the recorded load average)."""
+    by_threads, e2e = report["latency"], report["end_to_end"]
+    loaded = any(under_load(part[key]) for part in by_threads.values() for key in ("machine_before", "machine"))
+    lines = [f"Latency, {HW[0]}x{HW[1]}, batch 1, median of {report['rounds']} interleaved rounds "
+             f"(each the median of {report['repeats']} calls; ratios inside one run)."
+             + (" MEASURED UNDER LOAD on a shared machine." if loaded else ""), ""]
     for threads, part in by_threads.items():
         lines.append(f"- {threads} thread(s): before {cpu_line(part['machine_before'])}; after: load "
                      f"{part['machine']['load_average']}")
-    lines += [""] + latency_table(by_threads, complexity)
+    lines += [""] + latency_table(by_threads, report["complexity"])
     lines += ["", "End to end (image file -> COCO keypoints, stages pipelined, 2 threads, "
-              f"{args.e2e_images} bundled images), {cpu_line(e2e[0]['machine'])}", "",
+              f"{report['e2e_images']} bundled images), {cpu_line(e2e[0]['machine'])}", "",
               "| model | images/s | read ms | letterbox ms | CNN ms | decode ms | people found |", "|---|---|---|---|---|---|---|"]
     for r in e2e:
         ms = r["ms_per_image"]
         lines.append(f"| {r['label']} | {r['images_per_s']:.2f} | {ms['read']:.1f} | {ms['prepare']:.1f} | "
                      f"{ms['cnn']:.0f} | {ms['decode']:.1f} | {r['people_found']} |")
-    (out / "bench_perf.md").write_text("\n".join(lines) + "\n")
-    (out / "bench_perf.json").write_text(json.dumps(
-        {"files": files, "complexity": complexity, "prune": {k: prune_report.get(k) for k in ("params_before", "params_after")},
-         "latency": by_threads, "end_to_end": e2e}, indent=1, default=str))
-    print("\n".join(lines))
+    lines += ["", "Split by number of people found (mean ms per image):", "",
+              "| model | people | images | read ms | letterbox ms | CNN ms | decode ms |", "|---|---|---|---|---|---|---|"]
+    for r in e2e:
+        for row in r["by_people"]:
+            lines.append(f"| {r['label']} | {row['people']} | {row['images']} | {row['read_ms']:.1f} | "
+                         f"{row['prepare_ms']:.1f} | {row['cnn_ms']:.0f} | {row['decode_ms']:.1f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -67,7 +67,14 @@ def describe_cpu(threads=None, cpuinfo_path="/proc/cpuinfo"):
     cores = os.cpu_count()
     return {"cpu": cpu_model(text), "instruction_sets": isa, "int8_path": best_int8_path(isa),
             "logical_cores": cores, "threads": threads, "load_average": load,
-            "under_load": bool(load and cores and load[0] > UNDER_LOAD_PER_CORE * cores)}
+            "under_load": under_load({"load_average": load, "logical_cores": cores})}
+
+
+def under_load(description):
+    """Whether a describe_cpu() record's 1-minute load was above UNDER_LOAD_PER_CORE per core
+    (from the recorded load, so records written under an older rule read the same way)."""
+    load, cores = description.get("load_average"), description.get("logical_cores")
+    return bool(load and cores and load[0] > UNDER_LOAD_PER_CORE * cores)
 
 
 def cpu_line(description):
@@ -75,6 +82,6 @@ def cpu_line(description):
     d = description
     threads = f", {d['threads']} thread{'s' if d['threads'] != 1 else ''}" if d.get("threads") else ""
     load = f", load average {d['load_average'][0]:.1f}" if d.get("load_average") else ""
-    flag = " (UNDER LOAD: shared machine, absolute timings are noisy)" if d.get("under_load") else ""
+    flag = " (UNDER LOAD: shared machine, absolute timings are noisy)" if under_load(d) else ""
     return (f"{d['cpu']}, INT8 path {d['int8_path']} [{' '.join(d['instruction_sets']) or 'no SIMD flags read'}], "
             f"{d['logical_cores']} logical cores{threads}{load}{flag}")

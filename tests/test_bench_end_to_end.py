@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bpnet.machine import best_int8_path, cpu_flags, cpu_line, cpu_model, describe_cpu, instruction_sets
+from bpnet.machine import best_int8_path, cpu_flags, cpu_line, cpu_model, describe_cpu, instruction_sets, under_load
 from tests.conftest import COCO_IMAGES
 
 ZEN3 = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse sse2 avx avx2 fma bmi2\n"
@@ -30,6 +30,15 @@ def test_describe_cpu_records_threads_and_load(tmp_path):
     line = cpu_line(described)
     assert "AMD EPYC 7B13" in line and "1 thread," in line and "load average" in line
     assert describe_cpu(cpuinfo_path=tmp_path / "missing")["instruction_sets"] == []
+
+
+def test_under_load_means_more_runnable_tasks_than_cores():
+    # a 2-thread benchmark on 2 idle cores reads a load of about 2 by itself
+    assert not under_load({"load_average": [1.9, 1.0, 0.5], "logical_cores": 2})
+    assert under_load({"load_average": [2.5, 1.0, 0.5], "logical_cores": 2})
+    assert "UNDER LOAD" in cpu_line({"cpu": "x", "int8_path": "AVX2", "instruction_sets": ["AVX2"], "logical_cores": 2,
+                                     "threads": 2, "load_average": [9.0, 9.0, 9.0]})
+    assert not under_load({"load_average": None, "logical_cores": 2})
 
 
 @pytest.fixture(scope="module")
