@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bpnet.errors import BpnetError
 from bpnet.fileio import read_json, write_json_atomic
+from bpnet.image_files import is_image_file
 
 MANIFEST = "manifest.json"
 
@@ -30,7 +31,7 @@ _KINDS = (
     (lambda n: n.endswith((".tensorfile", ".npy", ".npz")), "calibration tensor file"),
     (lambda n: n.endswith((".yaml", ".yml")), "spec"),
     (lambda n: n == "metrics.json" or n.endswith("metrics.json"), "metrics"),
-    (lambda n: n.endswith((".png", ".jpg", ".jpeg")), "visualisation"),
+    (is_image_file, "visualisation"),
     (lambda n: n.endswith(".jsonl"), "events"),
     (lambda n: n.endswith(".json"), "report"),
 )
