@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from bpnet.errors import BpnetError
+from bpnet.limits import DEFAULT_EXPORT_HW
 from bpnet.preprocess import check_input_hw
 
-DEFAULT_INPUT_HW = (288, 384)
+DEFAULT_INPUT_HW = DEFAULT_EXPORT_HW    # the workflow's deployment size
 
 
 def conv_cost(kernel_hw, in_channels, out_channels, out_hw, groups=1, bias=True):

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bpnet.errors import BpnetError
-from bpnet.limits import DEFAULT_STAGES, MAX_STAGES, STRIDE, stages_problem
+from bpnet.limits import DEFAULT_EXPORT_HW, DEFAULT_STAGES, MAX_STAGES, STRIDE, stages_problem
 from bpnet.preprocess import DEFAULT_IMAGE_OFFSET, DEFAULT_IMAGE_SCALE
 from bpnet.skeleton import DEFAULT_SKELETON, load_skeleton
 
@@ -160,7 +160,7 @@ def channel_count_problem(model, skeleton_name):
 # ---------------------------------------------------------------- inference spec
 
 class InferSpec(Strict):
-    input_shape: tuple[int, int] = (288, 384)
+    input_shape: tuple[int, int] = DEFAULT_EXPORT_HW
     keep_aspect_ratio_mode: Literal["pad_image_input", "adjust_network_input"] = "pad_image_input"
     output_stage_to_use: Optional[int] = Field(None, ge=1, le=MAX_STAGES)   # null = the last stage
     output_upsampling_factor: tuple[int, int] = (8, 8)

@@ -24,8 +24,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from bpnet.errors import BpnetError
 from bpnet.guide.accuracy_control import AccuracyControlOptions
 from bpnet.image_files import count_images, is_image_file
-from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_PRUNE_THRESHOLD, MAX_SEARCH_ITERS, PRECISIONS,
-                          calibration_count_problem, prune_threshold_problem, stages_problem)
+from bpnet.limits import (DEFAULT_EXPORT_HW, MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_PRUNE_THRESHOLD, MAX_SEARCH_ITERS,
+                          PRECISIONS, calibration_count_problem, prune_threshold_problem, stages_problem)
 from bpnet.model_safety import check_model_file
 from bpnet.preprocess import check_input_hw
 from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
@@ -100,7 +100,7 @@ class RunSpec(Strict):
     train: Optional[dict] = None           # ... or the same inline (dataset filled from `dataset`)
     model: Optional[Path] = None           # ... or an existing model (.hdf5, or .tflite/.pb + card)
     stages: tuple[int, ...] = ()           # model stage counts to train (a sweep); () = the spec's
-    resolutions: tuple[tuple[int, int], ...] = ((288, 384),)   # network input [H, W] for export/eval
+    resolutions: tuple[tuple[int, int], ...] = (DEFAULT_EXPORT_HW,)   # network input [H, W] for export/eval
     prune_thresholds: tuple[float, ...] = ()
     prune: PruneOptions = PruneOptions()
     retrain_epochs: int = Field(2, ge=0, le=MAX_EPOCHS)   # 0 = evaluate pruned models without retraining

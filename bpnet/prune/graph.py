@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bpnet.errors import BpnetError
+from bpnet.limits import (DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, DEFAULT_PRUNE_THRESHOLD, EQUALIZATIONS,
+                          NORMALIZERS)
 from bpnet.prune.ranking import filters_to_keep, merge_stats, rank_filters
 
 # Layers that transform each channel on its own: output channel c depends only on input channel c.
@@ -285,8 +287,9 @@ def model_weights_check(config, weights):
             raise BpnetError(f"layer {entry['name']!r} ({entry['class_name']}) has no weights")
 
 
-def plan_pruning(config, weights, threshold=0.1, equalization="union", granularity=8,
-                 min_filters=16, normalizer="max", excluded_layers=()):
+def plan_pruning(config, weights, threshold=DEFAULT_PRUNE_THRESHOLD, equalization=EQUALIZATIONS[0],
+                 granularity=DEFAULT_PRUNE_GRANULARITY, min_filters=DEFAULT_PRUNE_MIN_FILTERS,
+                 normalizer=NORMALIZERS[0], excluded_layers=()):
     """The channels every layer keeps, from a functional model's config (`model.get_config()`)
     and weights ({layer name: list of numpy arrays, in `layer.get_weights()` order}).
 

@@ -12,7 +12,8 @@ first (`merge_stats`).
 import numpy as np
 
 from bpnet.errors import BpnetError
-from bpnet.limits import EQUALIZATIONS, NORMALIZERS, prune_threshold_problem
+from bpnet.limits import (DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, EQUALIZATIONS, NORMALIZERS,
+                          prune_threshold_problem)
 
 
 
@@ -43,7 +44,7 @@ def rank_filters(kernel, normalizer="max"):
     return normalize_stats(filter_norms(kernel), normalizer)
 
 
-def merge_stats(stats, equalization="union"):
+def merge_stats(stats, equalization=EQUALIZATIONS[0]):
     """One statistic per channel for layers that must keep the same channels.
 
     union: a channel stays if any layer needs it (max); intersection: only if all do (min);
@@ -69,7 +70,7 @@ def count_to_keep(num_above, num_filters, granularity, min_filters):
     return min(count, num_filters)
 
 
-def filters_to_keep(stats, threshold, granularity=8, min_filters=16):
+def filters_to_keep(stats, threshold, granularity=DEFAULT_PRUNE_GRANULARITY, min_filters=DEFAULT_PRUNE_MIN_FILTERS):
     """Sorted indices of the filters kept, given their normalised statistics."""
     stats = np.asarray(stats, dtype=np.float64)
     check_pruning_options(threshold, granularity, min_filters)

@@ -5,6 +5,8 @@ filters and copies the sliced weights.
 Only the model's config and weights are read; the input model object is never changed.
 """
 
+from bpnet.limits import (DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, DEFAULT_PRUNE_THRESHOLD, EQUALIZATIONS,
+                          NORMALIZERS)
 from bpnet.prune.graph import is_prunable_conv, needs_bias, plan_pruning, sliced_weights
 
 
@@ -28,8 +30,9 @@ def pruned_config(config, plan):
     return {**config, "layers": new_layers}
 
 
-def prune_keras_model(model, threshold=0.1, equalization="union", granularity=8, min_filters=16,
-                      normalizer="max", excluded_layers=(), return_plan=False):
+def prune_keras_model(model, threshold=DEFAULT_PRUNE_THRESHOLD, equalization=EQUALIZATIONS[0],
+                      granularity=DEFAULT_PRUNE_GRANULARITY, min_filters=DEFAULT_PRUNE_MIN_FILTERS,
+                      normalizer=NORMALIZERS[0], excluded_layers=(), return_plan=False):
     """A new, smaller functional model and {conv name: (kept, total)} (depthwise convs included);
     with `return_plan`, the `PruningPlan` as a third value.
 
