@@ -1,8 +1,8 @@
 """Issue 17's table in one run: Keras (compiled) vs ONNX Runtime FP32 (with and without channel
 padding) vs ORT INT8, unpruned and pruned, 288x384 batch 1, 1 and 2 threads; end-to-end images/s.
 
-    python bench/bench_perf.py [--out bench_out/perf] [--rounds 3] [--stages 3] [--e2e_images 40]
-                               [--model M.hdf5] [--threshold 0.8]
+    python bench/bench_perf.py [--out bench_out/perf] [--rounds 3] [--repeats 1] [--stages 3]
+                               [--e2e_images 40] [--model M.hdf5] [--threshold 0.1] [--render]
 
 Models: --model M.hdf5 (e.g. the imported bundled network) is pruned directly at --threshold.
 Without --model, the full-width BodyPoseNet (VGG backbone, 3 stages: 65.5 GMAC at
