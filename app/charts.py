@@ -12,6 +12,8 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from app.present import finite
+
 PRECISION_COLORS = {"FP32": "#1f77b4", "FP16": "#2ca02c", "INT8": "#d62728"}
 STATUS_COLORS = {"completed": "#2ca02c", "cached": "#17becf", "running": "#1f77b4", "queued": "#9e9e9e",
                  "pending": "#9e9e9e", "failed": "#d62728", "cancelled": "#ff7f0e", "skipped": "#bdbdbd"}
@@ -21,20 +23,9 @@ HOVER_TEMPLATE = ("<b>%{customdata[0]}</b><br>pth %{customdata[1]} · %{customda
                   "<br>click to open this result<extra></extra>")
 
 
-def _number(value):
-    """A finite float, or None for missing/NaN values (so charts can skip them)."""
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def rows_with(rows, *keys):
     """The rows whose values for every key are finite numbers."""
-    return [r for r in rows if all(_number(r.get(k)) is not None for k in keys)]
+    return [r for r in rows if all(finite(r.get(k)) is not None for k in keys)]
 
 
 def resolution_text(row):
@@ -66,11 +57,11 @@ def _hover_data(rows):
 
 
 def _latency_hover(row):
-    ms = _number(row.get("latency_ms"))
+    ms = finite(row.get("latency_ms"))
     if ms is None:
         return "no latency"
     text = f"{ms:.2f} ms"
-    p5, p95 = _number(row.get("latency_p5_ms")), _number(row.get("latency_p95_ms"))
+    p5, p95 = finite(row.get("latency_p5_ms")), finite(row.get("latency_p95_ms"))
     if p95 is not None:
         text += f" (p5–p95 {p5:.2f}–{p95:.2f})" if p5 is not None else f" (p95 {p95:.2f})"
     if row.get("latency_runs"):
@@ -119,8 +110,8 @@ def ap_vs_latency_figure(rows, x_key="latency_ms", y_key="AP"):
     """Scatter of AP against latency, one colour per precision, p5-p95 latency error bars, the
     Pareto front as a line; points on top of each other are dodged sideways."""
     rows = rows_with(rows, x_key, y_key)
-    xs = [_number(r[x_key]) for r in rows]
-    ys = [_number(r[y_key]) for r in rows]
+    xs = [finite(r[x_key]) for r in rows]
+    ys = [finite(r[y_key]) for r in rows]
     x_span = (max(xs) - min(xs)) if len(xs) > 1 and max(xs) > min(xs) else (max(xs, default=1.0) or 1.0)
     y_span = max(ys, default=0.0) or 1.0
     offsets = dodge(xs, ys, x_span, y_span)
@@ -128,10 +119,10 @@ def ap_vs_latency_figure(rows, x_key="latency_ms", y_key="AP"):
     fig = go.Figure()
     for precision in sorted({r.get("precision", "?") for r in rows}):
         group = [r for r in rows if r.get("precision", "?") == precision]
-        plus = [max(0.0, (_number(r.get("latency_p95_ms")) or _number(r[x_key])) - _number(r[x_key])) for r in group]
-        minus = [max(0.0, _number(r[x_key]) - (_number(r.get("latency_p5_ms")) or _number(r[x_key]))) for r in group]
+        plus = [max(0.0, (finite(r.get("latency_p95_ms")) or finite(r[x_key])) - finite(r[x_key])) for r in group]
+        minus = [max(0.0, finite(r[x_key]) - (finite(r.get("latency_p5_ms")) or finite(r[x_key]))) for r in group]
         fig.add_trace(go.Scatter(
-            x=[shown_x[id(r)] for r in group], y=[_number(r[y_key]) for r in group],
+            x=[shown_x[id(r)] for r in group], y=[finite(r[y_key]) for r in group],
             mode="markers", name=precision, customdata=_hover_data(group),
             hovertemplate=HOVER_TEMPLATE,
             error_x={"type": "data", "array": plus, "arrayminus": minus, "visible": any(plus) or any(minus),
@@ -140,13 +131,13 @@ def ap_vs_latency_figure(rows, x_key="latency_ms", y_key="AP"):
     failed = [r for r in rows if r.get("gate") == "failed"]
     if failed:   # ringed in red: measured, but refused by the INT8/FP16 gate
         fig.add_trace(go.Scatter(
-            x=[shown_x[id(r)] for r in failed], y=[_number(r[y_key]) for r in failed],
+            x=[shown_x[id(r)] for r in failed], y=[finite(r[y_key]) for r in failed],
             mode="markers", name="gate failed", customdata=_hover_data(failed), hovertemplate=HOVER_TEMPLATE,
             marker={"size": 20, "symbol": "circle-open", "color": GATE_FAILED_COLOR, "line": {"width": 3}}))
     front = [rows[i] for i in pareto_front(list(zip(xs, ys)))]
     if front:
         fig.add_trace(go.Scatter(
-            x=[shown_x[id(r)] for r in front], y=[_number(r[y_key]) for r in front],
+            x=[shown_x[id(r)] for r in front], y=[finite(r[y_key]) for r in front],
             mode="lines+markers", name="Pareto front", customdata=_hover_data(front),
             hovertemplate=HOVER_TEMPLATE, line={"color": "black", "dash": "dash"},
             marker={"size": 16, "symbol": "star", "color": "gold", "line": {"color": "black", "width": 1}}))
@@ -177,7 +168,7 @@ def parallel_coordinates_figure(rows):
     for key, title in PARALLEL_DIMENSIONS:
         raw = [r.get(key) for r in rows]
         if key in ("params", "latency_ms", "AP"):
-            values = [_number(v) for v in raw]
+            values = [finite(v) for v in raw]
             if any(v is None for v in values):
                 continue   # a dimension some result lacks would draw broken lines
             if key == "params":
@@ -190,7 +181,7 @@ def parallel_coordinates_figure(rows):
             codes, ticks, labels = _categorical(texts)
             dims.append({"label": title, "values": codes, "tickvals": ticks, "ticktext": labels,
                          "range": [-0.2, max(ticks) + 0.2] if ticks else [0, 1]})
-    aps = [_number(r["AP"]) for r in rows]
+    aps = [finite(r["AP"]) for r in rows]
     fig = go.Figure(go.Parcoords(line={"color": aps, "colorscale": "Viridis", "showscale": True,
                                        "colorbar": {"title": "AP"}, "cmin": 0, "cmax": ap_axis_range(aps)[1]},
                                  dimensions=dims))
@@ -204,10 +195,10 @@ def sensitivity_figure(sensitivity, top=15):
     first, against the error of the fully quantized model."""
     layers = (sensitivity or {}).get("layers") or []
     layers = layers[:top][::-1]   # horizontal bars: worst on top
-    fig = go.Figure(go.Bar(x=[_number(l["error"]) for l in layers],
+    fig = go.Figure(go.Bar(x=[finite(l["error"]) for l in layers],
                            y=[f"{l['layer']} ({l.get('op_type', '?')})" for l in layers], orientation="h",
                            marker_color="#d62728"))
-    full = _number((sensitivity or {}).get("full_int8_error"))
+    full = finite((sensitivity or {}).get("full_int8_error"))
     if full is not None:
         fig.add_vline(x=full, line={"dash": "dash"}, annotation_text=f"whole model INT8: {full:.3f}")
     fig.update_layout(title=f"INT8 sensitivity per layer (the {len(layers)} most sensitive; output error "
@@ -218,11 +209,11 @@ def sensitivity_figure(sensitivity, top=15):
 
 def ap_by_area_figure(rows):
     """Grouped bars of AP on medium and large people, one group per result."""
-    rows = [r for r in rows if _number(r.get("APm")) is not None or _number(r.get("APl")) is not None]
+    rows = [r for r in rows if finite(r.get("APm")) is not None or finite(r.get("APl")) is not None]
     labels = [r.get("label", "") for r in rows]
     fig = go.Figure([
-        go.Bar(name="AP medium", x=labels, y=[_number(r.get("APm")) for r in rows]),
-        go.Bar(name="AP large", x=labels, y=[_number(r.get("APl")) for r in rows]),
+        go.Bar(name="AP medium", x=labels, y=[finite(r.get("APm")) for r in rows]),
+        go.Bar(name="AP large", x=labels, y=[finite(r.get("APl")) for r in rows]),
     ])
     fig.update_layout(barmode="group", title="AP by person size (COCO area ranges)",
                       yaxis_title="AP", xaxis_tickangle=-30, margin={"t": 60})
@@ -237,12 +228,12 @@ def size_vs_ap_figure(rows):
         for precision in sorted({r.get("precision", "?") for r in group}):
             sub = [r for r in group if r.get("precision", "?") == precision]
             fig.add_trace(go.Scatter(
-                x=[_number(r[key]) * scale for r in sub], y=[_number(r["AP"]) for r in sub],
+                x=[finite(r[key]) * scale for r in sub], y=[finite(r["AP"]) for r in sub],
                 mode="markers", name=precision, legendgroup=precision, showlegend=col == 1,
                 customdata=_hover_data(sub),
                 hovertemplate=HOVER_TEMPLATE,
                 marker={"size": 10, "color": PRECISION_COLORS.get(precision)}), row=1, col=col)
-    fig.update_yaxes(range=ap_axis_range([_number(r.get("AP")) for r in rows]))
+    fig.update_yaxes(range=ap_axis_range([finite(r.get("AP")) for r in rows]))
     fig.update_xaxes(title_text="parameters (millions)", row=1, col=1)
     fig.update_xaxes(title_text="model file (MB)", row=1, col=2)
     fig.update_yaxes(title_text="AP", row=1, col=1)
@@ -257,7 +248,7 @@ def latency_by_precision_figure(rows):
     for precision in sorted({r.get("precision", "?") for r in rows}):
         group = [r for r in rows if r.get("precision", "?") == precision]
         fig.add_trace(go.Box(
-            y=[_number(r["latency_ms"]) for r in group], name=precision, boxpoints="all",
+            y=[finite(r["latency_ms"]) for r in group], name=precision, boxpoints="all",
             text=[r.get("label", "") for r in group], marker_color=PRECISION_COLORS.get(precision)))
     fig.update_layout(title="latency by precision", yaxis_title="ms per image", showlegend=False,
                       margin={"t": 60})
@@ -270,9 +261,9 @@ def loss_curve_figure(points):
     fig = go.Figure()
     for stage in sorted({p.get("stage", "train") for p in points}):
         series = [p for p in points if p.get("stage", "train") == stage
-                  and _number(p.get("loss")) is not None and p.get("step") is not None]
+                  and finite(p.get("loss")) is not None and p.get("step") is not None]
         series.sort(key=lambda p: p["step"])
-        fig.add_trace(go.Scatter(x=[p["step"] for p in series], y=[_number(p["loss"]) for p in series],
+        fig.add_trace(go.Scatter(x=[p["step"] for p in series], y=[finite(p["loss"]) for p in series],
                                  mode="lines+markers" if "epoch mean" in stage else "lines", name=stage,
                                  line={"width": 3 if "epoch mean" in stage else 1.2}))
     fig.update_layout(title="training loss", xaxis_title="step", yaxis_title="loss", margin={"t": 60})
@@ -289,7 +280,7 @@ def search_figure(report, iterations=()):
     """
     trials = (report or {}).get("trials") or [
         {"threshold": i["threshold"], "ap": i["ap"], "size": i["size"], "within_budget": i["within_budget"]}
-        for i in iterations if _number(i.get("ap")) is not None]
+        for i in iterations if finite(i.get("ap")) is not None]
     objective = (report or {}).get("objective", "params")
     size_title = "parameters" if objective == "params" else "latency (ms)"
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
@@ -297,10 +288,10 @@ def search_figure(report, iterations=()):
     steps = list(range(1, len(trials) + 1))
     colors = ["#2ca02c" if t.get("within_budget") else "#d62728" for t in trials]
     text = [f"pth {t['threshold']:g}" for t in trials]
-    fig.add_trace(go.Scatter(x=steps, y=[_number(t["ap"]) for t in trials], mode="lines+markers+text",
+    fig.add_trace(go.Scatter(x=steps, y=[finite(t["ap"]) for t in trials], mode="lines+markers+text",
                              text=text, textposition="top center", name="AP (points)",
                              marker={"size": 11, "color": colors}, line={"color": "#7f7f7f"}), row=1, col=1)
-    fig.add_trace(go.Scatter(x=steps, y=[_number(t["size"]) for t in trials], mode="lines+markers",
+    fig.add_trace(go.Scatter(x=steps, y=[finite(t["size"]) for t in trials], mode="lines+markers",
                              name=size_title, marker={"size": 11, "color": colors}, line={"color": "#7f7f7f"}),
                   row=2, col=1)
     base = (report or {}).get("base")
@@ -315,7 +306,7 @@ def search_figure(report, iterations=()):
     if chosen:
         index = next((i for i, t in enumerate(trials) if t["threshold"] == chosen["threshold"]), None)
         if index is not None:
-            fig.add_trace(go.Scatter(x=[index + 1], y=[_number(chosen["ap"])], mode="markers", name="chosen",
+            fig.add_trace(go.Scatter(x=[index + 1], y=[finite(chosen["ap"])], mode="markers", name="chosen",
                                      marker={"size": 20, "symbol": "star", "color": "gold",
                                              "line": {"color": "black", "width": 1}}), row=1, col=1)
     fig.update_xaxes(title_text="iteration", dtick=1, row=2, col=1)

@@ -16,7 +16,9 @@ UNTRAINED_MESSAGE = ("all results have AP 0 — the base model is untrained (eve
                      "longer, or start from a pretrained model.")
 
 
-def _finite(value):
+def finite(value):
+    """A finite float, or None for a missing, non-numeric or NaN/inf value (formatters print '–'
+    for it, charts leave it out)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -26,7 +28,7 @@ def _finite(value):
 
 def fmt_params(n):
     """1 220 000 -> '1.22 M', 45 300 -> '45.3 k'."""
-    n = _finite(n)
+    n = finite(n)
     if n is None:
         return "–"
     if n >= 1e6:
@@ -37,7 +39,7 @@ def fmt_params(n):
 
 
 def fmt_ms(ms):
-    ms = _finite(ms)
+    ms = finite(ms)
     if ms is None:
         return "–"
     return f"{ms:.3g} ms" if ms < 10 else f"{ms:.1f} ms"
@@ -45,12 +47,12 @@ def fmt_ms(ms):
 
 def fmt_ap(ap):
     """pycocotools AP (fraction; -1 = no people of that size) -> '0.392' or '–'."""
-    ap = _finite(ap)
+    ap = finite(ap)
     return "–" if ap is None or ap < 0 else f"{ap:.3f}"
 
 
 def fmt_bytes(size):
-    size = _finite(size)
+    size = finite(size)
     if size is None:
         return "–"
     if size >= 1e6:
@@ -61,7 +63,7 @@ def fmt_bytes(size):
 
 
 def fmt_number(value, digits=3):
-    value = _finite(value)
+    value = finite(value)
     return "–" if value is None else f"{value:.{digits}g}"
 
 
@@ -70,8 +72,8 @@ def latency_text(row):
     text = fmt_ms(row.get("latency_ms"))
     p5, p95, runs = row.get("latency_p5_ms"), row.get("latency_p95_ms"), row.get("latency_runs")
     spread = []
-    if _finite(p95) is not None:
-        spread.append(f"p5–p95 {fmt_number(p5)}–{fmt_number(p95)}" if _finite(p5) is not None
+    if finite(p95) is not None:
+        spread.append(f"p5–p95 {fmt_number(p5)}–{fmt_number(p95)}" if finite(p5) is not None
                       else f"p95 {fmt_number(p95)}")
     if runs:
         spread.append(f"{runs} runs")
@@ -112,7 +114,7 @@ def result_display_rows(rows):
 
 def untrained_message(rows):
     """The guard's sentence when every result with an AP scores below the floor, else None."""
-    aps = [_finite(r.get("AP")) for r in rows]
+    aps = [finite(r.get("AP")) for r in rows]
     aps = [ap for ap in aps if ap is not None]
     if aps and max(aps) < MEANINGFUL_AP_FLOOR:
         return UNTRAINED_MESSAGE
@@ -124,7 +126,7 @@ def pruned_nothing(stages, metrics):
     ratios = {m["stage_id"]: m["value"] for m in metrics if m["name"] == "param_ratio"}
     flagged = []
     for stage in stages:
-        ratio = _finite(ratios.get(stage["id"]))
+        ratio = finite(ratios.get(stage["id"]))
         if stage["kind"] == "prune" and ratio is not None and ratio > PRUNED_NOTHING_RATIO:
             flagged.append((stage["label"], ratio))
     return flagged
