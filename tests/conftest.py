@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import browser_page, studio  # noqa: F401  (the browser tests' fixtures)
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -6,189 +6,93 @@ model file that is not HDF5 refused on New run before anything is queued.
 Screenshots of every step go to test-artifacts/browser/."""
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = ROOT / "test-artifacts" / "browser"
+from tests.browser import ROOT, RUN_TIMEOUT_S, glide_cells, set_number, shot, wait_for_app_run
+
 RUN_NAME = "browser tiny run"
-START_TIMEOUT_S = 60
-RUN_TIMEOUT_S = 600   # a tiny run takes 3-8 min on this shared, loaded machine
-UI_TIMEOUT_MS = 30_000
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_submit_a_tiny_run_and_compare_it(studio, browser_page, tmp_path):
+    from playwright.sync_api import expect
 
+    page = browser_page()
 
-def studio_command(port):
-    """`bpnet-studio up` from the venv when installed as a script, else the same module."""
-    script = Path(sys.executable).parent / "bpnet-studio"
-    base = [str(script)] if script.is_file() else [sys.executable, "-m", "worker.cli"]
-    return base + ["up", "--port", str(port)]
+    # New run: a bad input is refused in plain words, then a tiny valid run is submitted.
+    page.goto(f"{studio}/new")
+    expect(page.get_by_role("heading", name="New run")).to_be_visible()
+    thresholds = page.get_by_label("Prune thresholds (several → a sweep)", exact=True)
+    thresholds.fill("")
+    thresholds.press("Enter")
+    expect(page.get_by_text("the list is empty")).to_be_visible()
+    expect(page.get_by_role("button", name="Submit run")).to_be_disabled()
+    shot(page, "1-new-run-invalid")
+    thresholds.fill("0.1")
+    thresholds.press("Enter")
+    wait_for_app_run(page)
+    page.get_by_text("train from scratch").click()   # the default base is the pretrained network
+    wait_for_app_run(page)
+    page.get_by_role("button", name="INT8", exact=True).click()   # the pretrained default's INT8: off
+    wait_for_app_run(page)
+    set_number(page, "Training epochs", 1)
+    stages = page.get_by_role("slider", name="Stages")   # the recommended 3 -> 2: a faster tiny run
+    stages.focus()
+    stages.press("ArrowLeft")
+    wait_for_app_run(page)
+    page.get_by_text("add a custom resolution").click()
+    wait_for_app_run(page)
+    set_number(page, "H (multiple of 8)", 64)
+    set_number(page, "W (multiple of 8)", 64)
+    page.get_by_role("button", name="288×384").click()       # deselect the preset
+    wait_for_app_run(page)
+    set_number(page, "Retrain epochs (after pruning; 0 = evaluate pruned models as they are)", 0)
+    name = page.get_by_label("Run name (optional)", exact=True)
+    name.fill(RUN_NAME)
+    name.press("Enter")
+    expect(page.get_by_text("stages to compute")).to_be_visible()
+    shot(page, "2-new-run-preview")
+    page.get_by_role("button", name="Submit run").click()
+    expect(page.get_by_text("submitted.")).to_be_visible()
+    shot(page, "3-submitted")
 
+    # Runs: the new run is listed.
+    page.goto(f"{studio}/")   # Runs is the default page
+    # the table is drawn on a canvas; its accessible (hidden) cells carry the text
+    expect(glide_cells(page, RUN_NAME).first).to_be_attached()
+    shot(page, "4-runs")
 
-def wait_for_http(url, process, timeout_s):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"`bpnet-studio up` exited with code {process.returncode} before the dashboard answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"the dashboard did not answer at {url} within {timeout_s} s")
+    # Run detail: wait for the worker to finish it (the page refreshes itself).
+    page.get_by_role("link", name="Open").click()
+    status = page.get_by_test_id("stMetricValue").first
+    expect(status).to_have_text("completed", timeout=RUN_TIMEOUT_S * 1000)
+    expect(page.get_by_role("heading", name="Results")).to_be_visible()
+    shot(page, "5-run-detail-completed")
 
+    # Compare: a 1-epoch model scores AP 0, so instead of a Pareto front of noise the page
+    # says why there is nothing to trade off (the chart itself: test_browser_dashboard.py).
+    page.goto(f"{studio}/compare")
+    expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
+    expect(page.get_by_text("optimistic (overfit)")).to_be_visible()
+    shot(page, "6-compare")
 
-@pytest.fixture
-def studio(tmp_path):
-    """Base URL of a running `bpnet-studio up` on a fresh data dir; stopped afterwards."""
-    if not CHROMIUM.is_file() or not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BPNET_STUDIO_ARTIFACTS")}
-    env["BPNET_STUDIO_HOME"] = str(tmp_path / "studio")
-    log = (tmp_path / "studio.log").open("w")
-    process = subprocess.Popen(studio_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", process, START_TIMEOUT_S)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
-        log.close()
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tmp_path / "studio.log", SHOTS / "studio.log")
-
-
-def stop(process):
-    """SIGTERM to `up` (it stops its worker and dashboard), then to its whole process group."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)   # the group this test started, nothing else
-    except ProcessLookupError:
-        pass
-
-
-def launch_chromium(pw):
-    """Debian's Chromium, headless; the flags keep it off this machine's closed network."""
-    return pw.chromium.launch(executable_path=str(CHROMIUM),
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-
-
-def shot(page, name):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def set_number(page, label, value):
-    box = page.get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Enter")
-    page.wait_for_timeout(800)
-
-
-def test_submit_a_tiny_run_and_compare_it(studio, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-
-            # New run: a bad input is refused in plain words, then a tiny valid run is submitted.
-            page.goto(f"{studio}/new")
-            expect(page.get_by_role("heading", name="New run")).to_be_visible()
-            thresholds = page.get_by_label("Prune thresholds (several → a sweep)", exact=True)
-            thresholds.fill("")
-            thresholds.press("Enter")
-            expect(page.get_by_text("the list is empty")).to_be_visible()
-            expect(page.get_by_role("button", name="Submit run")).to_be_disabled()
-            shot(page, "1-new-run-invalid")
-            thresholds.fill("0.1")
-            thresholds.press("Enter")
-            page.get_by_text("train from scratch").click()   # the default base is the pretrained network
-            page.wait_for_timeout(800)
-            page.get_by_role("button", name="INT8", exact=True).click()   # the pretrained default's INT8: off
-            page.wait_for_timeout(800)
-            set_number(page, "Training epochs", 1)
-            stages = page.get_by_role("slider", name="Stages")   # the recommended 3 -> 2: a faster tiny run
-            stages.focus()
-            stages.press("ArrowLeft")
-            page.wait_for_timeout(800)
-            page.get_by_text("add a custom resolution").click()
-            set_number(page, "H (multiple of 8)", 64)
-            set_number(page, "W (multiple of 8)", 64)
-            page.get_by_role("button", name="288×384").click()       # deselect the preset
-            set_number(page, "Retrain epochs (after pruning; 0 = evaluate pruned models as they are)", 0)
-            name = page.get_by_label("Run name (optional)", exact=True)
-            name.fill(RUN_NAME)
-            name.press("Enter")
-            expect(page.get_by_text("stages to compute")).to_be_visible()
-            shot(page, "2-new-run-preview")
-            page.get_by_role("button", name="Submit run").click()
-            expect(page.get_by_text("submitted.")).to_be_visible()
-            shot(page, "3-submitted")
-
-            # Runs: the new run is listed.
-            page.goto(f"{studio}/")   # Runs is the default page
-            # the table is drawn on a canvas; its accessible (hidden) cells carry the text
-            expect(page.locator('[data-testid^="glide-cell"]', has_text=RUN_NAME).first).to_be_attached()
-            shot(page, "4-runs")
-
-            # Run detail: wait for the worker to finish it (the page refreshes itself).
-            page.get_by_role("link", name="Open").click()
-            status = page.get_by_test_id("stMetricValue").first
-            expect(status).to_have_text("completed", timeout=RUN_TIMEOUT_S * 1000)
-            expect(page.get_by_role("heading", name="Results")).to_be_visible()
-            shot(page, "5-run-detail-completed")
-
-            # Compare: a 1-epoch model scores AP 0, so instead of a Pareto front of noise the page
-            # says why there is nothing to trade off (the chart itself: test_browser_dashboard.py).
-            page.goto(f"{studio}/compare")
-            expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
-            expect(page.get_by_text("optimistic (overfit)")).to_be_visible()
-            shot(page, "6-compare")
-
-            # A "model" that is not a Keras file is refused before anything is queued (the run
-            # spec's model check), in plain words, and Submit stays disabled.
-            broken = tmp_path / "not_a_model.hdf5"
-            broken.write_bytes(b"these bytes are not an HDF5 file")
-            page.goto(f"{studio}/new")
-            page.get_by_text("an existing trained model").click()
-            page.get_by_label("Trained model", exact=True).click()
-            page.get_by_role("option", name="(a path)").click()
-            path = page.get_by_label("Path of a Keras model (.hdf5)", exact=True)
-            path.fill(str(broken))
-            path.press("Enter")
-            expect(page.get_by_text("is not a readable HDF5 file").first).to_be_visible()
-            expect(page.get_by_role("button", name="Submit run")).to_be_disabled()
-            shot(page, "7-broken-model-refused")
-        finally:
-            browser.close()
+    # A "model" that is not a Keras file is refused before anything is queued (the run
+    # spec's model check), in plain words, and Submit stays disabled.
+    broken = tmp_path / "not_a_model.hdf5"
+    broken.write_bytes(b"these bytes are not an HDF5 file")
+    page.goto(f"{studio}/new")
+    page.get_by_text("an existing trained model").click()
+    page.get_by_label("Trained model", exact=True).click()
+    page.get_by_role("option", name="(a path)").click()
+    path = page.get_by_label("Path of a Keras model (.hdf5)", exact=True)
+    path.fill(str(broken))
+    path.press("Enter")
+    expect(page.get_by_text("is not a readable HDF5 file").first).to_be_visible()
+    expect(page.get_by_role("button", name="Submit run")).to_be_disabled()
+    shot(page, "7-broken-model-refused")
 
 
 PRETRAINED_RUN_TIMEOUT_S = 1500   # the default run from the bundled network, on 2 shared cores
@@ -218,32 +122,25 @@ def detections_in_annotated_boxes(results_file, annotations, min_keypoints=3):
 @pytest.mark.skipif(not os.environ.get("BPNET_PRETRAINED_E2E"),
                     reason="the default pretrained run takes ~18 minutes on 2 cores (docs/pretrained.md), "
                            "most of the suite's 20-minute budget; set BPNET_PRETRAINED_E2E=1 to run it")
-def test_the_default_run_starts_from_the_pretrained_network_and_finds_people(studio, tmp_path):
+def test_the_default_run_starts_from_the_pretrained_network_and_finds_people(studio, browser_page, tmp_path):
     """New run as it opens (pretrained base, FP32 + INT8): submitted, finished by the worker, and
     Run detail shows pictures of annotated people with the network's skeletons on them."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.goto(f"{studio}/new")
-            expect(page.get_by_role("heading", name="New run")).to_be_visible()
-            expect(page.get_by_label("start from a pretrained model")).to_be_checked()
-            expect(page.get_by_text("train from scratch")).to_be_visible()
-            expect(page.get_by_text("may have been in its training data")).to_be_visible()
-            expect(page.get_by_text("stages to compute")).to_be_visible()
-            shot(page, "p1-new-run-pretrained-default")
-            page.get_by_role("button", name="Submit run").click()
-            page.get_by_role("link", name="Open its details").click()
-            status = page.get_by_test_id("stMetricValue").first
-            expect(status).to_have_text("completed", timeout=PRETRAINED_RUN_TIMEOUT_S * 1000)
-            expect(page.get_by_text("mean OKS").first).to_be_visible()
-            shot(page, "p2-run-detail-pretrained")
-        finally:
-            browser.close()
+    page = browser_page()
+    page.goto(f"{studio}/new")
+    expect(page.get_by_role("heading", name="New run")).to_be_visible()
+    expect(page.get_by_label("start from a pretrained model")).to_be_checked()
+    expect(page.get_by_text("train from scratch")).to_be_visible()
+    expect(page.get_by_text("may have been in its training data")).to_be_visible()
+    expect(page.get_by_text("stages to compute")).to_be_visible()
+    shot(page, "p1-new-run-pretrained-default")
+    page.get_by_role("button", name="Submit run").click()
+    page.get_by_role("link", name="Open the run").click()
+    status = page.get_by_test_id("stMetricValue").first
+    expect(status).to_have_text("completed", timeout=PRETRAINED_RUN_TIMEOUT_S * 1000)
+    expect(page.get_by_text("mean OKS").first).to_be_visible()
+    shot(page, "p2-run-detail-pretrained")
     results = sorted((tmp_path / "studio").rglob("evaluate-*/results.json"))
     assert results, "no evaluation results in the run's artifacts"
     annotations = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"

@@ -1,5 +1,5 @@
 """Issue 12 in a real browser (headless Debian Chromium on `bpnet-studio up`, fixtures of
-test_browser.py): `/runs` opens Runs and a click on a row opens its run; a tiny real run (64x64, a few training steps: AP 0) shows
+tests/browser.py): `/runs` opens Runs and a click on a row opens its run; a tiny real run (64x64, a few training steps: AP 0) shows
 the "untrained" guard instead of a Pareto front and, on its result, ground truth and prediction
 drawn in two colours on an image with annotated people; on synthetic results (bench/seed_store.py)
 a click on a Compare point opens that result and the config diff lists only what differs.
@@ -9,13 +9,11 @@ import pytest
 
 from bench import seed_store
 from tests.conftest import COCO_ANNOTATIONS, COCO_IMAGES, TINY_RUN_TRAIN
-from tests.test_browser import RUN_TIMEOUT_S, UI_TIMEOUT_MS, launch_chromium, shot, studio  # noqa: F401  (fixture)
+from tests.browser import RUN_TIMEOUT_S, glide_cells, shot
 from worker import client
 from worker.config import load_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-# This machine is shared: at a load average of 25 a Streamlit page takes a minute to draw.
-PAGE_TIMEOUT_MS = max(UI_TIMEOUT_MS, 120_000)
 
 
 def tiny_run_spec():
@@ -25,88 +23,69 @@ def tiny_run_spec():
             "eval_max_images": 12}
 
 
-def glide_cells(page, text):
-    """Cells of Streamlit's canvas tables (their hidden accessible copies carry the text)."""
-    return page.locator('[data-testid^="glide-cell"]', has_text=text)
-
-
-def test_runs_path_guard_and_ground_truth_pictures(studio, tmp_path):  # noqa: F811
-    from playwright.sync_api import expect, sync_playwright
+def test_runs_path_guard_and_ground_truth_pictures(studio, browser_page, tmp_path):
+    from playwright.sync_api import expect
 
     config = load_config({"BPNET_STUDIO_HOME": str(tmp_path / "studio")})
     run_id = client.submit_run(tiny_run_spec(), config=config)
-    expect.set_options(timeout=PAGE_TIMEOUT_MS)
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.set_default_timeout(PAGE_TIMEOUT_MS)
-            page.goto(f"{studio}/runs")
-            expect(page.get_by_role("heading", name="Runs")).to_be_visible()
-            expect(page.get_by_text("Page not found")).to_have_count(0)
-            shot(page, "dash-1-runs-path")
+    page = browser_page()
+    page.goto(f"{studio}/runs")
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+    shot(page, "dash-1-runs-path")
 
-            page.goto(f"{studio}/run?run={run_id}")
-            expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed",
-                                                                           timeout=RUN_TIMEOUT_S * 1000)
-            expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
-            legend = page.get_by_text("green: ground truth · magenta: prediction", exact=False)
-            expect(legend.first).to_be_visible()
-            pictures = page.locator('[data-testid="stImage"] img')
-            expect(pictures.first).to_be_visible()
-            expect(page.get_by_text("annotated · mean OKS").first).to_be_visible()
-            shot(page, "dash-2-untrained-guard-and-pictures")
+    page.goto(f"{studio}/run?run={run_id}")
+    expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed",
+                                                                   timeout=RUN_TIMEOUT_S * 1000)
+    expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
+    legend = page.get_by_text("green: ground truth · magenta: prediction", exact=False)
+    expect(legend.first).to_be_visible()
+    pictures = page.locator('[data-testid="stImage"] img')
+    expect(pictures.first).to_be_visible()
+    expect(page.get_by_text("annotated · mean OKS").first).to_be_visible()
+    shot(page, "dash-2-untrained-guard-and-pictures")
 
-            page.goto(f"{studio}/compare")
-            expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
-            expect(page.locator(".js-plotly-plot", has_text="Pareto front")).to_have_count(0)
-            shot(page, "dash-3-compare-guard")
+    page.goto(f"{studio}/compare")
+    expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
+    expect(page.locator(".js-plotly-plot", has_text="Pareto front")).to_have_count(0)
+    shot(page, "dash-3-compare-guard")
 
-            # a click on the finished run's row (its row marker: the table is a canvas) opens it
-            page.goto(f"{studio}/runs")
-            grid = page.get_by_test_id("stDataFrame").first
-            expect(glide_cells(page, "browser untrained").first).to_be_attached()
-            box = grid.bounding_box()
-            page.mouse.click(box["x"] + 15, box["y"] + 55)
-            page.wait_for_url(f"**/run?run={run_id}*")
-            expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed")
-        finally:
-            browser.close()
+    # a click on the finished run's row (its row marker: the table is a canvas) opens it
+    page.goto(f"{studio}/runs")
+    grid = page.get_by_test_id("stDataFrame").first
+    expect(glide_cells(page, "browser untrained").first).to_be_attached()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 15, box["y"] + 55)
+    page.wait_for_url(f"**/run?run={run_id}*")
+    expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed")
 
 
-def test_compare_point_opens_its_result_and_diff_lists_only_differences(studio, tmp_path):  # noqa: F811
-    from playwright.sync_api import expect, sync_playwright
+def test_compare_point_opens_its_result_and_diff_lists_only_differences(studio, browser_page, tmp_path):
+    from playwright.sync_api import expect
 
     config = load_config({"BPNET_STUDIO_HOME": str(tmp_path / "studio")})
     run_id = seed_store.seed_finished_run(config, name="synthetic compare", thresholds=(0.5,),
                                           precisions=("fp32", "int8"))
     results = client.list_results([run_id], config=config)
     unpruned = {r["precision"]: r["stage_id"] for r in results if r["pth"] is None}
-    expect.set_options(timeout=PAGE_TIMEOUT_MS)
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.set_default_timeout(PAGE_TIMEOUT_MS)
+    page = browser_page()
 
-            # the permalink of a diff of two results that differ in precision only
-            page.goto(f"{studio}/compare?a={unpruned['fp32']}&b={unpruned['int8']}")
-            expect(page.get_by_text("1 field(s) differ")).to_be_visible()
-            expect(glide_cells(page, "result.precision").first).to_be_attached()
-            expect(glide_cells(page, "spec.")).to_have_count(0)
-            shot(page, "dash-4-config-diff")
+    # the permalink of a diff of two results that differ in precision only
+    page.goto(f"{studio}/compare?a={unpruned['fp32']}&b={unpruned['int8']}")
+    expect(page.get_by_text("1 field(s) differ")).to_be_visible()
+    expect(glide_cells(page, "result.precision").first).to_be_attached()
+    expect(glide_cells(page, "spec.")).to_have_count(0)
+    shot(page, "dash-4-config-diff")
 
-            # a click on a chart point opens its result on Run detail
-            chart = page.locator(".js-plotly-plot", has_text="Pareto front").first
-            expect(chart).to_be_visible()
-            point = chart.locator(".scatterlayer .trace").first.locator(".points path").first
-            point.click(force=True)
-            page.wait_for_url("**/run?**")
-            expect(page.get_by_role("heading", name="Run detail")).to_be_visible()
-            assert f"run={run_id}" in page.url and "result=" in page.url
-            opened = page.url.split("result=")[1].split("&")[0]
-            assert opened in {r["stage_id"] for r in results}
-            expect(page.get_by_text("One result: deployables and pictures")).to_be_visible()
-            shot(page, "dash-5-point-opened-result")
-        finally:
-            browser.close()
+    # a click on a chart point opens its result on Run detail
+    chart = page.locator(".js-plotly-plot", has_text="Pareto front").first
+    expect(chart).to_be_visible()
+    point = chart.locator(".scatterlayer .trace").first.locator(".points path").first
+    point.click(force=True)
+    page.wait_for_url("**/run?**")
+    expect(page.get_by_role("heading", name="Run detail")).to_be_visible()
+    assert f"run={run_id}" in page.url and "result=" in page.url
+    opened = page.url.split("result=")[1].split("&")[0]
+    assert opened in {r["stage_id"] for r in results}
+    expect(page.get_by_text("One result: deployables and pictures")).to_be_visible()
+    shot(page, "dash-5-point-opened-result")
