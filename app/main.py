@@ -14,6 +14,8 @@ if str(ROOT) not in sys.path:   # `streamlit run app/main.py` puts only app/ on 
 
 import streamlit as st  # noqa: E402
 
+from app.widgets import follow_navigation  # noqa: E402
+
 # Not "pages/": Streamlit runs a folder of that name as a legacy multipage app on the first visit
 # after the server starts (before st.navigation has run once), bypassing this entry script.
 PAGES_DIR = Path(__file__).resolve().parent / "views"
@@ -40,4 +42,6 @@ pages = [
 ]
 st.sidebar.caption("BPNet Studio · guided optimization of BodyPoseNet: train → prune → retrain → "
                    "INT8 → export → evaluate")
-st.navigation(pages).run()
+page = st.navigation(pages)
+follow_navigation(page.url_path)   # a click's page switch that a refresh replaced is repeated
+page.run()

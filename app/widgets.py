@@ -30,6 +30,36 @@ def run_action_buttons(run_id, status, cancel_slot, rerun_slot, key):
                          query_params={"run": new_id})
 
 
+RUN_DETAIL_PAGE, RUN_DETAIL_PATH = "views/run_detail.py", "run"
+NAVIGATION_KEY = "navigate_to"
+
+
+def open_run_detail(run_id, result=None):
+    """Open Run detail on `run_id` (and one of its results) from a click on the current page.
+
+    The switch is also remembered in the session until Run detail has opened: a rerun that a
+    page's own refresh timer asks for at the same moment replaces a pending page switch in
+    Streamlit's request queue (the newest request's page wins), so on a loaded machine a click
+    on a live table could otherwise be lost. Every run after that repeats the switch
+    (`follow_navigation`)."""
+    query = {"run": run_id, **({"result": result} if result else {})}
+    st.session_state[NAVIGATION_KEY] = query
+    st.switch_page(RUN_DETAIL_PAGE, query_params=query)
+
+
+def follow_navigation(current_url_path=None):
+    """Repeat a switch to Run detail that has not happened yet; forget it once Run detail is
+    the page being drawn (`current_url_path`: the page st.navigation picked; None inside a
+    fragment of another page)."""
+    query = st.session_state.get(NAVIGATION_KEY)
+    if query is None:
+        return
+    if current_url_path == RUN_DETAIL_PATH:
+        del st.session_state[NAVIGATION_KEY]
+        return
+    st.switch_page(RUN_DETAIL_PAGE, query_params=query)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def image_names(annotations, modified_ns):
     return overlay.image_paths_by_id(annotations)

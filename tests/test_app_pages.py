@@ -127,6 +127,20 @@ def test_runs_table_filters_cancels_and_reruns(config):
     assert "Re-run submitted" in texts(at.success)
 
 
+def test_a_row_click_whose_page_switch_a_refresh_replaced_opens_the_run_on_the_next_run(config):
+    """Streamlit keeps the newest of two pending reruns' pages: the Runs table's refresh timer can
+    replace a click's switch to Run detail. The click is remembered, so the next run opens it."""
+    run_id = seed_store.seed_finished_run(config, name="synthetic clicked", with_files=False)
+    at = open_page("views/runs.py")
+    at.session_state["navigate_to"] = {"run": run_id}   # the click was seen, its switch replaced
+    at.run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Run detail"] and run_id in texts(at.selectbox)
+    assert "navigate_to" not in at.session_state   # arrived: forgotten
+    at.run()
+    assert [t.value for t in at.title] == ["Run detail"]
+
+
 def test_runs_page_when_empty_points_to_new_run(config):
     at = open_page("views/runs.py")
     assert "No runs match" in texts(at.info)
@@ -149,6 +163,11 @@ def test_run_detail_of_a_finished_run(config):
     assert len(at.get("image")) >= 1   # skeleton overlays drawn
     downloads = [b for b in at.get("download_button")]
     assert len(downloads) >= 8        # every artifact of 7 stages one by one
+    zip_label = "Download the deployables for this result"
+    assert not [b for b in downloads if b.proto.label.startswith(zip_label)]   # a closed tab is not drawn
+    at.session_state["result_tab"] = "deployables"
+    at.run()
+    assert [b for b in at.get("download_button") if b.proto.label.startswith(zip_label)]
     at.button(key="bundle").click().run()
     assert not at.exception
     bundle = Path(at.session_state[f"bundle-{run_id}"])

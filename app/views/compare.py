@@ -34,10 +34,6 @@ def set_query(name, values):
         del st.query_params[name]
 
 
-def open_result(run_id, stage_id):
-    st.switch_page("views/run_detail.py", query_params={"run": run_id, "result": stage_id})
-
-
 st.title("Compare")
 
 try:
@@ -123,7 +119,7 @@ else:
                        "points on top of each other are drawn side by side.")
             clicked = charts.selected_result(event)
             if clicked:
-                open_result(*clicked)
+                widgets.open_run_detail(*clicked)
         else:
             st.caption("Nothing to plot: no result has both an AP and a latency yet (latency is measured "
                        "by the evaluate stage's benchmark).")
@@ -158,7 +154,7 @@ table_event = st.dataframe(present.result_display_rows(rows), hide_index=True, k
                            on_select="rerun", selection_mode="single-row")
 selected_rows = table_event.selection.rows if table_event else []
 if selected_rows and selected_rows[0] < len(rows):
-    open_result(rows[selected_rows[0]]["run_id"], rows[selected_rows[0]]["stage_id"])
+    widgets.open_run_detail(rows[selected_rows[0]]["run_id"], rows[selected_rows[0]]["stage_id"])
 table = jobs.result_table(rows)
 buffer = io.StringIO()
 writer = csv.DictWriter(buffer, fieldnames=list(jobs.RESULT_TABLE_COLUMNS))
@@ -200,21 +196,25 @@ elif diff:
 else:
     st.caption("The two results have the same configuration.")
 
-tab_truth, tab_maps = st.tabs(["ground truth and prediction", "heatmaps and PAFs"])
-with tab_truth:
-    for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
-        with col:
-            st.markdown(f"**{name}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)}")
-            try:
-                widgets.truth_gallery(run, row, row["stage_id"], OVERLAY_IMAGES, columns=1)
-            except (BpnetError, KeyError, OSError) as err:
-                st.caption(f"No pictures: {err}")
-with tab_maps:
-    try:
-        choice = widgets.map_controls("compare-maps")
+# Only the open tab is drawn (and its pictures sent to the browser): the other runs when picked.
+tab_truth, tab_maps = st.tabs(["ground truth and prediction", "heatmaps and PAFs"], key="compare_pictures_tab",
+                              on_change="rerun")
+if tab_truth.open:
+    with tab_truth:
         for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
             with col:
-                st.markdown(f"**{name}** · {row['label']}")
-                widgets.map_view(run, row, row["stage_id"], *choice)
-    except (BpnetError, KeyError, OSError) as err:
-        st.caption(f"No maps: {err}")
+                st.markdown(f"**{name}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)}")
+                try:
+                    widgets.truth_gallery(run, row, row["stage_id"], OVERLAY_IMAGES, columns=1)
+                except (BpnetError, KeyError, OSError) as err:
+                    st.caption(f"No pictures: {err}")
+if tab_maps.open:
+    with tab_maps:
+        try:
+            choice = widgets.map_controls("compare-maps")
+            for col, run, row, name in zip(st.columns(2), (run_a, run_b), (row_a, row_b), ("A", "B")):
+                with col:
+                    st.markdown(f"**{name}** · {row['label']}")
+                    widgets.map_view(run, row, row["stage_id"], *choice)
+        except (BpnetError, KeyError, OSError) as err:
+            st.caption(f"No maps: {err}")

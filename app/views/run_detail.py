@@ -256,24 +256,29 @@ if rows:
     row = next(r for r in rows if r["stage_id"] == stage_id)
     st.markdown(f"**{row['label']}** · AP {present.fmt_ap(row.get('AP'))} · {present.latency_text(row)} · "
                 f"{present.fmt_params(row.get('params'))} params · {present.fmt_bytes(row.get('size_bytes'))}")
+    # Only the open tab is drawn (and its pictures sent to the browser): the others run when picked.
     tab_people, tab_worst, tab_maps, tab_deploy = st.tabs(["images with annotated people", "worst-OKS images",
-                                                           "heatmaps and PAFs", "deployables"])
-    with tab_maps:
-        try:
-            widgets.map_view(run, row, stage_id, *widgets.map_controls("detail-maps"))
-        except (BpnetError, KeyError, OSError) as err:
-            st.caption(f"No maps: {err}")
-    for tab, worst in ((tab_people, False), (tab_worst, True)):
-        with tab:
+                                                           "heatmaps and PAFs", "deployables"],
+                                                          key="result_tab", on_change="rerun")
+    if tab_maps.open:
+        with tab_maps:
             try:
-                widgets.truth_gallery(run, row, stage_id, SAMPLE_IMAGES, worst=worst)
+                widgets.map_view(run, row, stage_id, *widgets.map_controls("detail-maps"))
             except (BpnetError, KeyError, OSError) as err:
-                st.caption(f"No pictures: {err}")
-    with tab_deploy:
-        try:
-            deployables(row)
-        except (BpnetError, OSError) as err:
-            st.caption(f"No deployables: {err}")
+                st.caption(f"No maps: {err}")
+    for tab, worst in ((tab_people, False), (tab_worst, True)):
+        if tab.open:
+            with tab:
+                try:
+                    widgets.truth_gallery(run, row, stage_id, SAMPLE_IMAGES, worst=worst)
+                except (BpnetError, KeyError, OSError) as err:
+                    st.caption(f"No pictures: {err}")
+    if tab_deploy.open:
+        with tab_deploy:
+            try:
+                deployables(row)
+            except (BpnetError, OSError) as err:
+                st.caption(f"No deployables: {err}")
 
 # ---------------------------------------------------------------- events
 events = run["events"]

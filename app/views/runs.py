@@ -4,7 +4,7 @@ filter by status and dataset; cancel, re-run, open."""
 import streamlit as st
 
 from app import jobs
-from app.widgets import run_action_buttons
+from app.widgets import follow_navigation, open_run_detail, run_action_buttons
 from bpnet.errors import BpnetError
 
 REFRESH_S = 2
@@ -35,6 +35,7 @@ COLUMNS = {
 @st.fragment(run_every=REFRESH_S)
 def runs_table():
     """Re-drawn every few seconds on its own, so the filters above keep their state."""
+    follow_navigation()   # a row click whose page switch a refresh replaced
     try:
         runs = jobs.list_runs(status=statuses or None, dataset=dataset or None, search=search or None,
                                limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
@@ -54,7 +55,7 @@ def runs_table():
                                        "dataset", "created", "error", "id"))
     picked = event.selection.rows if event else []
     if picked and picked[0] < len(runs):
-        st.switch_page("views/run_detail.py", query_params={"run": runs[picked[0]]["id"]})
+        open_run_detail(runs[picked[0]]["id"])
     st.session_state["runs_on_page"] = {r["id"]: (r["name"], r["status"]) for r in runs}
 
 
