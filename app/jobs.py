@@ -63,6 +63,8 @@ list_models = _through_call(client.list_models)
 search_progress = _through_call(client.search_progress)
 submit_remedy = _through_call(client.submit_remedy)
 preview_prune = _through_call(client.preview_prune)
+preview_base_model = _through_call(client.preview_base_model)
+import_base_model = _through_call(client.import_base_model)
 run_spec_problems = _through_call(client.run_spec_problems)
 
 

@@ -357,3 +357,46 @@ def test_new_run_shows_what_each_threshold_keeps_on_an_existing_model(config, tm
     assert "0.05" in list(table["threshold"]) and "3" in list(table["threshold"])
     mine = table.set_index("threshold").loc["0.05"]
     assert "yours" in mine["note"] and mine["kept"].endswith("%")
+
+
+def finish_import_stage(config, stage, model_file):
+    """What the worker's import stage leaves: the rebuilt Keras model in its folder, registered."""
+    import shutil
+
+    from worker import artifacts
+
+    store = open_store(config.database_url)
+    out_dir = artifacts.prepare_stage_dir(config.artifact_root, stage["kind"], stage["key"])
+    shutil.copyfile(model_file, out_dir / "bpnet_model.hdf5")
+    store.add_artifacts(stage["id"], stage["key"], artifacts.write_manifest(config.artifact_root, out_dir))
+    rel = str(out_dir.resolve().relative_to(Path(config.artifact_root).resolve()))
+    store.update_stage(stage["id"], status="completed", artifact_dir=rel, fraction=1.0,
+                       outputs={"model": "bpnet_model.hdf5", "num_stages": 2})
+
+
+@pytest.mark.slow
+def test_new_run_imports_the_pretrained_network_to_show_what_each_threshold_keeps(config, tmp_path):
+    import streamlit as st
+
+    from tests.tiny_models import save_tiny_model
+
+    at = open_page("views/new_run.py")   # the default: the bundled pretrained .tflite network
+    assert not at.dataframe or not any("parameters kept" in d.value.columns for d in at.dataframe)
+    at.button(key="import_for_preview").click().run()
+    assert not at.exception
+    store = open_store(config.database_url)
+    (run,) = store.list_runs()
+    (stage,) = store.stages(run["id"])   # only the run's first stage is queued
+    assert stage["kind"] == "import" and stage["status"] == "queued"
+    assert "Importing" in texts(at.info) and "for the pruning preview" in texts(at.info)
+    assert not [b for b in at.button if b.key == "import_for_preview"]   # under way: followed, not offered
+
+    finish_import_stage(config, stage, save_tiny_model(tmp_path / "rebuilt.hdf5"))
+    st.cache_data.clear()   # what the page's poll does once the import is done
+    at.run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "parameters kept" in d.value.columns)
+    assert "0.1" in list(table["threshold"])
+    assert any("as imported by the run's first stage" in e.label for e in at.expander)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["stages cached"] == "1"   # the sweep starts from that very import

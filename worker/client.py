@@ -310,6 +310,75 @@ def preview_prune(model_path, thresholds, prune=None):
     return rows
 
 
+def _import_node(run_spec):
+    """The import stage a run of `run_spec` starts with, when its base is a pretrained network
+    that `bpnet import` rebuilds (.tflite/.pb); None for a Keras base or a trained one."""
+    from worker.kinds.import_model import IMPORTED_SUFFIXES
+
+    if run_spec.model is None or run_spec.model.suffix.lower() not in IMPORTED_SUFFIXES:
+        return None
+    return expand_run(run_spec)[0]
+
+
+def preview_base_model(spec, config=None):
+    """The Keras model the prune preview can read for a run of `spec`, before it is submitted:
+    {path (None when not on disk yet), importing (None, or the import stage: status, run_id,
+    fraction, error)}. A .hdf5 base is read as it is; a pretrained .tflite/.pb is rebuilt to Keras
+    by the run's first stage, so the preview reads the model that stage wrote for the same file
+    in any run (the stage cache: the run will start from exactly this model)."""
+    config = _cfg(config)
+    run_spec = validate_run_spec(spec)
+    node = _import_node(run_spec)
+    if node is None:
+        return {"path": run_spec.model, "importing": None}
+    store = get_store(config)
+    stages = store.stages_with_key(node["key"])
+    model_file = _completed_model_file(store, config, stages)
+    if model_file is not None:
+        return {"path": model_file, "importing": None}
+    stage = next((st for st in stages if st["status"] in ("queued", "running")), None)
+    stage = stage or next((st for st in stages if st["status"] == "failed"), None)
+    if stage is None:   # never imported (or its files were deleted)
+        return {"path": None, "importing": None}
+    return {"path": None, "importing": {"status": stage["status"], "run_id": stage["run_id"],
+                                        "fraction": stage["fraction"], "error": stage["error"]}}
+
+
+def _completed_model_file(store, config, stages):
+    """The model file a completed one of `stages` wrote, when it is still on disk."""
+    for stage in stages:
+        if stage["status"] != "completed":
+            continue
+        model = (stage["outputs"] or {}).get("model")
+        for art in store.artifacts_of_stages([stage["id"]]):
+            if art["name"] == model:
+                path = artifacts.resolve_inside(config.artifact_root, art["relpath"])
+                if path.is_file():
+                    return path
+    return None
+
+
+def import_base_model(spec, config=None):
+    """Queue only the first stage of a run of `spec` (the import of its pretrained base) so the
+    prune preview can read the rebuilt model; the sweep submitted later reuses that stage from
+    the cache. Returns the id of the run doing it (an import already under way is not queued
+    again)."""
+    config = _cfg(config)
+    run_spec = validate_run_spec(spec)
+    node = _import_node(run_spec)
+    if node is None:
+        raise BpnetError(f"model: {run_spec.model} is not a pretrained network to import "
+                         "(.tflite or .pb); its weights are read as they are")
+    store = get_store(config)
+    under_way = next((st for st in store.stages_with_key(node["key"]) if st["status"] in ("queued", "running")), None)
+    if under_way:
+        return under_way["run_id"]
+    run_id = store.create_run(f"import {run_spec.model.name} (for the prune preview)",
+                              dataset_label(run_spec), run_spec.model_dump(mode="json"), [node])
+    scheduler.advance(store, run_id, _enqueue_with(config), config.artifact_root)
+    return run_id
+
+
 # ------------------------------------------------------------------ guided optimization
 
 def search_progress(run_id, config=None):

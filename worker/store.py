@@ -456,6 +456,13 @@ class Store:
                  .values(sent_at=time.time()))
             return s.execute(q).rowcount == 1
 
+    def stages_with_key(self, key):
+        """The stages of every run that compute `key` themselves (not cache hits), newest first:
+        whether a computation is done, under way or failed, whichever run asked for it."""
+        with self.Session() as s:
+            q = select(Stage).where(Stage.key == key, Stage.status != "cached").order_by(Stage.created_at.desc())
+            return [row_dict(st) for st in s.scalars(q)]
+
     def runs_waiting_on_key(self, key):
         """Active runs with a pending stage of this key (they were waiting for it elsewhere)."""
         with self.Session() as s:

@@ -13,6 +13,7 @@ from bpnet.errors import BpnetError
 
 TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
 PREVIEW_TTL_S = 10
+IMPORT_POLL_S = 5   # how often a pending import for the pruning preview is looked at
 
 
 # `modified_ns` is part of the cache key on purpose (Streamlit leaves `_`-named arguments out of
@@ -70,23 +71,35 @@ def pruning_dry_run(model, modified_ns, thresholds, prune_json):
         return None, str(err)
 
 
+@st.cache_data(ttl=PREVIEW_TTL_S, show_spinner=False, max_entries=16)
+def preview_base_model(spec_json):
+    """(where the prune preview reads the base model, None) or (None, message); cached briefly
+    because it fingerprints the model file like the preview does."""
+    try:
+        return jobs.preview_base_model(json.loads(spec_json)), None
+    except BpnetError as err:
+        return None, str(err)
+
+
 def prune_preview(spec):
     """Parameters each threshold keeps on the chosen base model, before anything is submitted."""
     chosen = tuple(spec.get("prune_thresholds") or ())
-    model = spec.get("model")
     if not chosen:
         return
-    if not model:
+    if not spec.get("model"):
         st.caption("What each threshold keeps is shown here once the base model exists (an existing or "
                    "pretrained model); a model trained by this run is measured after training.")
         return
-    if Path(str(model)).suffix.lower() not in (".hdf5", ".h5"):
-        st.caption(f"What each threshold keeps is measured on Keras weights: `{Path(str(model)).name}` is "
-                   "imported to Keras by the run's first stage, so pick it as an existing model afterwards to "
-                   "see each threshold's parameter count before a sweep.")
+    base, error = preview_base_model(json.dumps(spec, sort_keys=True))
+    if error:
+        st.warning(f"No pruning preview: {error}", icon=":material/warning:")
         return
+    if base["path"] is None:
+        import_for_preview(spec, base["importing"])
+        return
+    model = str(base["path"])
     grid = tuple(sorted(set(present.PRUNE_GRID) | set(chosen)))
-    rows, error = pruning_dry_run(str(model), modification_time(model), grid,
+    rows, error = pruning_dry_run(model, modification_time(model), grid,
                                   json.dumps(spec.get("prune") or {}, sort_keys=True))
     if error:
         st.warning(f"No pruning preview: {error}", icon=":material/warning:")
@@ -94,13 +107,55 @@ def prune_preview(spec):
     useless = [r["threshold"] for r in rows if r["threshold"] in chosen and r["threshold"] not in
                present.useful_thresholds(rows)]
     useful = present.useful_thresholds(rows)
+    imported = Path(model).resolve() != Path(str(spec["model"])).expanduser().resolve()
     with st.expander("Parameters each prune threshold keeps on this base model (dry run of the pruning "
-                     "decision on its weights)", expanded=bool(useless)):
+                     "decision on its weights" + (", as imported by the run's first stage)" if imported else ")"),
+                     expanded=bool(useless)):
         st.dataframe(present.prune_preview_rows(rows, chosen), hide_index=True, key="prune_preview")
     if useless:
         hint = f"; the lowest that removes parameters is {useful[0]:g}" if useful else ""
         st.warning(f"Threshold(s) {', '.join(f'{t:g}' for t in useless)} prune nothing on this model{hint}.",
                    icon=":material/content_cut:")
+
+
+def import_for_preview(spec, importing):
+    """A pretrained .tflite/.pb base is measured once the run's first stage has rebuilt it in Keras:
+    offer to run that stage now (the sweep reuses it), or follow the import under way."""
+    name = Path(str(spec["model"])).name
+    if importing and importing["status"] in ("queued", "running"):
+        @st.fragment(run_every=IMPORT_POLL_S)
+        def follow_import():
+            try:
+                current = jobs.preview_base_model(spec)
+            except BpnetError as err:
+                st.warning(f"No pruning preview: {err}", icon=":material/warning:")
+                return
+            if current["path"] is not None or not current["importing"] or \
+                    current["importing"]["status"] not in ("queued", "running"):
+                preview_base_model.clear()
+                st.rerun()   # imported (or failed): the whole preview redraws
+            state = current["importing"]
+            done = f" ({100 * (state['fraction'] or 0):.0f}%)" if state["status"] == "running" else " (waiting for a worker)"
+            st.info(f"Importing `{name}` for the pruning preview{done}; the table of what each threshold keeps "
+                    "appears here when it is done.", icon=":material/hourglass:")
+            st.page_link("views/run_detail.py", label="Follow the import", icon=":material/arrow_forward:",
+                         query_params={"run": state["run_id"]})
+        follow_import()
+        return
+    if importing and importing["status"] == "failed":
+        st.warning(f"Importing `{name}` failed: {importing['error'] or 'see its run'}.", icon=":material/error:")
+    st.caption(f"What each threshold keeps is measured on Keras weights: `{name}` is rebuilt in Keras by the "
+               "run's first stage (one to a few minutes, once: every later run reuses it).")
+    if st.button("Import it now to see what each threshold keeps", key="import_for_preview",
+                 icon=":material/download:", help="queues only the import stage; the sweep you submit "
+                 "afterwards reuses it"):
+        try:
+            jobs.import_base_model(spec)
+        except BpnetError as err:
+            st.error(f"Import not queued: {err}", icon=":material/block:")
+        else:
+            preview_base_model.clear()
+            st.rerun()
 
 
 def show_error(slot, errors, key):
