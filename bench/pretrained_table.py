@@ -1,99 +1,296 @@
-"""The table of docs/pretrained.md: the bundled pretrained network on the bundled images.
+"""The measured tables of docs/pretrained.md: the bundled pretrained network on the bundled images.
 
 For prune thresholds 0 / 0.1 / 0.3 / 0.5, without and with the short retrain of
-specs/retrain_pretrained.yaml: parameters, FP32 AP at 288x384 (strict) and at the card's 368x432,
-INT8 AP at 288x384 (ONNX Runtime, entropy calibration on 16 bundled images) and the FP32 CNN
-latency (ONNX Runtime, batch 1, mean over the 80 evaluation images). Every model is evaluated on
-all 80 bundled COCO train2017 images (which may have been in the network's training data).
+specs/retrain_pretrained.yaml (as the default run retrains): parameters, FP32 AP at the strict
+288x384 and at the card's training resolution, INT8 AP at 288x384 (ONNX Runtime U8S8, min-max
+calibration on 16 bundled images, as the default run), the INT8 AP drop, and FP32 / INT8 latency
+(ONNX Runtime, batch 1; every model measured in interleaved rounds, so ratios within the table are
+fair even on a loaded machine). Then the dashboard's default run (New run as it opens, built by
+`app.forms.default_new_run_form`) submitted to a fresh embedded studio with one worker: its wall
+time and stage durations. Every model is evaluated on all 80 bundled COCO train2017 images (which
+may have been in the network's training data).
 
-    PYTHONPATH=. python bench/pretrained_table.py --work /tmp/pretrained_table [--model IMPORTED.hdf5]
+    PYTHONPATH=. python bench/pretrained_table.py --work /tmp/pretrained_table [--write-docs]
+        [--skip-table] [--skip-default-run] [--rounds 5]
+
+`--write-docs` replaces the generated section of docs/pretrained.md (between its
+`<!-- pretrained_table:begin -->` / `end` markers) with the tables; nothing there is typed by hand.
 """
 
 import argparse
 import json
-import platform
+import os
+import signal
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import bpnet  # noqa: F401
-from bpnet.evaluate import evaluate_model
-from bpnet.export import export_model
-from bpnet.imports import import_model
-from bpnet.model import count_params, load_model
-from bpnet.prune import prune_model_file
-from bpnet.specs import load_infer_spec, load_train_spec
-from bpnet.train import train
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import bpnet  # noqa: E402,F401  (tf-keras before TensorFlow)
+
 SOURCE = ROOT / "data" / "models" / "mobilenet_v2_pose_dm14_368_432_weight_quant.tflite"
 ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
 IMAGES = ROOT / "data" / "coco-mini" / "train2017"
+RETRAIN_SPEC = ROOT / "specs" / "retrain_pretrained.yaml"
+INFER_SPEC = ROOT / "specs" / "infer_strict_288x384.yaml"
+DOC = ROOT / "docs" / "pretrained.md"
+BEGIN, END = "<!-- pretrained_table:begin -->", "<!-- pretrained_table:end -->"
 THRESHOLDS = (0.0, 0.1, 0.3, 0.5)
-STRICT, CARD_HW = (288, 384), (368, 432)
+STRICT = (288, 384)
+CALIBRATION = {"calibrator": "minmax", "batch_size": 8, "batches": 2}   # the default run's
+RUN_TIMEOUT_S = 3600
 
 
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+# ---------------------------------------------------------------- models
+
+def base_model(work):
+    from bpnet.imports import import_model
+
+    base = work / "base.hdf5"
+    if not base.is_file():
+        import_model(SOURCE, base)
+    return base
 
 
-def isa():
-    flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
-    return "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else "other"
+def variant(base, work, pth, retrained):
+    """The model file of one row: `base` pruned at `pth` (0 = unpruned), then retrained or not."""
+    from bpnet.prune import prune_model_file
+    from bpnet.specs import load_train_spec
+    from bpnet.train import train
+
+    model = base
+    if pth:
+        model = work / f"pruned_{pth:g}.hdf5"
+        if not model.is_file():
+            prune_model_file(base, model, threshold=pth, granularity=8, min_filters=8)
+    if retrained:
+        out = work / f"retrain_{pth:g}"
+        if not (out / "bpnet_model.hdf5").is_file():
+            spec = load_train_spec(RETRAIN_SPEC).model_copy(update={"pretrained_weights": model})
+            train(spec, out)
+        model = out / "bpnet_model.hdf5"
+    return model
 
 
-def evaluate(model, hw, work, tag, data_type="fp32"):
-    spec = load_infer_spec(ROOT / "specs" / "infer_strict_288x384.yaml").model_copy(update={"input_shape": hw})
-    out = work / f"{tag}_{hw[0]}x{hw[1]}"
-    report = export_model(model, out / "m.onnx", hw, data_type=data_type, cal_image_dir=IMAGES,
-                          batch_size=4, batches=4)
-    onnx = report["int8"]["onnx_int8"] if data_type == "int8" else report["export"]["onnx"]
-    metrics = evaluate_model(onnx, ANNOTATIONS, IMAGES, spec, out / f"eval_{data_type}")
-    return metrics["AP"], metrics["timing"]["cnn_ms_per_image"]
+def retrain_steps():
+    from bpnet.specs import load_train_spec
+
+    spec = load_train_spec(RETRAIN_SPEC)
+    return spec.num_epoch * spec.steps_per_epoch
+
+
+# ---------------------------------------------------------------- measurements
+
+def infer_spec(hw):
+    from bpnet.specs import load_infer_spec
+
+    return load_infer_spec(INFER_SPEC).model_copy(update={"input_shape": tuple(hw)})
+
+
+def exported(model, hw, out, int8=False):
+    """The ONNX file of `model` at `hw` (FP32, or INT8 calibrated as the default run does)."""
+    from bpnet.export import export_model
+
+    target = out / ("model.int8.onnx" if int8 else "model.onnx")
+    if target.is_file():
+        return target
+    report = export_model(model, out / "model.onnx", hw, data_type="int8" if int8 else "fp32",
+                          cal_image_dir=IMAGES if int8 else None, cal_data_file=out / "cal.tensor" if int8 else None,
+                          **(CALIBRATION if int8 else {}))
+    return Path(report["int8"]["onnx_int8"] if int8 else report["export"]["onnx"])
+
+
+def average_precision(onnx, hw, out):
+    from bpnet.evaluate import evaluate_model
+
+    metrics_file = out / "metrics.json"
+    if metrics_file.is_file():
+        return json.loads(metrics_file.read_text())["AP"]
+    return evaluate_model(onnx, ANNOTATIONS, IMAGES, infer_spec(hw), out)["AP"]
+
+
+def measure_row(model, card_hw, work, tag):
+    from bpnet.model import count_params, load_model
+
+    folder = work / tag
+    fp32 = exported(model, STRICT, folder / "fp32_strict")
+    fp32_card = exported(model, card_hw, folder / "fp32_card")
+    int8 = exported(model, STRICT, folder / "int8_strict", int8=True)
+    row = {"params": count_params(load_model(model)),
+           "ap_fp32_strict": average_precision(fp32, STRICT, folder / "eval_fp32_strict"),
+           "ap_fp32_card": average_precision(fp32_card, card_hw, folder / "eval_fp32_card"),
+           "ap_int8_strict": average_precision(int8, STRICT, folder / "eval_int8_strict"),
+           "onnx_fp32": str(fp32), "onnx_int8": str(int8)}
+    row["int8_drop_points"] = round(100 * (row["ap_fp32_strict"] - row["ap_int8_strict"]), 2)
+    return row
+
+
+def interleaved_latency(paths, rounds, runs=5):
+    """{path: median ms}: each round times every model once (batch 1, 288x384), so load changes
+    hit all of them alike; the figure is the median over rounds of each round's median."""
+    from bpnet.benchmark import benchmark_model
+
+    samples = {p: [] for p in paths}
+    for _ in range(rounds):
+        for path in paths:
+            samples[path].append(benchmark_model(path, STRICT, 1, runs, 1)["median_ms"])
+    return {p: statistics.median(v) for p, v in samples.items()}
+
+
+# ---------------------------------------------------------------- the dashboard's default run
+
+def default_run_spec():
+    """The run spec New run submits as it opens (pretrained base, bundled data)."""
+    import yaml
+
+    from app import forms
+
+    request, errors = forms.validate_new_run(forms.default_new_run_form())
+    if errors:
+        raise SystemExit(f"the New-run defaults do not validate: {errors}")
+    template = yaml.safe_load((ROOT / "specs" / "train_small.yaml").read_text())
+    return forms.run_spec_dict(request, template)
+
+
+def time_default_run(work):
+    """Submit the default run to a fresh studio (embedded broker, one worker) and wait for it."""
+    from worker import client
+    from worker.config import load_config
+
+    home = work / "studio"
+    if home.exists():
+        import shutil
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "BPNET_STUDIO_ARTIFACTS")}
+    env.update(BPNET_STUDIO_HOME=str(home), PYTHONPATH=str(ROOT))
+    config = load_config(env)
+    with (home / "worker.log").open("w") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--loglevel", "warning"],
+                                  env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            spec = default_run_spec()
+            started = time.time()
+            run_id = client.submit_run(spec, config=config)
+            store = client.get_store(config)
+            while store.run_status(run_id) not in ("completed", "failed", "cancelled"):
+                if time.time() - started > RUN_TIMEOUT_S:
+                    raise SystemExit(f"the default run did not finish within {RUN_TIMEOUT_S} s")
+                time.sleep(2)
+            wall = time.time() - started
+            run = client.get_run(run_id, config=config)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    stages = [{"label": s["label"], "status": s["status"], "seconds": round(s.get("duration_s") or 0.0, 1)}
+              for s in run["stages"]]
+    results = [{k: r.get(k) for k in ("pth", "precision", "params", "AP", "latency_ms", "num_images")}
+               for r in run["results"]]
+    return {"status": run["status"], "wall_s": round(wall, 1), "spec": spec, "stages": stages, "results": results}
+
+
+# ---------------------------------------------------------------- report
+
+def markdown(report):
+    lines = [f"Measured by `bench/pretrained_table.py` on {report['cpu']} ({report['isa']}, "
+             f"{report['threads']} logical cores), load average {report['load_before']} before and "
+             f"{report['load_after']} after (the machine is shared: latencies are for ratios within "
+             f"a table). {report['when']}.", ""]
+    if report.get("rows"):
+        hw = report["card_hw"]
+        lines += [f"All 80 bundled images, strict letterbox, `specs/infer_strict_288x384.yaml` decoder; INT8 = "
+                  f"ONNX Runtime U8S8, min-max calibration on 16 bundled images; retrain = "
+                  f"`specs/retrain_pretrained.yaml` ({report['retrain_steps']} steps, batch 2, as the default run); "
+                  f"latency = ONNX Runtime, batch 1, 288x384, median of {report['rounds']} interleaved rounds.", "",
+                  f"| threshold | retrain | parameters | AP FP32 288x384 | AP FP32 {hw[0]}x{hw[1]} (card) | "
+                  "AP INT8 288x384 | INT8 drop (points) | FP32 ms | INT8 ms |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["rows"]:
+            lines.append(f"| {r['threshold']:g} | {'yes' if r['retrained'] else 'no'} | {r['params']:,} | "
+                         f"{r['ap_fp32_strict']:.3f} | {r['ap_fp32_card']:.3f} | {r['ap_int8_strict']:.3f} | "
+                         f"{r['int8_drop_points']:+.1f} | {r['fp32_ms']:.0f} | {r['int8_ms']:.0f} |")
+        lines.append("")
+    run = report.get("default_run")
+    if run:
+        spec = run["spec"]
+        lines += [f"The dashboard's default run (New run as it opens: prune thresholds "
+                  f"{spec['prune_thresholds']}, {spec['retrain_epochs']} retrain epoch(s), "
+                  f"{'/'.join(spec['precisions'])} at {spec['resolutions']}, one worker, embedded broker, "
+                  f"fresh studio so the import runs too): **{run['status']} in {run['wall_s'] / 60:.1f} min "
+                  f"({run['wall_s']:.0f} s)**.", "",
+                  "| stage | seconds |", "|---|---|"]
+        lines += [f"| {s['label']} | {s['seconds']:.0f} |" for s in run["stages"]]
+        lines += ["", "| result | parameters | AP | CNN ms (ORT, its stage's benchmark) |", "|---|---|---|---|"]
+        for r in run["results"]:
+            name = ("unpruned" if r["pth"] is None else f"pth {r['pth']:g}") + f" {r['precision']}"
+            lines.append(f"| {name} | {r['params'] or 0:,} | {r['AP']:.3f} | {r['latency_ms'] or 0:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_docs(text):
+    doc = DOC.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{DOC}: the markers {BEGIN} / {END} are missing")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    tmp = DOC.with_suffix(".md.tmp")
+    tmp.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    os.replace(tmp, DOC)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", required=True)
-    parser.add_argument("--model", help="an imported .hdf5 (default: import the bundled .tflite)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-table", action="store_true")
+    parser.add_argument("--skip-default-run", action="store_true")
+    parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    from bpnet.imports.card import load_card
+    from bpnet.machine import describe_cpu
+
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    base = Path(args.model) if args.model else work / "base.hdf5"
-    if not base.is_file():
-        import_model(SOURCE, base)
-    rows = []
-    for pth in THRESHOLDS:
-        pruned = base if pth == 0 else work / f"pruned_{pth:g}.hdf5"
-        if pth and not pruned.is_file():
-            prune_model_file(base, pruned, threshold=pth, granularity=8, min_filters=8)
-        for retrain in (False, True):
-            model = pruned
-            started = time.time()
-            if retrain:
-                spec = load_train_spec(ROOT / "specs" / "retrain_pretrained.yaml").model_copy(
-                    update={"pretrained_weights": pruned})
-                model = Path(train(spec, work / f"retrain_{pth:g}")["model_path"])
-            tag = f"pth{pth:g}_{'retrained' if retrain else 'pruned'}"
-            ap_strict, latency = evaluate(model, STRICT, work, tag)
-            ap_card, _ = evaluate(model, CARD_HW, work, tag)
-            ap_int8, _ = evaluate(model, STRICT, work, tag, "int8")
-            row = {"threshold": pth, "retrained": retrain, "params": count_params(load_model(model)),
-                   "ap_fp32_288x384": ap_strict, "ap_fp32_368x432": ap_card, "ap_int8_288x384": ap_int8,
-                   "int8_drop_points": round(100 * (ap_strict - ap_int8), 2),
-                   "fp32_cnn_ms_288x384": latency, "seconds": round(time.time() - started)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    (work / "table.json").write_text(json.dumps({"cpu": cpu_name(), "isa": isa(), "rows": rows}, indent=2))
-    print(f"CPU: {cpu_name()} ({isa()}); the machine was shared (under load)")
-    print("| threshold | retrain | parameters | AP FP32 288x384 | AP FP32 368x432 | AP INT8 288x384 | INT8 drop (points) | FP32 CNN ms (ORT) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['threshold']:g} | {'8 steps' if r['retrained'] else '—'} | {r['params']:,} | "
-              f"{r['ap_fp32_288x384']:.3f} | {r['ap_fp32_368x432']:.3f} | {r['ap_int8_288x384']:.3f} | "
-              f"{r['int8_drop_points']:+.1f} | {r['fp32_cnn_ms_288x384']:.0f} |")
+    cpu = describe_cpu()
+    report = {"cpu": cpu["cpu"], "isa": f"INT8 path {cpu['int8_path']}", "threads": cpu["logical_cores"],
+              "load_before": round(os.getloadavg()[0], 1),
+              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds}
+    card_hw = tuple(load_card(SOURCE.with_name(SOURCE.stem + ".card.yaml")).input.training_hw)
+    report["card_hw"] = list(card_hw)
+    if not args.skip_table:
+        base = base_model(work)
+        report["retrain_steps"] = retrain_steps()
+        rows = []
+        for pth in THRESHOLDS:
+            for retrained in (False, True):
+                started = time.time()
+                model = variant(base, work, pth, retrained)
+                row = {"threshold": pth, "retrained": retrained,
+                       **measure_row(model, card_hw, work, f"pth{pth:g}_{'retrained' if retrained else 'pruned'}")}
+                row["seconds"] = round(time.time() - started)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        latency = interleaved_latency([p for r in rows for p in (r["onnx_fp32"], r["onnx_int8"])], args.rounds)
+        for r in rows:
+            r["fp32_ms"], r["int8_ms"] = latency[r["onnx_fp32"]], latency[r["onnx_int8"]]
+        report["rows"] = rows
+    if not args.skip_default_run:
+        report["default_run"] = time_default_run(work)
+        print(json.dumps(report["default_run"]["stages"]), flush=True)
+    report["load_after"] = round(os.getloadavg()[0], 1)
+    (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    text = markdown(report)
+    print(text)
+    if args.write_docs:
+        write_docs(text)
 
 
 if __name__ == "__main__":

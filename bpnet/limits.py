@@ -92,3 +92,11 @@ def calibration_count_problem(found, batch_size, batches):
 # own threads count too (a 2-thread run on 2 idle cores reads about 2), so a lower line would
 # flag every quiet run.
 UNDER_LOAD_PER_CORE = 1.0
+
+
+# The gate ranks a failed INT8 model's layers one at a time (each quantized alone, one ONNX Runtime
+# session and run per layer) only up to this many quantized layers. Measured on the bundled
+# MobileNetV2 (201 quantized layers, 288x384, 2 cores): 4-17 s per layer, i.e. 15-60 minutes per
+# gate, longer than everything else in the default run together. Larger models get the verdict
+# and the other remedies at once; `bpnet quantize` (accuracy control) ranks them in one pass.
+GATE_MAX_RANKED_LAYERS = 64

@@ -79,16 +79,36 @@ def check_train_spec(spec):
 
 
 def follow_model_card(spec):
-    """Retraining an imported network: its model card's normalisation replaces the spec's
-    (a spec that sets a different one explicitly is an error)."""
-    from bpnet.imports.card import model_normalization
+    """Retraining an imported network: its model card's normalisation and training targets
+    replace the spec's defaults (a spec that sets different values explicitly is an error)."""
+    from bpnet.imports.card import model_normalization, model_targets
     from bpnet.preprocess import normalization_for
 
-    card = model_normalization(spec.pretrained_weights) if spec.pretrained_weights else None
+    if not spec.pretrained_weights:
+        return spec
+    card = model_normalization(spec.pretrained_weights)
     if card is None:
         return spec
-    norm = normalization_for(spec.dataloader.normalization, card, "dataloader.normalization")
-    return spec.model_copy(update={"dataloader": spec.dataloader.model_copy(update={"normalization": norm})})
+    loader = spec.dataloader
+    norm = normalization_for(loader.normalization, card, "dataloader.normalization")
+    targets = targets_for(loader.targets, model_targets(spec.pretrained_weights))
+    return spec.model_copy(update={"dataloader": loader.model_copy(update={"normalization": norm,
+                                                                          "targets": targets})})
+
+
+def targets_for(spec_targets, card_targets, where="dataloader.targets"):
+    """The card's training targets when it records them and the spec is at the defaults; the
+    spec's when the card does not say; an error when both say different things."""
+    from bpnet.specs import TargetSpec
+
+    if card_targets is None or spec_targets == card_targets:
+        return spec_targets
+    if spec_targets != TargetSpec():
+        raise BpnetError(f"{where}: heatmap_sigma_px {spec_targets.heatmap_sigma_px:g} / paf_width_px "
+                         f"{spec_targets.paf_width_px:g} disagree with the model card's "
+                         f"{card_targets.heatmap_sigma_px:g} / {card_targets.paf_width_px:g} (what the "
+                         "network was trained on); remove targets from the spec or set the card's values")
+    return card_targets
 
 
 # ---------------------------------------------------------------- the run

@@ -237,3 +237,17 @@ def test_a_held_out_evaluation_set_goes_into_the_run_spec(coco_mini, tmp_path):
     _, errors = forms.validate_new_run(good_form(dataset="path", annotations=str(coco_mini[0]),
                                                  eval_annotations=str(tmp_path / "val.json")))
     assert "val.json does not exist" in errors["eval_dataset"]
+
+
+def test_the_new_run_defaults_are_the_pretrained_run_the_docs_measure():
+    """New run opens on the bundled pretrained network: one prune threshold that removes parameters
+    while it still finds people (docs/pretrained.md), a short retrain, FP32 and INT8 (min-max) at
+    288x384; bench/pretrained_table.py times exactly this run."""
+    request, errors = forms.validate_new_run(forms.default_new_run_form())
+    assert errors == {}
+    spec = forms.run_spec_dict(request, {})
+    assert spec["model"] == str(forms.PRETRAINED_MODEL) and "train" not in spec
+    assert spec["prune_thresholds"] == [0.1] and spec["retrain_epochs"] == 1
+    assert spec["precisions"] == ["fp32", "int8"] and spec["resolutions"] == [[288, 384]]
+    assert spec["calibration"]["calibrator"] == "minmax"
+    assert forms.count_results(request) == 4

@@ -63,6 +63,17 @@ def test_gate_passes_a_good_calibration_and_fails_a_blank_one(tiny_trained_model
     # The failed INT8 model gets a layer ranking and a runnable keep-in-FP32 remedy.
     keep = next(r for r in failed["remedies"] if r["kind"] == "keep_layers_float")
     assert keep["params"]["layers"] == [r["layer"] for r in failed["sensitivity"]["layers"][:3]]
+    # A model with more quantized layers than the gate ranks one by one: verdict and the other
+    # remedies at once, no ranking (the bundled network's 201 layers would take 15-60 minutes).
+    import bpnet.guide.gate_run
+    monkeypatch.setattr(bpnet.guide.gate_run, "GATE_MAX_RANKED_LAYERS", 1)
+    large = run_gate(tiny_trained_model, blank, out_dir=tmp_path / "large", **common)
+    assert large["status"] == "failed" and "layers" not in large["sensitivity"]
+    assert large["sensitivity"]["num_layers"] == len(failed["sensitivity"]["layers"])
+    assert any("layer ranking skipped" in w for w in large["warnings"])
+    assert {r["kind"] for r in large["remedies"]} == {r["kind"] for r in failed["remedies"]} - {"keep_layers_float"}
+    monkeypatch.undo()
+    monkeypatch.setattr(bpnet.guide.gate, "MEANINGFUL_AP_FLOOR", 0.0)
     repaired = run_remedy(keep, float_onnx, tmp_path / "repaired.int8.onnx", qdq_model=blank)
     again = run_gate(tiny_trained_model, repaired, out_dir=tmp_path / "repaired", rank_layers=False, **common)
     assert again["output_error"] < failed["output_error"]

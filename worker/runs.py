@@ -491,12 +491,24 @@ def _add_explore(spec, add, base):
                                          images=str(eval_images)), explored)
 
 
+def model_fingerprints(model):
+    """The base model's bytes, and for a pretrained network the model card beside it (the
+    import folds the card into the model, so a changed card is a changed base model)."""
+    fingerprints = (file_fingerprint(model),)
+    if Path(model).suffix.lower() in IMPORTED_SUFFIXES:
+        from bpnet.imports.card import card_path_for
+        card = card_path_for(model)
+        if card.is_file():
+            fingerprints += (file_fingerprint(card),)
+    return fingerprints
+
+
 def _base_nodes(spec, add, train_data):
     """[(node, stages label)] of the run's base models: the imported model, or one trained model
     per stage count."""
     if spec.model is not None:
         base = add(import_model, f"import {spec.model.name}", import_model.Params(model=str(spec.model)),
-                   None, (file_fingerprint(spec.model),))
+                   None, model_fingerprints(spec.model))
         return [(base, "model")]
     bases = []
     for stages in spec.stages or (None,):

@@ -12,6 +12,7 @@ from app.views import explorer_section
 from bpnet.errors import BpnetError
 
 TRAIN_TEMPLATE = forms.ROOT / "specs" / "train_small.yaml"
+DEFAULTS = forms.default_new_run_form()   # what the widgets start from (the pretrained default run)
 PREVIEW_TTL_S = 10
 IMPORT_POLL_S = 5   # how often a pending import for the pruning preview is looked at
 
@@ -286,7 +287,8 @@ elif kind == "explore":
                                 help="the model truncated after stage k, exported and evaluated at each "
                                      "resolution and precision, with the oracle ceiling; no training")
 else:
-    thresholds = st.text_input("Prune thresholds (several → a sweep)", value="0.1", key="thresholds",
+    thresholds = st.text_input("Prune thresholds (several → a sweep)", key="thresholds",
+                               value=DEFAULTS["thresholds"] if base == "pretrained" else "0.1",
                                help=present.advice_text(advice["prune.threshold"]))
     st.caption(f"Prune threshold: {present.advice_text(advice['prune.threshold'])}")
 thresholds_slot = st.empty()
@@ -304,7 +306,8 @@ if precisions and set(precisions) & {"INT8", "FP16"}:
              "AP drop, or outputs that no longer follow the float model's, marks it failed with remedies")
 gate_slot = st.empty()
 retrain_epochs = st.number_input("Retrain epochs (after pruning; 0 = evaluate pruned models as they are)",
-                                 min_value=0, max_value=forms.MAX_EPOCHS, value=2, key="retrain_epochs")
+                                 min_value=0, max_value=forms.MAX_EPOCHS, key="retrain_epochs",
+                                 value=DEFAULTS["retrain_epochs"] if base == "pretrained" else 2)
 retrain_slot = st.empty()
 cal_images = cal_batches = cal_batch_size = None
 if precisions and "INT8" in precisions:

@@ -20,6 +20,7 @@ from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import read_json, write_json_atomic
 from bpnet.guide.gate import DEFAULT_MAX_OUTPUT_ERROR, DEFAULT_THRESHOLD_AP, gate_report, keypoint_errors
+from bpnet.limits import GATE_MAX_RANKED_LAYERS
 
 STAGE = "gate"
 SENSITIVE_LAYERS_TO_NAME = 3
@@ -111,14 +112,23 @@ def run_gate(parent_model, child_model, annotations, images_dir, infer_spec, out
     if report["status"] == "failed" and precision == "int8" and rank_layers and Path(child_model).suffix == ".onnx":
         import numpy as np
 
-        from bpnet.guide.sensitivity import layer_sensitivity, most_sensitive
+        from bpnet.guide.sensitivity import layer_sensitivity, load_onnx, most_sensitive, quantized_layers
 
-        emit(progress, STAGE, "phase", message="ranking layers by INT8 sensitivity", fraction=0.8)
-        sensitivity = layer_sensitivity(child_model, np.concatenate(batches), float_onnx, progress)
-        layers = most_sensitive(sensitivity, count=SENSITIVE_LAYERS_TO_NAME)
-        report["sensitivity"] = sensitivity
-        report["remedies"] = gate_report(parent_metrics, child_metrics, precision, threshold_ap,
-                                         sensitive_layers=layers, **common)["remedies"]
+        count = len(quantized_layers(load_onnx(child_model, "Q/DQ model")))
+        if count > GATE_MAX_RANKED_LAYERS:
+            skipped = (f"layer ranking skipped: {count} quantized layers (the gate ranks up to "
+                       f"{GATE_MAX_RANKED_LAYERS}, one run per layer); `bpnet quantize` ranks them in one "
+                       "pass and keeps the worst in float")
+            report["sensitivity"] = {"skipped": skipped, "num_layers": count}
+            report["warnings"].append(skipped)
+            report["remedies"] = [r for r in report["remedies"] if r["kind"] != "keep_layers_float"]
+        else:
+            emit(progress, STAGE, "phase", message="ranking layers by INT8 sensitivity", fraction=0.8)
+            sensitivity = layer_sensitivity(child_model, np.concatenate(batches), float_onnx, progress)
+            layers = most_sensitive(sensitivity, count=SENSITIVE_LAYERS_TO_NAME)
+            report["sensitivity"] = sensitivity
+            report["remedies"] = gate_report(parent_metrics, child_metrics, precision, threshold_ap,
+                                             sensitive_layers=layers, **common)["remedies"]
     report.update(parent_model=str(parent_model), child_model=str(child_model),
                   parent_metrics=str(parent_eval_dir / "metrics.json"),
                   child_metrics=str(out_dir / "child" / "metrics.json"))

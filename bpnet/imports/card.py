@@ -20,7 +20,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from bpnet.errors import BpnetError
-from bpnet.specs import NormalizationSpec, Strict, load_yaml, parse_spec
+from bpnet.specs import NormalizationSpec, Strict, TargetSpec, load_yaml, parse_spec
 
 CARD_KEY = "bpnet_model_card"     # HDF5 attribute / ONNX metadata_props key
 CARD_SUFFIX = ".card.yaml"
@@ -68,6 +68,11 @@ class ModelCard(Strict):
     skeleton: str = "bpnet_18joints"
     input: InputSpec
     output: OutputSpec
+    # The targets the source was trained on (heatmap Gaussian sigma, PAF band half-width, in
+    # input pixels): retraining an imported network follows them (bpnet.train.follow_model_card),
+    # so a short fine-tune does not first have to unlearn its peaks' and bands' widths.
+    # None: unknown, our defaults are used.
+    targets: Optional[TargetSpec] = None
     notes: str = ""
 
     @field_validator("source_sha256")
@@ -188,6 +193,12 @@ def model_normalization(model_path):
     """The BGR normalisation a model file's card prescribes, or None when it has no card."""
     card = read_model_card(model_path)
     return bgr_normalization(card) if card else None
+
+
+def model_targets(model_path):
+    """The training targets a model file's card records, or None (no card, or not recorded)."""
+    card = read_model_card(model_path)
+    return card.targets if card else None
 
 
 # ---------------------------------------------------------------- channel map

@@ -4,9 +4,13 @@ and weights (plain dicts and numpy arrays), no TensorFlow.
 Channel bookkeeping uses "channel spaces": a convolution creates a new space (its output
 channels); channel-wise layers (activations, pooling, padding, resizing, BatchNorm, ...) pass
 their input's space on, and so does a depthwise convolution (depth multiplier 1): it filters each
-channel on its own, so it keeps exactly the channels its producer keeps and is never ranked by
-itself. An element-wise op (Add, Multiply, ...) ties its inputs' spaces into one group that must
-keep the same channels (a residual chain of MobileNetV2 blocks becomes one group); a channel
+channel on its own, so it keeps exactly the channels its producer keeps. As in TAO, its own
+per-channel kernel norms are ranked too and merged with its producer's by the `-eq` criterion
+(TAO equalises a depthwise conv with its prunable parent): with `union` a channel stays when
+either the pointwise filter making it or the depthwise filter reading it is strong — in a graph
+whose BatchNorms were folded into the convs, the depthwise kernel carries the channel's scale.
+An element-wise op (Add, Multiply, ...) ties its inputs' spaces into one group that must keep the
+same channels (a residual chain of MobileNetV2 blocks becomes one group); a channel
 concatenation is a composite of its inputs' spaces. A space is *fixed* (keeps all channels) when it
 reaches a model output, an excluded layer, a layer this module does not understand, or the network
 input. Each unfixed group then keeps the filters chosen by the ranking rule applied to the merged
@@ -24,7 +28,7 @@ import numpy as np
 from bpnet.errors import BpnetError
 from bpnet.limits import (DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, DEFAULT_PRUNE_THRESHOLD, EQUALIZATIONS,
                           NORMALIZERS)
-from bpnet.prune.ranking import filters_to_keep, merge_stats, rank_filters
+from bpnet.prune.ranking import filters_to_keep, merge_stats, rank_depthwise_filters, rank_filters
 
 # Layers that transform each channel on its own: output channel c depends only on input channel c.
 CHANNELWISE = {
@@ -46,13 +50,20 @@ class _Spaces:
         self.fixed = []
         self.convs = []        # conv layer names whose outputs are this group's channels
         self.children = []     # for a concatenation: the spaces it is made of
+        self.depthwise = []    # depthwise convs filtering this group's channels (ranked with it)
 
     def new(self, conv=None, fixed=False, children=None):
         self.parent.append(len(self.parent))
         self.fixed.append(fixed)
         self.convs.append([conv] if conv else [])
         self.children.append(list(children or []))
+        self.depthwise.append([])
         return len(self.parent) - 1
+
+    def add_depthwise(self, s, name):
+        root = self.find(s)
+        if not self.children[root]:   # a concatenation's channels are decided by its parts
+            self.depthwise[root].append(name)
 
     def find(self, s):
         while self.parent[s] != s:
@@ -78,6 +89,7 @@ class _Spaces:
             self.parent[other] = keep
             self.fixed[keep] = self.fixed[keep] or self.fixed[other]
             self.convs[keep] += self.convs[other]
+            self.depthwise[keep] += self.depthwise[other]
         return keep
 
     def roots(self):
@@ -214,6 +226,8 @@ def assign_spaces(layers, inbound, widths, excluded):
             out = _keep_whole(spaces, inputs)
         elif (is_channelwise(entry) or is_depthwise(entry)) and len(inputs) == 1:
             out = inputs[0]
+            if is_depthwise(entry):
+                spaces.add_depthwise(out, name)
         elif (kind in ELEMENTWISE and inputs and None not in input_widths
               and len(set(input_widths)) == 1):
             if any(spaces.is_composite(s) for s in inputs):
@@ -249,7 +263,8 @@ def choose_channels(weights, spaces, normalizer, equalization, threshold, granul
         groups.append((root, convs))
         if spaces.fixed[root]:
             continue
-        stats = [rank_filters(weights[c][0], normalizer) for c in convs]
+        stats = ([rank_filters(weights[c][0], normalizer) for c in convs]
+                 + [rank_depthwise_filters(weights[d][0], normalizer) for d in spaces.depthwise[root]])
         merged = stats[0] if len(stats) == 1 else merge_stats(stats, equalization)
         decisions[root] = filters_to_keep(merged, threshold, granularity, min_filters)
     return decisions, groups

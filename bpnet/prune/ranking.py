@@ -44,6 +44,17 @@ def rank_filters(kernel, normalizer="max"):
     return normalize_stats(filter_norms(kernel), normalizer)
 
 
+def depthwise_filter_norms(kernel):
+    """L2 norm of each channel's filter of a depthwise kernel (kh, kw, channels, multiplier 1)."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    return np.sqrt(np.sum(kernel ** 2, axis=(0, 1, 3)))
+
+
+def rank_depthwise_filters(kernel, normalizer="max"):
+    """The normalised importance of each channel of a depthwise conv, as TAO ranks it."""
+    return normalize_stats(depthwise_filter_norms(kernel), normalizer)
+
+
 def merge_stats(stats, equalization=EQUALIZATIONS[0]):
     """One statistic per channel for layers that must keep the same channels.
 
