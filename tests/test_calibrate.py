@@ -43,6 +43,21 @@ def test_vectorised_entropy_equals_the_plain_loop(seed):
     assert calibrate.entropy_threshold_bins(counts) == reference_entropy_bins(counts)
 
 
+def test_entropy_of_a_tensor_never_near_zero_warns_nothing():
+    # An image input (0..255 pixels, none dark) leaves the first bins empty: candidates there
+    # keep no mass, their divergence is infinite - without numpy's divide-by-zero warning.
+    import warnings
+
+    rng = np.random.default_rng(0)
+    values = rng.uniform(180.0, 255.0, size=50_000)
+    counts = np.histogram(values, bins=2048, range=(0, 255.0))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bins = calibrate.entropy_threshold_bins(counts)
+    assert bins == reference_entropy_bins(counts)
+    assert bins * 255.0 / 2048 > 180.0          # the threshold keeps the values there are
+
+
 def test_entropy_clips_rare_outliers_that_minmax_keeps():
     rng = np.random.default_rng(0)
     stats = calibrate.TensorStats()

@@ -99,9 +99,13 @@ def entropy_threshold_bins(counts, num_levels=NUM_LEVELS):
     p_log_p = cum_hlogh[cand - 1] + _xlogx(p_last)
     q_last = q[:, -1]                                                   # bin i-1 is in the last group
     cross = np.sum(_xlogy(mass, q), axis=1) + _xlogy(tail, q_last)
-    kl = (p_log_p - cross) / total + np.log(cum[cand] / total)
-    # The tail cannot land on an empty last bin: Q has no mass there, the divergence is infinite.
-    kl = np.where((tail > 0) & (last_bin == 0), np.inf, kl)
+    kept = cum[cand]
+    # No mass below the candidate (a tensor that is never near 0) or a tail on an empty last bin:
+    # Q has no mass where P has, the divergence is infinite. Masked before the log, which would
+    # otherwise warn (divide by zero) on every such tensor.
+    infinite = (kept <= 0) | ((tail > 0) & (last_bin == 0))
+    kl = (p_log_p - cross) / total + np.log(np.where(infinite, total, kept) / total)
+    kl = np.where(infinite, np.inf, kl)
     if not np.isfinite(kl).any():
         return n
     best = cand.size - 1 - int(np.argmin(kl[::-1]))                     # ties: the larger threshold
