@@ -359,12 +359,16 @@ def int8_artifacts(onnx_path, input_hw, calibrator, percentile, cal_image_dir, c
     data, reused = calibration_tensor(input_hw, batch_size, batches, cal_image_dir, cal_data_file,
                                       normalization, progress, channels_first)
     prepared = time.perf_counter() - started
-    calibration = calibrate_onnx(onnx_path, data, (calibrator,), percentile, progress=progress)[calibrator]
+    # equalize: the FP32 ONNX beside the INT8 files gets its concat inputs rescaled (same outputs),
+    # so TensorRT's cache, the Q/DQ files and a float-layer fallback all read the same graph
+    calibration = calibrate_onnx(onnx_path, data, (calibrator,), percentile, progress=progress,
+                                 equalize=True)[calibrator]
     write_trt_cache(cal_cache_file, calibration)
     write_qdq_onnx(onnx_path, paths["int8"], calibration, target="ort")
     write_qdq_onnx(onnx_path, paths["int8_tensorrt"], calibration, target="tensorrt")
     return {"calibrator": calibrator, "num_images": int(len(data)), "tensor_file_reused": reused,
             "cal_data_file": str(cal_data_file) if cal_data_file else None,
             "cal_cache_file": str(cal_cache_file), "num_tensors": len(calibration.amax),
+            "equalized_concat_inputs": calibration.extra["equalized"],
             "preprocess_seconds": round(prepared, 3), "calibration_seconds": round(calibration.seconds, 3),
             "onnx_int8": str(paths["int8"]), "onnx_int8_tensorrt": str(paths["int8_tensorrt"])}

@@ -20,8 +20,17 @@ MAX_SIDE_PX = 2048
 
 # INT8 post-training calibration.
 CALIBRATORS = ("entropy", "minmax", "percentile")
-DEFAULT_CALIBRATOR = "entropy"
+DEFAULT_CALIBRATOR = "entropy"           # bpnet export's, as TAO's (TensorRT's EntropyCalibration2)
+# The explorer's INT8 points when the model card recommends none: min-max clips nothing, so it
+# cannot collapse a network's maps the way entropy collapsed the bundled one's (AP 0.176 -> 0.000,
+# docs/pretrained.md).
+EXPLORER_CALIBRATOR = "minmax"
 DEFAULT_PERCENTILE = 99.99
+# What an INT8 model computes from a float model and calibration images: part of every INT8
+# stage's cache key, so results of an older method are not reused. 2: ReLU6 folded into the
+# conv ranges (calibrate/qdq.py), concat inputs equalized (calibrate/equalize.py), calibration
+# images prepared as the model card says.
+INT8_METHOD_VERSION = 2
 MAX_CALIBRATION_BATCH_SIZE = 256
 MAX_CALIBRATION_BATCHES = 10000
 

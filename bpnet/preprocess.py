@@ -159,6 +159,18 @@ def normalization_for(spec_normalization, card_normalization, where="normalizati
     return card_normalization
 
 
+def spec_following_card(spec, model_path, where="normalization"):
+    """`spec` (anything with a `normalization`, e.g. an InferSpec) with the normalisation the
+    model file's card prescribes (`normalization_for`): what every caller that prepares images
+    itself (calibration, output comparisons) needs for an imported network."""
+    from bpnet.imports.card import model_normalization
+
+    card = model_normalization(model_path)
+    if card is None:
+        return spec
+    return spec.model_copy(update={"normalization": normalization_for(spec.normalization, card, where)})
+
+
 def prepare_batch(images, input_hw, mode="pad_image_input",
                   image_scale=DEFAULT_IMAGE_SCALE, image_offset=DEFAULT_IMAGE_OFFSET):
     """A list of BGR images -> (float32 (N, H, W, 3) batch, [Letterbox]).

@@ -18,12 +18,18 @@ recalibrating) and turned into Q/DQ ONNX models:
 The calibration images are preprocessed once into a tensor file (.npy, NHWC float32) that later
 runs reuse, as TAO's `--cal_data_file` does.
 
+Before calibrating, `equalize` rescales the inputs of each channel Concat of the float graph to one
+range (same outputs), so the one scale a Concat gives its inputs does not round small ones away
+(the PAFs and heatmaps an OpenPose stage passes on next to +-36 backbone features).
+
 Modules: `stats` (histograms and thresholds, numpy), `graph_stats` (the pass over an ONNX graph),
-`trt_cache` (TensorRT cache text), `tensor_file` (the preprocessed images), `qdq` (Q/DQ models).
+`equalize` (concat inputs), `trt_cache` (TensorRT cache text), `tensor_file` (the preprocessed
+images), `qdq` (Q/DQ models).
 The names below are re-exported so `from bpnet import calibrate; calibrate.calibrate_onnx(...)`
 reads as one verb; new code may import from the submodules directly.
 """
 
+from bpnet.calibrate.equalize import equalize_concat_inputs, equalize_onnx_file
 from bpnet.calibrate.graph_stats import activation_tensor_names, calibrate_onnx, collect_stats
 from bpnet.calibrate.qdq import QDQ_TARGETS, output_layers, write_qdq_onnx
 from bpnet.calibrate.stats import (Calibration, TensorStats, asymmetric_range, calibration_from_stats,
@@ -36,6 +42,7 @@ from bpnet.limits import CALIBRATORS, DEFAULT_PERCENTILE
 __all__ = ["CALIBRATORS", "DEFAULT_PERCENTILE", "QDQ_TARGETS", "Calibration", "TensorStats",
            "activation_tensor_names", "asymmetric_range", "build_calibration_tensor", "calibrate_onnx",
            "calibration_from_stats", "calibration_tensor", "collect_stats", "entropy_threshold_bins",
+           "equalize_concat_inputs", "equalize_onnx_file",
            "format_trt_cache", "load_calibration_tensor", "output_layers", "parse_trt_cache",
            "percentile_amax", "read_trt_cache", "tensor_amax", "trt_version_tag", "write_qdq_onnx",
            "write_trt_cache"]

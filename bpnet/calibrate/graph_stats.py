@@ -81,18 +81,26 @@ def collect_stats(onnx_path, data, chunk_size=2, progress=None):
 
 
 def calibrate_onnx(onnx_path, data, methods=("entropy",), percentile=DEFAULT_PERCENTILE,
-                   chunk_size=2, progress=None):
-    """{method: Calibration} for each requested calibrator from one pass over `data`."""
+                   chunk_size=2, progress=None, equalize=False):
+    """{method: Calibration} for each requested calibrator from one pass over `data`.
+    `equalize`: first rescale the concat inputs of the float ONNX file itself
+    (`bpnet.calibrate.equalize`; rewrites `onnx_path`, same outputs), listed in each
+    calibration's `extra["equalized"]`."""
     for method in methods:
         if method not in CALIBRATORS:
             raise BpnetError(f"--calibrator: {method!r} is not one of {', '.join(CALIBRATORS)}")
     started = time.perf_counter()
-    stats = collect_stats(onnx_path, data, chunk_size, progress)
+    if equalize:
+        from bpnet.calibrate.equalize import equalize_onnx_file
+
+        stats, scaled = equalize_onnx_file(onnx_path, data, chunk_size, progress)
+    else:
+        stats, scaled = collect_stats(onnx_path, data, chunk_size, progress), []
     collected = time.perf_counter() - started
     result = {}
     for method in methods:
         t0 = time.perf_counter()
         result[method] = calibration_from_stats(stats, method, percentile, num_images=len(data))
         result[method].seconds = collected + time.perf_counter() - t0
-        result[method].extra["num_tensors"] = len(stats)
+        result[method].extra.update(num_tensors=len(stats), equalized=scaled)
     return result

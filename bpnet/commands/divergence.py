@@ -2,6 +2,7 @@
 [--num_images 4] [--max_relative_error 0.2] [--min_cosine 0.98] [--candidate_backend tensorrt]`:
 where along the graph two versions of one network (FP32 vs INT8/FP16, ONNX Runtime vs TensorRT) part."""
 
+from bpnet.commands.int8_args import add_image_arguments, infer_spec_for
 from bpnet.guide.divergence import DEFAULT_MAX_RELATIVE_ERROR, DEFAULT_MIN_COSINE
 
 ROWS_PRINTED = 12
@@ -10,8 +11,7 @@ ROWS_PRINTED = 12
 def add_arguments(parser):
     parser.add_argument("-r", "--reference", required=True, help="the reference ONNX (usually FP32)")
     parser.add_argument("-m", "--model", required=True, help="the candidate ONNX (INT8 Q/DQ, FP16, ...)")
-    parser.add_argument("-i", "--images", required=True, help="folder of images to compare on")
-    parser.add_argument("--infer_spec", required=True, help="inference spec (input size and normalisation)")
+    add_image_arguments(parser, "folder of images to compare on")
     parser.add_argument("-o", "--output", default=None, help="write the full report (JSON) here")
     parser.add_argument("--num_images", type=int, default=4, help="images to compare on (default 4)")
     parser.add_argument("--max_relative_error", type=float, default=DEFAULT_MAX_RELATIVE_ERROR,
@@ -25,9 +25,8 @@ def add_arguments(parser):
 def run(args):
     from bpnet.calibrate import build_calibration_tensor
     from bpnet.guide.divergence import find_divergence
-    from bpnet.specs import load_infer_spec
 
-    infer = load_infer_spec(args.infer_spec)
+    infer = infer_spec_for(args, args.reference)
     data = build_calibration_tensor(args.images, tuple(infer.input_shape), args.num_images, 1, infer.normalization)
     report = find_divergence(args.reference, args.model, data, args.max_relative_error, args.min_cosine,
                              candidate_backend=args.candidate_backend, out_path=args.output)

@@ -3,14 +3,14 @@
 [--ranking auto|isolated|divergence]`:
 the fastest INT8 model within `--max_drop` AP points (accuracy-controlled quantization)."""
 
+from bpnet.commands.int8_args import add_image_arguments, infer_spec_for
 from bpnet.guide.accuracy_control import DEFAULT_CALIBRATORS, DEFAULT_MAX_DROP, DEFAULT_MAX_EVAL_IMAGES
 
 
 def add_arguments(parser):
     parser.add_argument("-m", "--model", required=True, help="the float model (Keras .hdf5 or FP32 .onnx)")
     parser.add_argument("-a", "--annotations", required=True, help="evaluation annotations (COCO JSON)")
-    parser.add_argument("-i", "--images", required=True, help="evaluation images folder")
-    parser.add_argument("--infer_spec", required=True, help="inference spec (its input_shape is the INT8 input)")
+    add_image_arguments(parser, "evaluation images folder")
     parser.add_argument("-r", "--results_dir", required=True, help="folder for the models and the report")
     parser.add_argument("--max_drop", type=float, default=DEFAULT_MAX_DROP,
                         help=f"largest AP drop in points (default {DEFAULT_MAX_DROP})")
@@ -37,7 +37,7 @@ def run(args):
     from bpnet.events import EventLog
     from bpnet.guide.accuracy_control import AccuracyControlOptions, check_max_drop
     from bpnet.guide.accuracy_control_run import REPORT_NAME, quantize_with_accuracy_control
-    from bpnet.specs import load_infer_spec, parse_spec
+    from bpnet.specs import parse_spec
 
     check_max_drop(args.max_drop)
     options = parse_spec(AccuracyControlOptions, {
@@ -50,7 +50,7 @@ def run(args):
             print(event["message"], flush=True)
 
     report = quantize_with_accuracy_control(args.model, args.annotations, args.images,
-                                            load_infer_spec(args.infer_spec), args.results_dir, options,
+                                            infer_spec_for(args, args.model), args.results_dir, options,
                                             cal_image_dir=args.cal_image_dir, cal_data_file=args.cal_data_file,
                                             progress=EventLog(Path(args.results_dir) / "events.jsonl", forward=show))
     print_report(report)

@@ -59,7 +59,9 @@ def control_loop(float_onnx, cal_data, ranking_data, score, work_dir, options, p
 
     work_dir = Path(work_dir)
     emit(progress, STAGE, "phase", message=f"calibration statistics on {len(cal_data)} images", fraction=0.05)
-    stats = calibrate.collect_stats(float_onnx, cal_data)
+    # the float ONNX gets its concat inputs rescaled (same outputs) before any candidate is made,
+    # so every Q/DQ model, float fallback and TensorRT file comes from the one graph
+    stats, equalized = calibrate.equalize_onnx_file(float_onnx, cal_data)
     calibrations, candidates, evaluations = {}, [], []
     for k, label in enumerate(options.calibrators):
         method, percentile = parse_calibrator(label)
@@ -78,6 +80,7 @@ def control_loop(float_onnx, cal_data, ranking_data, score, work_dir, options, p
                            "ap_drop": ap_drop(parent_ap, measured["AP"])})
     best = best_calibrator(candidates)
     report = {"max_drop": options.max_drop, "parent_AP": parent_ap, "calibrators": candidates,
+              "equalized_concat_inputs": equalized,
               "best_calibrator": best["calibrator"], "ranking": None, "bisection": None,
               "curve": [], "ranking_validation": None}
     measured = {0: best}
@@ -205,6 +208,7 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
     from bpnet.evaluate import evaluate_model
     from bpnet.guide.gate import MEANINGFUL_AP_FLOOR, is_meaningful
     from bpnet.guide.gate_run import agreement_batch, run_gate
+    from bpnet.preprocess import spec_following_card
 
     options = options or AccuracyControlOptions()
     out_dir = Path(out_dir)
@@ -215,6 +219,9 @@ def quantize_with_accuracy_control(model_path, annotations, images_dir, infer_sp
         raise BpnetError(f"-a/--annotations: {annotations} is not a COCO file (no 'images' list)")
     if not Path(model_path).is_file():
         raise BpnetError(f"-m/--model: {model_path} not found")
+    # calibration and ranking images are prepared here, not by a backend: an imported network's
+    # card decides their normalisation (calibrating pixels 0..255 on x/256 - 0.5 inputs collapses it)
+    infer_spec = spec_following_card(infer_spec, model_path, "--infer_spec normalization")
     # the data first: a bad evaluation or calibration set fails before any export
     evaluation_subset(coco, (), 1, source=f"-a/--annotations {annotations}")     # people at all?
     cal_names, cal_info, cal_image_dir = calibration_images(coco, annotations, images_dir, out_dir, options,
@@ -285,7 +292,8 @@ def divergences(report, float_onnx, data, out_dir):
 
 
 def float_onnx_of(model_path, onnx_path, input_hw, stage, progress):
-    """The float ONNX every INT8 candidate is derived from (exported when given Keras)."""
+    """The float ONNX every INT8 candidate is derived from, at `onnx_path`: exported when given
+    Keras, a copy of a given ONNX (calibration rescales its concat inputs in place)."""
     model_path = Path(model_path)
     if model_path.suffix == ".onnx":
         from bpnet.onnx_graph import onnx_precision
@@ -293,7 +301,9 @@ def float_onnx_of(model_path, onnx_path, input_hw, stage, progress):
         if onnx_precision(model_path) != "fp32":
             raise BpnetError(f"-m/--model: {model_path} is already {onnx_precision(model_path)}; give the float "
                              "model (Keras .hdf5 or FP32 ONNX)")
-        return model_path
+        if model_path.resolve() != Path(onnx_path).resolve():
+            shutil.copyfile(model_path, onnx_path)
+        return Path(onnx_path)
     from bpnet.export import export_onnx
 
     export_onnx(model_path, onnx_path, input_hw, stage=stage, progress=progress)

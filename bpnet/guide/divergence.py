@@ -133,14 +133,15 @@ def as_consumed(onnx_path):
 
     In a Q/DQ graph a quantized tensor reaches the next layer as its DequantizeLinear output
     (clamped and rounded), which is what to compare. ONNX Runtime's quantizer also folds a Relu
-    into the Q, leaving the pre-Relu values under the Relu's output name; where a layer was
-    returned to float (`bpnet.guide.sensitivity`) a `<tensor>__relu` node clamps them again."""
+    or ReLU6 (Clip) into the Q, leaving the values before it under its output name; where a layer
+    was returned to float (`bpnet.guide.sensitivity`) a `<tensor>__relu` / `__clip` node clamps
+    them again."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     dq_of = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     seen = {n.input[0]: n.output[0] for n in model.graph.node
-            if n.op_type == "Relu" and n.output[0] == f"{n.input[0]}__relu"}
+            if n.op_type in ("Relu", "Clip") and n.output[0] in (f"{n.input[0]}__relu", f"{n.input[0]}__clip")}
     seen.update({n.input[0]: dq_of[n.output[0]] for n in model.graph.node
                  if n.op_type == "QuantizeLinear" and n.output[0] in dq_of})
     op_types = {out: n.op_type for n in model.graph.node for out in n.output}

@@ -91,6 +91,10 @@ def run_gate(parent_model, child_model, annotations, images_dir, infer_spec, out
             raise BpnetError(f"{what} not found: {path}")
     out_dir = Path(out_dir)
     precision = precision or model_precision(child_model)
+    from bpnet.preprocess import spec_following_card
+
+    # the output comparison prepares its images itself: an imported network's card decides how
+    infer_spec = spec_following_card(infer_spec, parent_model, "inference spec normalization")
     emit(progress, STAGE, "start", message=f"evaluating the float parent {parent_model}", fraction=0.0)
     parent_eval_dir = Path(parent_eval_dir) if parent_eval_dir is not None else out_dir / "parent"
     parent_metrics, parent_results = evaluate_cached(parent_model, annotations, images_dir, infer_spec,

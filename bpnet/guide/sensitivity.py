@@ -107,6 +107,7 @@ def float_inputs_for(model, layers, float_model=None):
     inits = _initializers(model_copy)
     float_nodes = {n.name: n for n in float_model.graph.node} if float_model is not None else {}
     float_inits = {i.name: i for i in float_model.graph.initializer} if float_model is not None else {}
+    float_producers = producers(float_model) if float_model is not None else {}
     layers = set(layers)
     added, relus = {}, {}
     for node in model_copy.graph.node:
@@ -118,7 +119,7 @@ def float_inputs_for(model, layers, float_model=None):
                 continue
             source = produced_by.get(dq.input[0])
             if source is not None and source.op_type == "QuantizeLinear":
-                node.input[index] = float_activation(source, inits, relus)
+                node.input[index] = float_activation(source, inits, relus, float_producers, float_inits, added)
                 continue
             if dq.input[0] not in inits:
                 continue                                       # not a pattern we can undo; leave it
@@ -151,14 +152,20 @@ def _float_graph_output(model, name, produced_by):
     model.graph.node.append(helper.make_node("Identity", [source], [name], name=f"{name}__float"))
 
 
-def float_activation(q_node, inits, relus):
-    """The float tensor a QuantizeLinear quantizes, with the ReLU the quantizer folded into it.
+def float_activation(q_node, inits, relus, float_producers=None, float_inits=None, added=None):
+    """The float tensor a QuantizeLinear quantizes, with the activation the quantizer folded into it.
 
-    ONNX Runtime's quantizer drops a ReLU before a quantized tensor whose range starts at 0: the
-    clamp at the zero point does its job. The float path must clamp too, so a ReLU is inserted
-    whenever the zero point is the type's minimum (a no-op for tensors that were >= 0 anyway).
+    ONNX Runtime's quantizer drops a ReLU or a ReLU6 (Clip) before a quantized tensor whose range
+    starts at 0: the clamps of the quantized range do their job, and the tensor keeps the
+    activation's name with the values before it. The float path must clamp too. With the float
+    graph at hand, its activation that computed this tensor is re-inserted (a Clip with its bounds);
+    without it a ReLU is inserted whenever the zero point is the type's minimum (a no-op for tensors
+    that were >= 0 anyway).
     """
     source = q_node.input[0]
+    original = (float_producers or {}).get(source)
+    if original is not None and original.op_type in ("Relu", "Clip"):
+        return _reapplied(original, source, relus, float_inits, added)
     zero_name = q_node.input[2] if len(q_node.input) > 2 else ""
     zero = inits.get(zero_name) if zero_name else None
     if zero is None or not np.issubdtype(zero.dtype, np.integer) \
@@ -168,6 +175,31 @@ def float_activation(q_node, inits, relus):
         from onnx import helper
 
         relus[source] = helper.make_node("Relu", [source], [f"{source}__relu"], name=f"{source}__relu")
+    return relus[source].output[0]
+
+
+def _reapplied(original, source, relus, float_inits, added):
+    """`source` through a copy of the float graph's activation `original` (its bounds copied as
+    new initializers), made once per tensor."""
+    if source in relus:
+        return relus[source].output[0]
+    from onnx import helper
+
+    suffix = "__relu" if original.op_type == "Relu" else "__clip"
+    inputs = [source]
+    for bound in original.input[1:]:
+        if not bound:
+            inputs.append("")
+            continue
+        name = f"{bound}__float"
+        if name not in added:
+            copy = type(float_inits[bound])()
+            copy.CopyFrom(float_inits[bound])
+            copy.name = name
+            added[name] = copy
+        inputs.append(name)
+    relus[source] = helper.make_node(original.op_type, inputs, [f"{source}{suffix}"], name=f"{source}{suffix}",
+                                     **{a.name: helper.get_attribute_value(a) for a in original.attribute})
     return relus[source].output[0]
 
 

@@ -8,8 +8,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from bpnet.limits import (CALIBRATORS, DEFAULT_CALIBRATOR, MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES,
-                          PRECISIONS)
+from bpnet.limits import (CALIBRATORS, DEFAULT_CALIBRATOR, INT8_METHOD_VERSION, MAX_CALIBRATION_BATCH_SIZE,
+                          MAX_CALIBRATION_BATCHES, PRECISIONS)
 from bpnet.specs import Strict, TrainSpec
 from worker.kinds.base import StageOutputs, StageParams, StageResult
 
@@ -36,6 +36,9 @@ class CalibrationParams(CalibrationOptions, StageParams):
     # left out of the key while empty: keeps the keys of runs made before these options existed
     OMIT_WHEN_EMPTY = ("keep_float_layers", "qat_steps")
     images: str                            # resolved: the folder the images are read from
+    # not an option: the INT8 method this stage computes with, so a newer one is not served an
+    # older one's cached result (bpnet.limits.INT8_METHOD_VERSION)
+    int8_method: int = INT8_METHOD_VERSION
 
 
 class Params(StageParams):
