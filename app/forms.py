@@ -74,6 +74,9 @@ class RunRequest:
     objective: str = "params"                 # search: params | latency
     max_iters: int = 6                        # search: iteration limit
     gate_max_ap_drop: float = 2.0             # INT8/FP16 results losing more AP points fail the gate
+    # INT8 by accuracy control (`bpnet quantize`): every calibrator, then the layers that cost most
+    # AP back to float until the drop is within this many points; None = one calibrated export
+    int8_max_drop: float | None = None
     stage_exits: tuple = ()                   # explore: stage exits to measure; () = every stage
 
 
@@ -272,10 +275,14 @@ def validate_new_run(form, dataset_info=None):
         if base_model is None:
             errors["base"] = "base model: 'existing trained model' chosen but none picked; pick one or train a new model"
     calibration = (None, 0, 0)
+    int8_max_drop = None
     if precisions and "INT8" in precisions:
         cal_dir = form.get("cal_images") or (dataset_info.images if dataset_info else "")
         calibration = attempt("calibration", check_calibration, cal_dir, form.get("cal_batches"),
                               form.get("cal_batch_size")) or calibration
+        if form.get("int8_max_drop") is not None:
+            int8_max_drop = attempt("int8_max_drop", parse_float, form.get("int8_max_drop"),
+                                    "INT8 accuracy control: largest AP drop (points)", 0.0, MAX_AP_DROP_POINTS)
     if errors:
         return None, errors
     name = str(form.get("name") or "").strip() or default_run_name(thresholds, resolutions, precisions,
@@ -284,7 +291,8 @@ def validate_new_run(form, dataset_info=None):
                       resolutions=resolutions, stages=stages, thresholds=thresholds, precisions=precisions,
                       calibration_images=calibration[0], calibration_batches=calibration[1],
                       calibration_batch_size=calibration[2], retrain_epochs=retrain_epochs,
-                      eval_dataset=eval_dataset, kind=kind, gate_max_ap_drop=gate_max_ap_drop, **search), {}
+                      eval_dataset=eval_dataset, kind=kind, gate_max_ap_drop=gate_max_ap_drop,
+                      int8_max_drop=int8_max_drop, **search), {}
 
 
 # The widget that shows a run spec field's problem (first element of a pydantic error `loc`).
@@ -292,7 +300,7 @@ WIDGET_OF_FIELD = {
     "dataset": "dataset", "model": "base", "train": "base", "train_spec": "base", "stages": "stages",
     "resolutions": "resolution", "prune_thresholds": "thresholds", "retrain_epochs": "retrain_epochs",
     "precisions": "precisions", "calibration": "calibration", "int8_gate_max_ap_drop": "gate",
-    "explorer": "stage_exits",
+    "explorer": "stage_exits", "accuracy_control": "int8_max_drop",
 }
 SEARCH_WIDGETS = {"budget_ap": "budget_ap", "max_iters": "max_iters", "objective": "objective"}
 
@@ -353,6 +361,10 @@ def run_spec_dict(request, train_template):
         if request.base_model == str(PRETRAINED_MODEL):
             # measured (docs/pretrained.md): entropy collapses this network's INT8 maps, min-max keeps AP
             spec["calibration"]["calibrator"] = "minmax"
+        if request.int8_max_drop is not None:
+            # the calibration images the form asks for are the ones accuracy control calibrates on
+            spec["accuracy_control"] = {"max_drop": request.int8_max_drop, "num_calibration_images":
+                                        request.calibration_batch_size * request.calibration_batches}
     if set(request.precisions) & {"INT8", "FP16"}:
         spec["int8_gate_max_ap_drop"] = request.gate_max_ap_drop
     if request.kind == "explore":

@@ -120,6 +120,26 @@ def test_invalid_form_reports_every_field_at_once(tmp_path):
     assert "does not exist" in errors["dataset"] and "H = 100" in errors["resolution"]
 
 
+def test_accuracy_control_field_becomes_a_quantize_stage():
+    from worker.runs import expand_run, parse_run_spec
+    import yaml
+
+    request, errors = forms.validate_new_run(good_form(int8_max_drop=0.5))
+    assert errors == {} and request.int8_max_drop == 0.5
+    template = yaml.safe_load((forms.ROOT / "specs" / "train_small.yaml").read_text())
+    spec_dict = forms.run_spec_dict(request, template)
+    assert spec_dict["accuracy_control"] == {"max_drop": 0.5, "num_calibration_images": 16}
+    nodes = expand_run(parse_run_spec(spec_dict, "form"))
+    quantized = [n for n in nodes if n["kind"] == "quantize"]
+    assert len(quantized) == 3 and not [n for n in nodes if n["kind"] == "export" and n["params"]["precision"] == "int8"]
+    assert quantized[0]["params"]["accuracy_control"]["max_drop"] == 0.5
+    # FP32 only: no INT8, so the field is not read; out of range: refused with the allowed range
+    assert forms.validate_new_run(good_form(precisions=["FP32"], int8_max_drop=-1))[0].int8_max_drop is None
+    _, errors = forms.validate_new_run(good_form(int8_max_drop=-1))
+    assert "largest AP drop (points): -1 is out of range; allowed 0 to 100" in errors["int8_max_drop"]
+    assert "accuracy_control" not in forms.run_spec_dict(forms.validate_new_run(good_form())[0], template)
+
+
 def test_calibration_is_only_checked_for_int8():
     _, errors = forms.validate_new_run(good_form(precisions=["FP32"], cal_batches=100))
     assert errors == {}

@@ -327,6 +327,16 @@ if precisions and "INT8" in precisions:
         except BpnetError:
             pass   # the field error below says what is wrong
 calibration_slot = st.empty()
+int8_max_drop = None
+if precisions and "INT8" in precisions and kind != "explore":
+    if st.toggle("INT8 accuracy control", key="accuracy_control",
+                 help="compare every calibrator on these images, then return the layers that cost most AP to "
+                      "float until the INT8 model is within the budget of the FP32 one (docs/int8.md); one "
+                      "INT8 stage that evaluates several candidate models, so it takes several times longer"):
+        int8_max_drop = st.number_input("INT8 accuracy control: largest AP drop (points)", min_value=0.0,
+                                        max_value=forms.MAX_AP_DROP_POINTS, value=1.0, step=0.5,
+                                        key="int8_max_drop")
+int8_max_drop_slot = st.empty()
 name = st.text_input("Run name (optional)", key="name")
 
 # ---------------------------------------------------------------- validation, preview, submit
@@ -336,7 +346,8 @@ form = {"dataset": source, "base": base, "existing_model": existing_model, "trai
         "cal_images": cal_images, "cal_batches": cal_batches, "cal_batch_size": cal_batch_size,
         "retrain_epochs": retrain_epochs, "name": name, "eval_annotations": eval_annotations,
         "eval_images": eval_images, "kind": kind, "budget_ap": budget_ap, "objective": objective,
-        "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop, "stage_exits": stage_exits}
+        "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop, "stage_exits": stage_exits,
+        "int8_max_drop": int8_max_drop}
 request, errors = forms.validate_new_run(form, info)   # widget text -> values
 if dataset_error:
     errors["dataset"] = dataset_error
@@ -350,7 +361,7 @@ for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
                   (retrain_slot, "retrain_epochs"), (calibration_slot, "calibration"), (gate_slot, "gate"),
                   (thresholds_slot, "budget_ap"), (thresholds_slot, "max_iters"), (thresholds_slot, "objective"),
-                  (thresholds_slot, "stage_exits")):
+                  (thresholds_slot, "stage_exits"), (int8_max_drop_slot, "int8_max_drop")):
     show_error(slot, errors, key)
 
 st.subheader("4 · Preview")
