@@ -170,8 +170,11 @@ def short_result_label(row):
         prune = f"search: {prune}"
     elif row.get("branch") == "explore":   # an explorer point: the stage exit it measured
         prune = f"explore: stage exit {row.get('stage_exit') or 'last'}"
+    precision = str(row.get("precision") or "?").upper()
+    if row.get("float_layers") is not None:   # INT8 by accuracy control
+        precision += f" ≤{row.get('int8_max_drop'):g} AP, {row['float_layers']} float"
     return (f"{row.get('run_name', '')[:24]} · {prune} · {row.get('resolution') or '?'} · "
-            f"s{row.get('stages') or '?'} · {str(row.get('precision') or '?').upper()}")
+            f"s{row.get('stages') or '?'} · {precision}")
 
 
 def chart_rows(results):

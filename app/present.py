@@ -87,6 +87,7 @@ RESULT_COLUMNS = {
     "resolution": lambda r: (r.get("resolution") or "?").replace("x", "×"),
     "stages": lambda r: r.get("stages"),
     "precision": lambda r: r.get("precision"),
+    "INT8 float layers": lambda r: "–" if r.get("float_layers") is None else str(r["float_layers"]),  # accuracy control
     "INT8/FP16 gate": lambda r: r.get("gate_text"),
     "AP": lambda r: fmt_ap(r.get("AP")),
     "AP50": lambda r: fmt_ap(r.get("AP50")),
@@ -150,8 +151,8 @@ def flatten(value, prefix=""):
     return {prefix[:-1]: value}
 
 
-RESULT_CONFIG_FIELDS = ("pth", "resolution", "stages", "stage_exit", "precision", "branch", "backend", "device",
-                        "num_images", "annotations")
+RESULT_CONFIG_FIELDS = ("pth", "resolution", "stages", "stage_exit", "precision", "float_layers", "int8_max_drop",
+                        "branch", "backend", "device", "num_images", "annotations")
 
 
 def result_config(row, spec):

@@ -51,6 +51,18 @@ def test_config_diff_lists_only_the_fields_that_differ():
     assert present.config_diff(a, a) == []
 
 
+def test_an_accuracy_controlled_int8_result_reads_as_one():
+    from app import jobs
+
+    plain = {"run_name": "r", "pth": None, "resolution": "288x384", "stages": 6, "precision": "int8"}
+    controlled = {**plain, "float_layers": 3, "int8_max_drop": 1.0}
+    assert jobs.short_result_label(plain).endswith("· INT8")
+    assert jobs.short_result_label(controlled).endswith("· INT8 ≤1 AP, 3 float")
+    shown = present.result_display_rows(jobs.chart_rows([plain, controlled]))
+    assert [r["INT8 float layers"] for r in shown] == ["–", "3"]
+    assert present.result_config(controlled, {})["result.float_layers"] == 3
+
+
 def test_deployables_are_named_by_model_precision_and_resolution():
     row = {"pth": "0.1", "input_h": 288, "input_w": 384, "precision": "INT8"}
     export = [{"name": "model.onnx", "kind": "onnx"}, {"name": "model.int8.onnx", "kind": "int8 onnx"},

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bpnet.fileio import write_json_atomic
+from bpnet.fileio import read_json, write_json_atomic
 from bpnet.limits import PRECISIONS
 from bpnet.specs import InferSpec, Strict
 from worker.kinds.base import StageOutputs, StageParams, StageResult, evaluation_work
@@ -86,6 +86,9 @@ class EvaluationResult(BaseModel):
     # an explorer point (kind explore_point): the stage exit measured (`stages` is then the same)
     # and the rest of the per-image split beside cnn/decode (latency_ms is the CNN, as `bench`)
     stage_exit: Optional[int] = None
+    # INT8 by accuracy control (parent kind quantize): the layers it kept in float and its budget
+    float_layers: Optional[int] = None
+    int8_max_drop: Optional[float] = None
     pre_ms_per_image: Optional[float] = None
     pipeline_ms_per_image: Optional[float] = None
     model_artifact_id: Optional[str] = None
@@ -112,7 +115,16 @@ def result_row(params, parent, model_path, metrics, bench):
         cnn_ms_per_image=timing.get("cnn_ms_per_image"), decode_ms_per_image=timing.get("decode_ms_per_image"),
         params=bench.get("params"), gflops=bench.get("gflops"), size_bytes=Path(model_path).stat().st_size,
         backend=bench.get("backend") or metrics.get("backend"), device=bench.get("device"),
-        num_images=metrics.get("num_images"))
+        num_images=metrics.get("num_images"), **accuracy_control_fields(parent))
+
+
+def accuracy_control_fields(parent):
+    """float_layers and int8_max_drop of a model made by accuracy control (empty otherwise)."""
+    if parent.kind != "quantize":
+        return {}
+    report = read_json(parent.file(parent.outputs.accuracy_control, "accuracy-control report"),
+                       "accuracy-control report")
+    return {"float_layers": report["final"]["float_layers"], "int8_max_drop": report["max_drop"]}
 
 
 def work(params, result=None):
