@@ -200,6 +200,24 @@ def test_cost_preview_scales_past_rates_by_work_on_the_same_worker_kind():
     assert costs.estimate_run(planned[2:], history, lambda kind: "cpu")["estimate_s"] is None
 
 
+def test_cost_preview_estimates_a_quantize_stage_from_past_ones():
+    from bpnet.guide.accuracy_control import AccuracyControlOptions
+
+    from worker.kinds import quantize
+
+    def params(hw, **control):
+        return quantize.Params(input_hw=hw, accuracy_control=AccuracyControlOptions(**control), infer_spec={},
+                               annotations=str(COCO_ANNOTATIONS), images=str(COCO_IMAGES)).key_dict()
+
+    history = [{"kind": "quantize", "queue": "cpu", "params": params([64, 64]), "result": None, "duration_s": 50.0}]
+    # float + 4 calibrators before; float + 1 calibrator + 2 ranking checks now, at 4x the pixels
+    planned = [{"kind": "quantize", "label": "q", "params": params([128, 128], calibrators=["minmax"],
+                                                                    validate_ranking=2)}]
+    estimate = costs.estimate_run(planned, history, lambda kind: "cpu")
+    assert estimate["estimate_s"] == pytest.approx(50.0 * 4 / 5 * 4)
+    assert estimate["unknown"] == []
+
+
 def test_client_rows_carry_gate_evaluation_data_models_and_eta(tmp_path):
     from bench import seed_store
     config = load_config({"BPNET_STUDIO_HOME": str(tmp_path)})

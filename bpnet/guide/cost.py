@@ -4,6 +4,9 @@ Pure functions. Each past stage is one record {"kind", "worker_kind", "seconds",
 `work` is the stage's amount of computation in a unit that scales its time:
 - train / retrain: images seen x input megapixels x stages (`training_work`);
 - evaluate / calibrate: images x input megapixels (`inference_work`);
+- quantize (accuracy-controlled INT8): the evaluations it is sure to make (float model, each
+  calibrator, the ranking checks; `quantize_evaluations`) x images x megapixels; the bisection's
+  share depends on how far over budget the model is, so it is in the measured rate, not the work;
 - prune / export: 1 per model (their time barely depends on the data).
 A planned stage's estimate is its work times the median seconds-per-work of past stages of the
 same kind on the same worker kind, with the 25-75% range of past rates as the uncertainty. No
@@ -26,6 +29,12 @@ def training_work(num_images, epochs, input_hw, stages):
 
 def inference_work(num_images, input_hw):
     return float(num_images) * input_megapixels(input_hw)
+
+
+def quantize_evaluations(num_calibrators, validate_ranking=0):
+    """Accuracy-controlled INT8's sure evaluations: the float model, one per calibrator and one
+    per ranking check (the bisection's depend on the model: they are in the measured rate)."""
+    return 1 + num_calibrators + validate_ranking
 
 
 def rates_by_kind(history):

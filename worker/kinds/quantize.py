@@ -9,7 +9,7 @@ from typing import Optional
 from bpnet.guide.accuracy_control import AccuracyControlOptions
 from bpnet.specs import InferSpec
 from worker.kinds import export
-from worker.kinds.base import StageParams, StageResult
+from worker.kinds.base import StageParams, StageResult, evaluation_work
 
 KIND = "quantize"
 REPORT_FILE = "accuracy_control.json"
@@ -28,6 +28,16 @@ class Params(StageParams):
 
 class Outputs(export.Outputs):
     accuracy_control: str = REPORT_FILE
+
+
+def work(params, result=None):
+    """The sure evaluations (float, each calibrator, ranking checks) x evaluation images x
+    megapixels; the bisection's share is in the measured rate."""
+    from bpnet.guide.cost import quantize_evaluations
+
+    control = params.accuracy_control
+    return KIND, quantize_evaluations(len(control.calibrators), control.validate_ranking) * \
+        evaluation_work(params.annotations, control.max_eval_images, params.input_hw)
 
 
 def run(params, parent, out_dir, progress, inputs=None):
