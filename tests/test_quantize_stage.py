@@ -32,6 +32,22 @@ def test_int8_with_accuracy_control_is_a_quantize_stage():
     assert next(n for n in other if n["kind"] == "quantize")["key"] != quantize["key"]
 
 
+def test_engine_stage_after_quantize_reads_its_files_and_float_layers(tmp_path):
+    from worker.kinds import engine, quantize
+
+    nodes = expand_run(spec_with(engines=True), tensorrt=True)
+    built = [n for n in nodes if n["kind"] == "engine"]
+    assert [nodes[n["parent"]]["kind"] for n in built] == ["export", "quantize"]
+    assert not [n for n in expand_run(spec_with(engines=True)) if n["kind"] == "engine"]   # no TensorRT worker
+    outputs = quantize.Outputs(model="model.int8.onnx", precision="int8", onnx="model.onnx",
+                               float_layers=("conv_a", "conv_b"), num_calibration_images=12)
+    params = engine.Params(**next(n for n in built if nodes[n["parent"]]["kind"] == "quantize")["params"])
+    # TensorRT 8-10 calibrates from the stage's own tensor file (12 images) only without a cache
+    assert engine.calibration_batches(params, outputs) == (1, 12)
+    assert engine.calibration_batches(params, outputs.model_copy(update={"num_calibration_images": None})) == \
+        (params.calibration.batch_size, params.calibration.batches)
+
+
 @pytest.mark.parametrize("overrides, needle", [
     ({"precisions": ["fp32"]}, "add int8 to precisions"),
     ({"accuracy_control": {"max_drop": -1}}, "accuracy_control.max_drop"),
@@ -63,3 +79,15 @@ def test_quantize_stage_writes_an_export_its_children_read(tmp_path):
         assert (out_dir / name).is_file()
     report = json.loads((out_dir / "accuracy_control.json").read_text())
     assert report["num_evaluations"] == 1 and metrics["float_layers"] == 0 and metrics["int8_evaluations"] == 1
+    assert not outputs["float_layers"] and outputs["num_calibration_images"] == 2
+
+
+def test_a_result_of_an_accuracy_controlled_model_names_its_float_layers_and_budget(tmp_path):
+    from worker.kinds import evaluate, quantize
+    from worker.kinds.base import Parent
+
+    (tmp_path / quantize.REPORT_FILE).write_text(json.dumps({"max_drop": 0.5, "final": {"float_layers": 2}}))
+    outputs = quantize.Outputs(model="model.int8.onnx", precision="int8", onnx="model.onnx")
+    assert evaluate.accuracy_control_fields(Parent("quantize", tmp_path, outputs)) == \
+        {"float_layers": 2, "int8_max_drop": 0.5}
+    assert evaluate.accuracy_control_fields(Parent("export", tmp_path, outputs)) == {}

@@ -78,3 +78,34 @@ def test_engine_builds_and_matches_onnx_runtime(data_type, tiny_model, tmp_path,
     for got, want in zip(outputs, reference):
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= tolerance * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.slow
+@pytest.mark.tensorrt
+def test_engine_keeps_accuracy_control_float_layers_in_float(tiny_model, tmp_path, coco_mini):
+    pytest.importorskip("tensorrt", reason=NO_TENSORRT)
+    import onnx
+
+    from bpnet.backends import load_backend
+    from bpnet.backends.trt_backend import build_engine, tensorrt_major
+    from bpnet.export import export_model
+    from bpnet.guide.sensitivity import keep_layers_float, quantized_layers
+    from bpnet.onnx_graph import onnx_session
+    import tensorrt
+
+    _, images = coco_mini
+    export_model(tiny_model, tmp_path / "m.onnx", (64, 64), data_type="int8", cal_image_dir=images,
+                 cal_data_file=tmp_path / "cal.npy", batch_size=2, batches=2)
+    qdq = tmp_path / "m.int8_trt.onnx"
+    layer = next(name for name in quantized_layers(onnx.load(str(qdq))) if not name.startswith("output:"))
+    keep_layers_float(qdq, qdq, [layer], float_path=tmp_path / "m.onnx")
+    info = build_engine(tmp_path / "m.onnx", qdq, tmp_path / "m.engine", "int8", (64, 64),
+                        cal_cache_file=tmp_path / "m.cal.bin", cal_data_file=tmp_path / "cal.npy",
+                        batch_size=2, batches=2, float_layers=[layer])
+    assert info["float_layers"] == [layer]
+    assert info["pinned_float_layers"] == ([layer] if tensorrt_major(tensorrt) < 11 else [])
+    batch = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 64, 64, 3)).astype(np.float32)
+    reference = onnx_session(tmp_path / "m.onnx").run(["heatmaps", "pafs"], {"input": batch})
+    with load_backend(tmp_path / "m.engine") as backend:
+        for got, want in zip(backend.predict(batch), reference):
+            assert np.abs(got - want).max() <= 0.1 * max(1.0, np.abs(want).max())

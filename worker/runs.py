@@ -580,7 +580,7 @@ def _add_export_and_evaluate(spec, add, nodes, model, stages_label, tensorrt=Fal
                 exported = _add_quantize(spec, add, model, hw, infer, name, cal_fp + eval_fp)
             else:
                 exported = add(export, f"export {name}", export_params, model.node, cal_fp if int8 else ())
-            if spec.engines and tensorrt and nodes[exported]["kind"] == export.KIND:   # a leaf: results are measured on ONNX Runtime
+            if spec.engines and tensorrt:   # a leaf: results are measured on ONNX Runtime
                 add(engine, f"engine {name}", export_params, exported)
             evaluate_params = evaluate.Params(
                 infer_spec=infer, annotations=str(eval_ann), images=str(eval_images), benchmark=spec.benchmark,

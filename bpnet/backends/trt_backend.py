@@ -201,10 +201,14 @@ def engine_source(major, precision, onnx_path, qdq_or_fp16_onnx_path):
 
 def build_engine(onnx_path, qdq_or_fp16_onnx_path, engine_path, precision, input_hw, max_batch_size=1,
                  max_workspace_size=None, cal_cache_file=None, cal_data_file=None, batch_size=1,
-                 batches=1, nchw_input=False, stage=None, strict_types=False, opt_batch_size=None):
+                 batches=1, nchw_input=False, stage=None, strict_types=False, opt_batch_size=None,
+                 float_layers=()):
     """Build and serialise a TensorRT engine; writes `engine_path` and `engine_path.json`.
     `strict_types` (TAO's -s) makes layers keep the precision asked for instead of falling back
-    to a faster one; `opt_batch_size` is the batch the optimisation profile tunes for."""
+    to a faster one; `opt_batch_size` is the batch the optimisation profile tunes for.
+    `float_layers`: ONNX node names accuracy control kept in float. From TensorRT 11 the Q/DQ
+    file already computes them in float; 8-10 (implicit INT8) get them pinned to FP32
+    (`pin_float_layers`)."""
     trt, cuda = require_tensorrt()
     major = tensorrt_major(trt)
     source = engine_source(major, precision, onnx_path, qdq_or_fp16_onnx_path)
@@ -245,6 +249,7 @@ def build_engine(onnx_path, qdq_or_fp16_onnx_path, engine_path, precision, input
         config.set_calibration_profile(calibration_profile)
         config.int8_calibrator = make_calibrator(trt, cuda, cal_cache_file, cal_data_file, batch_size,
                                                  batches, input_hw, nchw_input)
+    pinned = pin_float_layers(trt, network, config, float_layers) if major < 11 and precision == "int8" else []
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BpnetError(f"TensorRT failed to build an engine from {source} (see its log above)")
@@ -253,9 +258,36 @@ def build_engine(onnx_path, qdq_or_fp16_onnx_path, engine_path, precision, input
     info = {"engine": str(engine_path), "source_onnx": str(source), "precision": precision,
             "tensorrt": trt.__version__, "input_hw": list(input_hw), "max_batch_size": max_batch_size,
             "input_layout": "NCHW" if nchw_input else "NHWC", "stage": stage,
-            "build_path": "explicit Q/DQ (TensorRT >= 11)" if major >= 11 else "implicit (calibrator/flags)"}
+            "build_path": "explicit Q/DQ (TensorRT >= 11)" if major >= 11 else "implicit (calibrator/flags)",
+            "float_layers": list(float_layers), "pinned_float_layers": pinned}
     write_json_atomic(engine_info_path(engine_path), info)
     return info
+
+
+def pin_float_layers(trt, network, config, float_layers):
+    """Make the network layers parsed from the ONNX nodes `float_layers` compute and output FP32
+    (`ILayer.precision`, `ILayer.set_output_type`), with the builder told to prefer those
+    constraints; returns the TensorRT layer names pinned (the ONNX parser names each layer after
+    its node).
+    """
+    wanted = {name for name in float_layers if not name.startswith("output:")}
+    if not wanted:
+        return []
+    pinned = []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.name in wanted:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+            pinned.append(layer.name)
+    missing = sorted(wanted - set(pinned))
+    if missing:
+        raise BpnetError(f"TensorRT network has no layer for the float layer(s) {missing[:5]}: the ONNX "
+                         "parser did not keep their node names; rebuild from the Q/DQ file on TensorRT >= 11")
+    # PREFER: honoured wherever TensorRT has an FP32 kernel (it warns otherwise); OBEY would fail
+    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    return pinned
 
 
 def engine_info_path(engine_path):

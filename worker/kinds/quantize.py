@@ -7,6 +7,7 @@ its Outputs are an export's, so the evaluate and gate stages after it read it li
 from typing import Optional
 
 from bpnet.guide.accuracy_control import AccuracyControlOptions
+from bpnet.limits import INT8_METHOD_VERSION
 from bpnet.specs import InferSpec
 from worker.kinds import export
 from worker.kinds.base import StageParams, StageResult, evaluation_work
@@ -24,10 +25,16 @@ class Params(StageParams):
     # a folder of calibration images other than the evaluation images; None = choose them from
     # the evaluation annotations (stratified) and keep them out of the evaluation subset
     calibration_images: Optional[str] = None
+    int8_method: int = INT8_METHOD_VERSION     # see export.CalibrationParams
 
 
 class Outputs(export.Outputs):
     accuracy_control: str = REPORT_FILE
+    # what a TensorRT engine of this stage needs besides the export's files: the layers kept in
+    # float (TensorRT 8-10 would otherwise run them in INT8 wherever an input has a scale) and the
+    # number of images in the calibration tensor file
+    float_layers: tuple[str, ...] = ()
+    num_calibration_images: Optional[int] = None
 
 
 def work(params, result=None):
@@ -51,7 +58,8 @@ def run(params, parent, out_dir, progress, inputs=None):
     outputs = Outputs(model="model.int8.onnx", precision="int8", onnx="model.onnx", int8="model.int8.onnx",
                       int8_tensorrt="model.int8_trt.onnx", cal_cache="model.cal.bin",
                       tensor_file="calibration_tensor.npy", num_stages=parent.outputs.num_stages,
-                      prune_threshold=parent.outputs.prune_threshold)
+                      prune_threshold=parent.outputs.prune_threshold, float_layers=tuple(final["layers"]),
+                      num_calibration_images=report["calibration"]["num_images"])
     metrics = {"int8_ap_drop": final["ap_drop"], "float_layers": final["float_layers"],
                "int8_evaluations": report["num_evaluations"], "budget_met": 1.0 if final["met"] else 0.0,
                "cache_tensors": artifacts["cache_tensors"]}
