@@ -6,6 +6,7 @@ import json
 import pytest
 
 from bpnet.errors import BpnetError
+from bpnet.limits import INT8_METHOD_VERSION
 from tests.test_runs import run_spec_dict
 from worker import client
 from worker.kinds import KINDS, Parent, kind_module, parse_outputs, parse_params
@@ -47,8 +48,14 @@ def test_keys_are_those_of_the_untyped_params_of_earlier_versions():
         "bd176f6f6c9f1240322bfcdc3e94b71b98914c7dcde16c886a53e2f1577e24e2"
     int8 = export.Params(input_hw=(64, 64), precision="int8", calibration=export.CalibrationParams(
         images="/data/cal", batch_size=2, batches=2))
-    assert cache_key("export", int8.key_dict(), "p", ("fp",)) == \
+    legacy_int8 = int8.key_dict()
+    del legacy_int8["calibration"]["int8_method"]
+    assert cache_key("export", legacy_int8, "p", ("fp",)) == \
         "befe15e3d3459bc2367e86168f398bd78afbc3e6eb7a7b968c8bb4ce478b8f0d"
+    # ... but INT8 stages carry the INT8 method they compute with: an older method's results
+    # (bpnet.limits.INT8_METHOD_VERSION) are not served for a newer one
+    assert int8.key_dict()["calibration"]["int8_method"] == INT8_METHOD_VERSION
+    assert cache_key("export", int8.key_dict(), "p", ("fp",)) != cache_key("export", legacy_int8, "p", ("fp",))
     # options added later stay out of the key while unused
     assert export.Params(input_hw=(64, 64), precision="fp32").key_dict() == {"input_hw": [64, 64],
                                                                              "precision": "fp32"}
