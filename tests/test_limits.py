@@ -106,25 +106,26 @@ def test_too_few_calibration_images_is_one_rule_for_form_run_spec_cli_and_tensor
     assert rule in refusal(build_calibration_tensor, images, (64, 64), 9, 9)
 
 
-def test_search_iterations_and_ap_budget_have_one_bound_in_form_run_spec_and_engine(tmp_path):
+@pytest.mark.parametrize("field, bound, form_parse, form_low, engine_args", [
+    ("max_iters", limits.MAX_SEARCH_ITERS, forms.parse_int, "1", lambda v: (2.0, "params", v)),
+    ("budget_ap", limits.MAX_AP_DROP_POINTS, forms.parse_float, "0", lambda v: (v, "params", 3)),
+])
+def test_search_iterations_and_ap_budget_have_one_bound_in_form_run_spec_and_engine(
+        tmp_path, field, bound, form_parse, form_low, engine_args):
     from bpnet.guide.search_run import check_search_inputs
 
     model = tmp_path / "m.hdf5"
     model.write_bytes(b"only its existence is checked first")
-    too_many = limits.MAX_SEARCH_ITERS + 1
-    assert f"allowed whole numbers 1 to {limits.MAX_SEARCH_ITERS}" in refusal(
-        forms.parse_int, too_many, "search iterations", 1, limits.MAX_SEARCH_ITERS)
-    assert f"less than or equal to {limits.MAX_SEARCH_ITERS}" in refusal(
-        parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[], search={"max_iters": too_many}))
-    assert f"between 1 and {limits.MAX_SEARCH_ITERS}" in refusal(
-        check_search_inputs, model, 2.0, "params", too_many, {})
-    budget = limits.MAX_AP_DROP_POINTS + 1
-    assert f"allowed 0 to {limits.MAX_AP_DROP_POINTS:g}" in refusal(
-        forms.parse_float, budget, "AP budget (points)", 0.0, limits.MAX_AP_DROP_POINTS)
-    assert f"less than or equal to {limits.MAX_AP_DROP_POINTS:g}" in refusal(
-        parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[], search={"budget_ap": budget}))
-    assert f"between 0 and {limits.MAX_AP_DROP_POINTS:g}" in refusal(
-        check_search_inputs, model, budget, "params", 3, {})
+    over = bound + 1
+    assert f"{form_low} to {bound:g}" in refusal(form_parse, over, field, int(form_low), bound)
+    assert f"search.{field}" in refusal(parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[],
+                                                                      search={field: over}))
+    assert f"less than or equal to {bound:g}" in refusal(
+        parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[], search={field: over}))
+    assert f"between {form_low} and {bound:g}" in refusal(check_search_inputs, model, *engine_args(over), {})
+
+
+def test_the_search_threshold_range_ends_at_the_prune_threshold_limit():
     high = limits.MAX_PRUNE_THRESHOLD + 1
     assert f"<= {limits.MAX_PRUNE_THRESHOLD:g}" in refusal(
         parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[], search={"threshold_range": [0.1, high]}))
