@@ -2,7 +2,7 @@
 
 For prune thresholds 0 / 0.1 / 0.3 / 0.5, without and with the short retrain of
 specs/retrain_pretrained.yaml (as the default run retrains): parameters, FP32 AP at the strict
-288x384 and at the card's training resolution, INT8 AP at 288x384 (ONNX Runtime U8S8, min-max
+288x384 and at the card's training resolution (the Keras model), INT8 AP at 288x384 (ONNX Runtime U8S8, min-max
 calibration on 16 bundled images, as the default run), the INT8 AP drop, and FP32 / INT8 latency
 (ONNX Runtime, batch 1; every model measured in interleaved rounds, so ratios within the table are
 fair even on a loaded machine). Then the dashboard's default run (New run as it opens, built by
@@ -91,38 +91,35 @@ def infer_spec(hw):
     return load_infer_spec(INFER_SPEC).model_copy(update={"input_shape": tuple(hw)})
 
 
-def exported(model, hw, out, int8=False):
-    """The ONNX file of `model` at `hw` (FP32, or INT8 calibrated as the default run does)."""
+def exported_int8(model, out):
+    """(FP32 ONNX, INT8 ONNX) of `model` at 288x384, calibrated as the default run does."""
     from bpnet.export import export_model
 
-    target = out / ("model.int8.onnx" if int8 else "model.onnx")
-    if target.is_file():
-        return target
-    report = export_model(model, out / "model.onnx", hw, data_type="int8" if int8 else "fp32",
-                          cal_image_dir=IMAGES if int8 else None, cal_data_file=out / "cal.tensor" if int8 else None,
-                          **(CALIBRATION if int8 else {}))
-    return Path(report["int8"]["onnx_int8"] if int8 else report["export"]["onnx"])
+    target = out / "model.int8.onnx"
+    if not target.is_file():
+        export_model(model, out / "model.onnx", STRICT, data_type="int8", cal_image_dir=IMAGES,
+                     cal_data_file=out / "cal.tensor", **CALIBRATION)
+    return out / "model.onnx", target
 
 
-def average_precision(onnx, hw, out):
+def average_precision(model, hw, out):
     from bpnet.evaluate import evaluate_model
 
     metrics_file = out / "metrics.json"
     if metrics_file.is_file():
         return json.loads(metrics_file.read_text())["AP"]
-    return evaluate_model(onnx, ANNOTATIONS, IMAGES, infer_spec(hw), out)["AP"]
+    return evaluate_model(model, ANNOTATIONS, IMAGES, infer_spec(hw), out)["AP"]
 
 
 def measure_row(model, card_hw, work, tag):
+    """FP32 AP with the Keras model (fully convolutional: any input size), INT8 AP with ONNX Runtime."""
     from bpnet.model import count_params, load_model
 
     folder = work / tag
-    fp32 = exported(model, STRICT, folder / "fp32_strict")
-    fp32_card = exported(model, card_hw, folder / "fp32_card")
-    int8 = exported(model, STRICT, folder / "int8_strict", int8=True)
+    fp32, int8 = exported_int8(model, folder / "export")
     row = {"params": count_params(load_model(model)),
-           "ap_fp32_strict": average_precision(fp32, STRICT, folder / "eval_fp32_strict"),
-           "ap_fp32_card": average_precision(fp32_card, card_hw, folder / "eval_fp32_card"),
+           "ap_fp32_strict": average_precision(model, STRICT, folder / "eval_fp32_strict"),
+           "ap_fp32_card": average_precision(model, card_hw, folder / "eval_fp32_card"),
            "ap_int8_strict": average_precision(int8, STRICT, folder / "eval_int8_strict"),
            "onnx_fp32": str(fp32), "onnx_int8": str(int8)}
     row["int8_drop_points"] = round(100 * (row["ap_fp32_strict"] - row["ap_int8_strict"]), 2)
@@ -205,7 +202,8 @@ def markdown(report):
              f"a table). {report['when']}.", ""]
     if report.get("rows"):
         hw = report["card_hw"]
-        lines += [f"All 80 bundled images, strict letterbox, `specs/infer_strict_288x384.yaml` decoder; INT8 = "
+        lines += [f"All 80 bundled images, strict letterbox, `specs/infer_strict_288x384.yaml` decoder; FP32 = the "
+                  f"Keras model; INT8 = "
                   f"ONNX Runtime U8S8, min-max calibration on 16 bundled images; retrain = "
                   f"`specs/retrain_pretrained.yaml` ({report['retrain_steps']} steps, batch 2, as the default run); "
                   f"latency = ONNX Runtime, batch 1, 288x384, median of {report['rounds']} interleaved rounds.", "",
@@ -230,7 +228,9 @@ def markdown(report):
         lines += ["", "| result | parameters | AP | CNN ms (ORT, its stage's benchmark) |", "|---|---|---|---|"]
         for r in run["results"]:
             name = ("unpruned" if r["pth"] is None else f"pth {r['pth']:g}") + f" {r['precision']}"
-            lines.append(f"| {name} | {r['params'] or 0:,} | {r['AP']:.3f} | {r['latency_ms'] or 0:.0f} |")
+            ap = "—" if r["AP"] is None else f"{r['AP']:.3f}"
+            ms = "—" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}"
+            lines.append(f"| {name} | {r['params'] or 0:,} | {ap} | {ms} |")
         lines.append("")
     return "\n".join(lines)
 
