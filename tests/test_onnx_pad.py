@@ -206,3 +206,25 @@ def test_a_depthwise_reader_feeding_something_else_is_left_alone(tmp_path):
 @pytest.mark.slow
 def test_int8_of_a_padded_depthwise_graph_matches_the_original(tmp_path):
     assert_padded_int8_matches(save_depthwise_graph(tmp_path / "dw.onnx"), tmp_path)
+
+
+@pytest.mark.slow
+def test_a_padding_that_would_change_the_outputs_is_dropped_not_fatal(exported, tmp_path, monkeypatch):
+    """Padding is only a speed-up: a candidate whose outputs differ is named in the report and the
+    export keeps the unpadded graph (the bundled network pruned at 0.1 hit this)."""
+    import shutil
+
+    import bpnet.onnx_pad as onnx_pad
+    from bpnet.errors import BpnetError
+
+    def differs(original, padded, batch_size=2):
+        raise BpnetError("channel padding changed the model's outputs")
+
+    monkeypatch.setattr(onnx_pad, "check_same_outputs", differs)
+    _, path = exported
+    copy = tmp_path / "copy.onnx"
+    shutil.copyfile(path, copy)
+    before = copy.read_bytes()
+    report = choose_padding(copy, "cpu", rounds=1)
+    assert report["padded"] is False and report["rejected"] and "left unpadded" in report["reason"]
+    assert copy.read_bytes() == before
