@@ -78,6 +78,7 @@ def test_explorer_measures_every_stage_exit_and_the_oracle(tmp_path, coco_mini):
     grid = {(tuple(p["resolution"]), p["stage"], p["precision"]) for p in report["points"]}
     assert grid == {(hw, s, p) for hw in ((64, 64), (64, 96)) for s in (1, 2) for p in ("fp32", "int8")}
     assert [o["resolution"] for o in report["oracle"]] == [[64, 64], [64, 96]]
+    assert report["calibrator"] == "minmax"        # no model card recommends one: never entropy's clipping
     # The oracle is the decoder's ceiling from perfect maps: it finds people an untrained model does not.
     assert all(o["AP"] > 0.1 for o in report["oracle"])
     for point in report["points"]:

@@ -331,6 +331,22 @@ def test_imported_model_follows_its_card_in_inference_and_refuses_a_contradictin
         evaluate_model(out, annotations, images, bad, out.parent / "eval2", max_images=1)
 
 
+def test_callers_preparing_images_themselves_follow_the_card(bundled_import):
+    # calibration (bpnet quantize) and output comparisons (gate, divergence) prepare images
+    # themselves: the default spec must become the card's 0..255 input, as in inference
+    from bpnet.imports.card import recommended_calibrator
+    from bpnet.preprocess import spec_following_card
+    from bpnet.specs import InferSpec
+
+    out, _ = bundled_import
+    norm = spec_following_card(InferSpec(input_shape=(96, 128)), out).normalization
+    assert tuple(norm.image_scale) == (1.0, 1.0, 1.0) and tuple(norm.image_offset) == (0.0, 0.0, 0.0)
+    bad = InferSpec(normalization={"image_scale": [255] * 3, "image_offset": [0] * 3})
+    with pytest.raises(BpnetError, match="disagree with the model card"):
+        spec_following_card(bad, out)
+    assert recommended_calibrator(out) == load_card(BUNDLED_CARD).int8_calibrator is not None
+
+
 @pytest.mark.slow
 def test_onnx_import_goes_through_int8_export_and_evaluate(bundled_import, tmp_path, coco_mini):
     """A real ONNX pose network (the bundled TFLite converted by tf2onnx) imported as ONNX, then

@@ -5,6 +5,7 @@
 """
 
 from bpnet.errors import BpnetError
+from bpnet.limits import CALIBRATORS, EXPLORER_CALIBRATOR
 
 
 def add_arguments(parser):
@@ -20,7 +21,9 @@ def add_arguments(parser):
     parser.add_argument("--stages", nargs="+", type=int,
                         help="stage exits to measure (default: every stage 1..last)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], help="fp32, fp16 and/or int8")
-    parser.add_argument("--calibrator", default="entropy", help="INT8 calibrator (entropy, minmax, percentile)")
+    parser.add_argument("--calibrator", default=None, choices=CALIBRATORS,
+                        help=f"INT8 calibrator (default: the model card's int8_calibrator, else "
+                             f"{EXPLORER_CALIBRATOR}: entropy collapses the bundled network's INT8 maps)")
     parser.add_argument("--cal_image_dir", help="INT8 calibration images (default: the evaluation images)")
     parser.add_argument("--max_images", type=int, help="evaluate only the first N images (by id)")
 

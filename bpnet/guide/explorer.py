@@ -19,6 +19,7 @@ import numpy as np
 from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import write_json_atomic
+from bpnet.limits import EXPLORER_CALIBRATOR
 from bpnet.preprocess import check_input_hw
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -132,24 +133,27 @@ def model_stage_count(model_path):
 
 
 def explore_model(model_path, annotations, images_dir, infer_spec, resolutions, out_dir,
-                  stages=None, precisions=("fp32", "int8"), calibrator="entropy", cal_image_dir=None,
+                  stages=None, precisions=("fp32", "int8"), calibrator=None, cal_image_dir=None,
                   cal_batch_size=4, cal_batches=4, max_images=None, progress=None):
     """Evaluate every (resolution, stage exit, precision) of one model + the oracle per resolution.
 
     Writes out_dir/explorer.json (also returned): `points` (AP, APm, APl, AP50, latency split per
     grid point, model file), `oracle` (per resolution), `latency_by_people` (per point), and
-    `apm_gain_per_step`. INT8 is calibrated on `cal_image_dir` (default: the evaluation images)."""
+    `apm_gain_per_step`. INT8 is calibrated on `cal_image_dir` (default: the evaluation images)
+    with `calibrator` (default: the model card's `int8_calibrator`, else EXPLORER_CALIBRATOR)."""
     from bpnet.backends import load_backend
     from bpnet.evaluate import BUNDLED_ANNOTATIONS, BUNDLED_NOTE, annotated_samples, evaluate_oracle, \
         load_ground_truth, score_results
     from bpnet.export import export_model
     from bpnet.infer import ImageItem, infer_images
+    from bpnet.imports.card import recommended_calibrator
     from bpnet.skeleton import load_skeleton
 
     model_path, out_dir = Path(model_path), Path(out_dir)
     if not model_path.is_file():
         raise BpnetError(f"explorer model: {model_path} not found")
     stage_list, hws, precisions = check_plan(model_stage_count(model_path), stages, resolutions, precisions)
+    calibrator = calibrator or recommended_calibrator(model_path) or EXPLORER_CALIBRATOR
     skeleton = load_skeleton(infer_spec.skeleton)
     coco, category_id = load_ground_truth(annotations, skeleton)
     samples = annotated_samples(coco, category_id, images_dir, skeleton, max_images)
@@ -168,7 +172,7 @@ def explore_model(model_path, annotations, images_dir, infer_spec, resolutions, 
 
     report = {"model": str(model_path), "annotations": str(annotations), "num_images": len(items),
               "stages": stage_list, "resolutions": [list(r) for r in hws], "precisions": precisions,
-              "points": [], "oracle": [], "latency_by_people": []}
+              "calibrator": calibrator if "int8" in precisions else None, "points": [], "oracle": [], "latency_by_people": []}
     if Path(annotations).resolve() == BUNDLED_ANNOTATIONS:
         report["note"] = BUNDLED_NOTE
     emit(progress, "explore", "start", num_steps=total,

@@ -20,6 +20,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from bpnet.errors import BpnetError
+from bpnet.limits import CALIBRATORS
 from bpnet.specs import NormalizationSpec, Strict, TargetSpec, load_yaml, parse_spec
 
 CARD_KEY = "bpnet_model_card"     # HDF5 attribute / ONNX metadata_props key
@@ -73,6 +74,8 @@ class ModelCard(Strict):
     # so a short fine-tune does not first have to unlearn its peaks' and bands' widths.
     # None: unknown, our defaults are used.
     targets: Optional[TargetSpec] = None
+    # the INT8 calibrator measured best for this network (docs/int8.md); the explorer's default
+    int8_calibrator: Optional[Literal[CALIBRATORS]] = None
     notes: str = ""
 
     @field_validator("source_sha256")
@@ -187,6 +190,12 @@ def bgr_normalization(card):
         return norm
     return NormalizationSpec(image_scale=tuple(norm.image_scale[::-1]),
                              image_offset=tuple(norm.image_offset[::-1]))
+
+
+def recommended_calibrator(model_path):
+    """The INT8 calibrator a model file's card recommends, or None (no card, or none given)."""
+    card = read_model_card(model_path)
+    return card.int8_calibrator if card else None
 
 
 def model_normalization(model_path):

@@ -37,7 +37,7 @@ def run(params, parent, out_dir, progress, inputs=None):
     report = explore_model(
         parent.model(), params.annotations, params.images, params.infer_spec, list(params.resolutions), out_dir,
         stages=list(params.stage_exits), precisions=list(params.precisions),
-        calibrator=cal.calibrator if cal else "entropy", cal_image_dir=cal.images if cal else None,
+        calibrator=cal.calibrator if cal else None, cal_image_dir=cal.images if cal else None,
         cal_batch_size=cal.batch_size if cal else 4, cal_batches=cal.batches if cal else 4,
         max_images=params.max_images, progress=progress)
     metrics = {"points": len(report["points"]), "best_AP": max(p["AP"] for p in report["points"])}
