@@ -20,10 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TFLITE = ROOT / "data" / "models" / "mobilenet_v2_pose_dm14_368_432_weight_quant.tflite"
-ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
-IMAGES = ROOT / "data" / "coco-mini" / "train2017"
-INFER_SPEC = ROOT / "specs" / "infer_strict_288x384.yaml"
+from bench.pretrained_table import ANNOTATIONS, IMAGES, INFER_SPEC, SOURCE  # noqa: E402  (the same bundled files)
 
 
 def imported(work):
@@ -31,7 +28,7 @@ def imported(work):
 
     model = Path(work) / "dm14.hdf5"
     if not model.is_file():
-        import_model(TFLITE, model)
+        import_model(SOURCE, model)
     return model
 
 
