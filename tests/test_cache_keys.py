@@ -4,8 +4,11 @@ fixtures/cache_keys.json; a run submitted then and re-submitted now reuses every
 
 Fingerprints of data files and folders are fixed strings here (a folder's depends on file mtimes,
 so it differs per checkout) and paths are absolute fake ones: what is checked is the params and
-the DAG, which is what a code change can alter. Regenerate the file only with an
-ENGINE_CACHE_VERSION bump (`python -m tests.test_cache_keys > tests/fixtures/cache_keys.json`).
+the DAG, which is what a code change can alter. Regenerate the file (`python -m
+tests.test_cache_keys > tests/fixtures/cache_keys.json`) only for a change meant to invalidate
+cached stages, with the reason in the commit: an ENGINE_CACHE_VERSION bump, or a kind's own
+version (bpnet.limits.INT8_METHOD_VERSION 2 re-keyed every INT8 stage and its descendants: the
+INT8 exports, quantize, explore stages with INT8 points, their engines, evaluations and gates).
 """
 
 import json

@@ -30,22 +30,34 @@ class StageParams(Strict):
                 del data[name]
         for name, value in self:
             if isinstance(value, TrainSpec) and isinstance(data.get(name), dict):
-                data[name] = with_legacy_channel_counts(value, data[name])
+                data[name] = hashed_train_spec(value, data[name])
         return data
 
     def key_dict(self):
         return self.model_dump(mode="json")
 
 
-def with_legacy_channel_counts(spec, dumped):
-    """A TrainSpec's dump as params stored before `ModelSpec` lost heat_channels/paf_channels (the
-    skeleton fixes them): with the skeleton's counts in `model`, so every train, retrain, search
-    and QAT export key stays the key of the runs made before (`TrainSpec` drops them again)."""
+# TrainSpec fields added after the first keys were computed: left out of a stage's hashed dump
+# while at their default, so the runs made before keep their keys (as OMIT_WHEN_EMPTY does for
+# stage params). worker_processes: threads or processes compute the same examples.
+TRAIN_SPEC_FIELDS_ADDED = (("dataloader", "worker_processes"),)
+
+
+def hashed_train_spec(spec, dumped):
+    """A TrainSpec's dump as stage params hashed it before: with the skeleton's channel counts in
+    `model` (ModelSpec no longer has them: the skeleton fixes them; `TrainSpec` drops them again
+    when the row is read), without fields added later while at their default. Every train,
+    retrain, search and QAT export key stays the key of the runs made before."""
+    out = dict(dumped)
     try:
-        counts = skeleton_channel_counts(spec.dataloader.skeleton)
+        out["model"] = {**dumped["model"], **skeleton_channel_counts(spec.dataloader.skeleton)}
     except BpnetError:
-        return dumped   # no such skeleton: the stage fails with that message, its key matters not
-    return {**dumped, "model": {**dumped["model"], **counts}}
+        pass   # no such skeleton: the stage fails with that message, its key matters not
+    for section, name in TRAIN_SPEC_FIELDS_ADDED:
+        default = type(getattr(spec, section)).model_fields[name].default
+        if name in out.get(section, {}) and out[section][name] == default:
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
 
 
 class StageOutputs(BaseModel):
