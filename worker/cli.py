@@ -266,8 +266,11 @@ def cmd_up(args):
 
 
 def dashboard_command(address, port):
+    # No file watcher: a served dashboard is not edited live, and without the watchdog package
+    # Streamlit polls every source file several times a second, CPU a loaded machine lacks.
     return [sys.executable, "-m", "streamlit", "run", str(DASHBOARD), "--server.address", address,
-            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none"]
 
 
 def dashboard_url(address, port):

@@ -7,7 +7,8 @@ from app import jobs
 from app.widgets import follow_navigation, open_run_detail, run_action_buttons
 from bpnet.errors import BpnetError
 
-REFRESH_S = 2
+REFRESH_S = 2         # while a run on the page is queued or running
+IDLE_REFRESH_S = 10   # otherwise only a new run can appear: no need to redraw the table every 2 s
 PAGE_SIZE = 100
 
 st.title("Runs")
@@ -32,7 +33,18 @@ COLUMNS = {
 }
 
 
-@st.fragment(run_every=REFRESH_S)
+def any_active():
+    try:
+        return bool(jobs.list_runs(status=("queued", "running"), limit=1))
+    except BpnetError:
+        return True   # the table below says what is wrong, and is retried often
+
+
+runs_active = any_active()
+refresh_s = REFRESH_S if runs_active else IDLE_REFRESH_S
+
+
+@st.fragment(run_every=refresh_s)
 def runs_table():
     """Re-drawn every few seconds on its own, so the filters above keep their state."""
     follow_navigation()   # a row click whose page switch a refresh replaced
@@ -46,8 +58,10 @@ def runs_table():
         st.info("No runs match. Start one on the **New run** page.", icon=":material/info:")
         st.page_link("views/new_run.py", label="New run", icon=":material/add_circle:")
         return
+    if any_active() != runs_active:
+        st.rerun()   # a run started or all finished: the refresh interval (set when the page is drawn) follows
     active = sum(r["status"] in ("queued", "running") for r in runs)
-    st.caption(f"{len(runs)} run(s) shown · {active} active · refreshed every {REFRESH_S} s")
+    st.caption(f"{len(runs)} run(s) shown · {active} active · refreshed every {refresh_s} s")
     st.caption("Click a row to open its run.")
     event = st.dataframe(jobs.run_table_rows(runs), hide_index=True, column_config=COLUMNS, key="runs_df",
                          on_select="rerun", selection_mode="single-row",
