@@ -278,10 +278,10 @@ def prune_preview_rows(rows, chosen):
     out = []
     for r in rows:
         kept = r["kept"]
+        notes = (["prunes nothing"] if kept is not None and kept > PRUNED_NOTHING_RATIO else []) + \
+            (["yours"] if r["threshold"] in chosen else [])
         out.append({"threshold": f"{r['threshold']:g}", "parameters kept": fmt_params(r["params_after"]),
-                    "kept": "–" if kept is None else f"{100 * kept:.1f}%",
-                    "note": ("pruned nothing" if kept is not None and kept > PRUNED_NOTHING_RATIO else "")
-                    + (" · yours" if r["threshold"] in chosen else "")})
+                    "kept": "–" if kept is None else f"{100 * kept:.1f}%", "note": " · ".join(notes)})
     return out
 
 

@@ -174,3 +174,11 @@ def test_a_map_is_placed_back_on_the_image_and_lost_points_found():
     pafs = np.zeros((8, 8, 4), np.float32)
     pafs[..., 2], pafs[..., 3] = 0.3, 0.4
     assert np.allclose(overlay.paf_magnitude(pafs, 1), 0.5) and np.allclose(overlay.paf_magnitude(pafs, 0), 0)
+
+
+def test_prune_preview_notes_read_without_stray_separators():
+    rows = [{"threshold": 0.05, "params_after": 995, "params_before": 1000, "kept": 0.995},
+            {"threshold": 0.1, "params_after": 940, "params_before": 1000, "kept": 0.94},
+            {"threshold": 0.5, "params_after": 250, "params_before": 1000, "kept": 0.25}]
+    notes = [r["note"] for r in present.prune_preview_rows(rows, chosen=(0.05, 0.1))]
+    assert notes == ["prunes nothing · yours", "yours", ""]
