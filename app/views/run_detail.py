@@ -32,7 +32,9 @@ def pick_run():
         st.page_link("views/new_run.py", label="New run", icon=":material/add_circle:")
         st.stop()
     ids = [r["id"] for r in recent]
-    names = {r["id"]: f"{r['name']} · {r['status']} · {r['id']}" for r in recent}
+    # No status in the label: the picker keeps the label it was drawn with when the run finishes
+    # (the status metric below is live).
+    names = {r["id"]: f"{r['name']} · {r['id']}" for r in recent}
     if run_id and run_id not in ids:
         ids.insert(0, run_id)
     chosen = st.selectbox("Run", ids, index=ids.index(run_id) if run_id in ids else 0,
