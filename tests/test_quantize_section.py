@@ -88,3 +88,12 @@ def test_section_renders_in_streamlit(tmp_path):
     warnings = " | ".join(w.value for w in at.warning)
     assert "no small people" in warnings and "only 3 of the 20" in warnings
     assert "`conv2`" in " ".join(m.value for m in at.markdown)
+
+
+def test_rescaled_concat_inputs_are_named_in_one_sentence():
+    r = report()
+    assert section.equalized_text(r) == ""
+    r["equalized_concat_inputs"] = [{"concat": "c2", "input": "s1_pafs:0", "producer": "stage1_pafs", "scale": 31.2},
+                                    {"concat": "c2", "input": "s1_hm:0", "producer": "stage1_heatmaps", "scale": 45.7}]
+    text = section.equalized_text(r)
+    assert "2 concat input(s)" in text and "x31-46" in text and "stage1_pafs" in text

@@ -128,6 +128,18 @@ def mix_warnings(report):
     return warnings
 
 
+def equalized_text(report):
+    """One sentence on the concat inputs rescaled before calibrating ('' when none were)."""
+    scaled = report.get("equalized_concat_inputs") or []
+    if not scaled:
+        return ""
+    factors = [s["scale"] for s in scaled]
+    return (f"Before calibrating, {len(scaled)} concat input(s) were rescaled to their concat's range "
+            f"(x{min(factors):.0f}-{max(factors):.0f}; the float outputs are unchanged), so the one INT8 scale "
+            f"of each concat does not round them away: {', '.join(sorted({s['producer'] for s in scaled})[:4])}"
+            + (" ..." if len(scaled) > 4 else ""))
+
+
 def render(run, artifact_path):
     """Draw every accuracy-control report of `run`; `artifact_path(id) -> Path` (the client's)."""
     import streamlit as st
@@ -153,6 +165,9 @@ def render(run, artifact_path):
             c2.info("The best calibrator is within the budget: the plain INT8 model is the result, no layer "
                     "went back to float and nothing more was evaluated.", icon=":material/check:")
         st.dataframe(calibrator_rows(report), hide_index=True, key=f"ac-rows-{stage_id}")
+        rescaled = equalized_text(report)
+        if rescaled:
+            st.caption(rescaled)
         if final["layers"]:
             st.markdown("**Layers kept in float:** " + ", ".join(f"`{name}`" for name in final["layers"]))
         gate = report.get("gate") or {}
