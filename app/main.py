@@ -20,7 +20,10 @@ from app.widgets import follow_navigation  # noqa: E402
 # after the server starts (before st.navigation has run once), bypassing this entry script.
 PAGES_DIR = Path(__file__).resolve().parent / "views"
 
-st.set_page_config(page_title="BPNet Studio", page_icon=":material/accessibility_new:", layout="wide")
+# A local icon: a ":material/...:" page icon makes every page load fetch it from Google's font
+# servers, which an offline or private deployment cannot reach.
+st.set_page_config(page_title="BPNet Studio", page_icon=str(Path(__file__).resolve().parent / "static" / "favicon.png"),
+                   layout="wide")
 
 RUNS = st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/list:", url_path="runs")
 
