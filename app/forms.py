@@ -16,7 +16,8 @@ from bpnet.data.coco import DatasetInfo
 from bpnet.data.coco import inspect_dataset as inspect_coco
 from bpnet.errors import BpnetError
 from bpnet.image_files import count_images
-from bpnet.limits import (MAX_AP_DROP_POINTS, MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_EPOCHS,
+from bpnet.limits import (DEFAULT_AP_BUDGET, DEFAULT_GATE_MAX_AP_DROP, DEFAULT_INT8_MAX_DROP, DEFAULT_SEARCH_ITERS,
+                          MAX_AP_DROP_POINTS, MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_EPOCHS,
                           MAX_SEARCH_ITERS, MAX_SIDE_PX, MAX_STAGES, MIN_STAGES, PRECISIONS as RUN_PRECISIONS,
                           STRIDE)
 from bpnet.limits import calibration_count_problem, prune_threshold_problem, stages_problem
@@ -47,10 +48,10 @@ def default_new_run_form():
     return {"dataset": "bundled", "base": "pretrained", "existing_model": None, "train_epochs": 1,
             "presets": ["288×384"], "use_custom": False, "custom_h": None, "custom_w": None,
             "stages": 2, "kind": "sweep", "thresholds": PRETRAINED_DEFAULT_THRESHOLDS,
-            "precisions": ["FP32", "INT8"], "gate_max_ap_drop": 2.0, "retrain_epochs": 1,
+            "precisions": ["FP32", "INT8"], "gate_max_ap_drop": DEFAULT_GATE_MAX_AP_DROP, "retrain_epochs": 1,
             "cal_images": str(BUNDLED_IMAGES), "cal_batch_size": 8, "cal_batches": 2, "name": "",
-            "eval_annotations": None, "eval_images": None, "budget_ap": 2.0, "objective": "params",
-            "max_iters": 6, "stage_exits": ""}
+            "eval_annotations": None, "eval_images": None, "budget_ap": DEFAULT_AP_BUDGET, "objective": "params",
+            "max_iters": DEFAULT_SEARCH_ITERS, "stage_exits": ""}
 
 
 @dataclass
@@ -70,10 +71,10 @@ class RunRequest:
     retrain_epochs: int
     eval_dataset: DatasetInfo | None = None   # None = evaluate on the training data
     kind: str = "sweep"                       # or "search": the AP-budget search picks the threshold
-    budget_ap: float = 2.0                    # search: largest AP drop (points) from the unpruned model
+    budget_ap: float = DEFAULT_AP_BUDGET                    # search: largest AP drop (points) from the unpruned model
     objective: str = "params"                 # search: params | latency
-    max_iters: int = 6                        # search: iteration limit
-    gate_max_ap_drop: float = 2.0             # INT8/FP16 results losing more AP points fail the gate
+    max_iters: int = DEFAULT_SEARCH_ITERS                        # search: iteration limit
+    gate_max_ap_drop: float = DEFAULT_GATE_MAX_AP_DROP             # INT8/FP16 results losing more AP points fail the gate
     # INT8 by accuracy control (`bpnet quantize`): every calibrator, then the layers that cost most
     # AP back to float until the drop is within this many points; None = one calibrated export
     int8_max_drop: float | None = None
@@ -243,9 +244,9 @@ def validate_new_run(form, dataset_info=None):
     search = {}
     if kind == "search":
         thresholds = []   # the search picks them
-        search["budget_ap"] = attempt("budget_ap", parse_float, form.get("budget_ap", 2.0),
+        search["budget_ap"] = attempt("budget_ap", parse_float, form.get("budget_ap", DEFAULT_AP_BUDGET),
                                       "AP budget (points)", 0.0, MAX_AP_DROP_POINTS)
-        search["max_iters"] = attempt("max_iters", parse_int, form.get("max_iters", 6), "search iterations", 1, MAX_SEARCH_ITERS)
+        search["max_iters"] = attempt("max_iters", parse_int, form.get("max_iters", DEFAULT_SEARCH_ITERS), "search iterations", 1, MAX_SEARCH_ITERS)
         search["objective"] = form.get("objective") or "params"
         if search["objective"] not in SEARCH_OBJECTIVES:
             errors["objective"] = f"objective: {search['objective']!r} is not one of {list(SEARCH_OBJECTIVES)}"
@@ -258,14 +259,14 @@ def validate_new_run(form, dataset_info=None):
     else:
         thresholds = attempt("thresholds", parse_thresholds, form.get("thresholds"))
     precisions = attempt("precisions", check_precisions, form.get("precisions"))
-    train_epochs = attempt("train_epochs", parse_int, form.get("train_epochs", 1), "training epochs", 1, 1000)
+    train_epochs = attempt("train_epochs", parse_int, form.get("train_epochs", 1), "training epochs", 1, MAX_EPOCHS)
     retrain_epochs = attempt("retrain_epochs", parse_int, form.get("retrain_epochs"), "retrain epochs", 0, MAX_EPOCHS)
     if kind == "search" and retrain_epochs == 0:
         errors["retrain_epochs"] = ("retrain epochs: the search retrains every pruned model; give at least 1 "
                                     f"(allowed 1 to {MAX_EPOCHS})")
-    gate_max_ap_drop = 2.0
+    gate_max_ap_drop = DEFAULT_GATE_MAX_AP_DROP
     if precisions and set(precisions) & {"INT8", "FP16"}:
-        gate_max_ap_drop = attempt("gate", parse_float, form.get("gate_max_ap_drop", 2.0),
+        gate_max_ap_drop = attempt("gate", parse_float, form.get("gate_max_ap_drop", DEFAULT_GATE_MAX_AP_DROP),
                                    "INT8/FP16 gate: largest AP drop (points)", 0.0, MAX_AP_DROP_POINTS)
     base_model = None
     if form.get("base", "pretrained") == "pretrained":

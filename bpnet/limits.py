@@ -55,6 +55,11 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MAX_EPOCHS = 10000
 MAX_AP_DROP_POINTS = 100.0      # AP budgets and gate thresholds, in AP points
 MAX_SEARCH_ITERS = 30
+DEFAULT_AP_BUDGET = 2.0         # the AP-budget search: largest AP drop (points) from the unpruned model
+DEFAULT_SEARCH_ITERS = 6
+DEFAULT_SEARCH_THRESHOLD_RANGE = (0.05, 1.0)   # the prune thresholds the search brackets within
+DEFAULT_GATE_MAX_AP_DROP = 2.0  # an INT8/FP16 result losing more AP points fails the gate
+DEFAULT_INT8_MAX_DROP = 1.0     # INT8 accuracy control's budget (points), as NNCF's default 1%
 
 # `bpnet export` input size when neither -d nor an inference spec gives one: the workflow's
 # deployment size (its INT8 export and strict evaluation use 288x384). TAO's own default was the

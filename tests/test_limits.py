@@ -141,3 +141,32 @@ def test_channel_counts_come_from_the_skeleton_only():
     assert spec.model == ModelSpec(stages=3)
     wrong = refusal(parse_spec, TrainSpec, {**base, "model": {"paf_channels": 40}})
     assert "model.paf_channels: 40 does not match skeleton 'bpnet_18joints', which needs 38" in wrong
+
+
+def test_search_gate_and_accuracy_control_defaults_are_one_value_everywhere():
+    """The form's starting values, the run spec's defaults, the engine's and the CLI's are the
+    values of bpnet/limits.py (they were typed again in six places)."""
+    from bpnet.cli import build_parser
+    from bpnet.guide.accuracy_control import AccuracyControlOptions
+    from bpnet.guide.gate import DEFAULT_THRESHOLD_AP
+    from bpnet.guide.search import SearchConfig
+    from worker.runs import SearchOptions
+
+    form = forms.default_new_run_form()
+    assert (form["budget_ap"], form["max_iters"], form["gate_max_ap_drop"]) == (
+        limits.DEFAULT_AP_BUDGET, limits.DEFAULT_SEARCH_ITERS, limits.DEFAULT_GATE_MAX_AP_DROP)
+    options = SearchOptions()
+    assert (options.budget_ap, options.max_iters, options.threshold_range) == (
+        limits.DEFAULT_AP_BUDGET, limits.DEFAULT_SEARCH_ITERS, limits.DEFAULT_SEARCH_THRESHOLD_RANGE)
+    assert RunSpec.model_fields["int8_gate_max_ap_drop"].default == limits.DEFAULT_GATE_MAX_AP_DROP
+    assert DEFAULT_THRESHOLD_AP == limits.DEFAULT_GATE_MAX_AP_DROP
+    config = SearchConfig(base_ap=0.5, budget_ap=limits.DEFAULT_AP_BUDGET)
+    assert (config.max_iters, config.threshold_range) == (limits.DEFAULT_SEARCH_ITERS,
+                                                          limits.DEFAULT_SEARCH_THRESHOLD_RANGE)
+    assert AccuracyControlOptions().max_drop == limits.DEFAULT_INT8_MAX_DROP
+    search = build_parser().parse_args(["search", "-m", "m.hdf5", "-e", "r.yaml", "-a", "a.json", "-i", "i",
+                                        "--infer_spec", "s.yaml", "-r", "out"])
+    assert (search.budget, search.max_iters) == (limits.DEFAULT_AP_BUDGET, limits.DEFAULT_SEARCH_ITERS)
+    quantize = build_parser().parse_args(["quantize", "-m", "m.onnx", "-a", "a.json", "-i", "i",
+                                          "--infer_spec", "s.yaml", "-r", "out"])
+    assert quantize.max_drop == limits.DEFAULT_INT8_MAX_DROP

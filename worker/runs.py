@@ -24,7 +24,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from bpnet.errors import BpnetError
 from bpnet.guide.accuracy_control import AccuracyControlOptions
 from bpnet.image_files import count_images, is_image_file
-from bpnet.limits import (DEFAULT_EXPORT_HW, MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_PRUNE_THRESHOLD, MAX_SEARCH_ITERS,
+from bpnet.limits import (DEFAULT_AP_BUDGET, DEFAULT_EXPORT_HW, DEFAULT_GATE_MAX_AP_DROP, DEFAULT_SEARCH_ITERS,
+                          DEFAULT_SEARCH_THRESHOLD_RANGE, MAX_AP_DROP_POINTS, MAX_EPOCHS, MAX_PRUNE_THRESHOLD, MAX_SEARCH_ITERS,
                           PRECISIONS, calibration_count_problem, prune_threshold_problem, stages_problem)
 from bpnet.model_safety import check_model_file
 from bpnet.preprocess import check_input_hw
@@ -59,14 +60,14 @@ def _check_resolution(h, w):
 
 class SearchOptions(Strict):
     """`kind: search`: the smallest pruned + retrained model within an AP budget."""
-    budget_ap: float = Field(2.0, ge=0, le=MAX_AP_DROP_POINTS)        # largest AP drop (points) from the unpruned model
+    budget_ap: float = Field(DEFAULT_AP_BUDGET, ge=0, le=MAX_AP_DROP_POINTS)        # largest AP drop (points) from the unpruned model
     objective: Literal["params", "latency"] = "params"
-    max_iters: int = Field(6, ge=1, le=MAX_SEARCH_ITERS)
+    max_iters: int = Field(DEFAULT_SEARCH_ITERS, ge=1, le=MAX_SEARCH_ITERS)
     # evaluation (and latency) input [H, W] of every trial; default: the first of `resolutions`
     resolution: Optional[tuple[int, int]] = None
     # the engine measures each trial's latency on the retrained float (Keras) model
     latency_precision: Literal["fp32"] = "fp32"
-    threshold_range: tuple[float, float] = (0.05, 1.0)
+    threshold_range: tuple[float, float] = DEFAULT_SEARCH_THRESHOLD_RANGE
 
     @field_validator("resolution")
     @classmethod
@@ -116,7 +117,7 @@ class RunSpec(Strict):
     # the stage exit every result exports and evaluates (TAO's output_stage_to_use); None = the last
     output_stage: Optional[int] = Field(None, ge=1)
     # INT8/FP16 results losing more AP points than this against their float parent fail the gate
-    int8_gate_max_ap_drop: float = Field(2.0, ge=0, le=MAX_AP_DROP_POINTS)
+    int8_gate_max_ap_drop: float = Field(DEFAULT_GATE_MAX_AP_DROP, ge=0, le=MAX_AP_DROP_POINTS)
     engines: bool = False                  # also build TensorRT engines (needs a TensorRT worker)
     # INT8 by accuracy control (`bpnet quantize`): every calibrator, then layers back to float
     # until the AP drop is within max_drop (docs/int8.md); None = one calibrator, as exported

@@ -269,16 +269,18 @@ if use_custom:
     custom_w = c2.number_input("W (multiple of 8)", min_value=1, max_value=4096, value=320, step=8, key="custom_w")
 resolution_slot = st.empty()
 stages_slot = st.empty()
-budget_ap, objective, max_iters, thresholds, stage_exits = 2.0, "params", 6, "", ""
+budget_ap, objective, max_iters = DEFAULTS["budget_ap"], DEFAULTS["objective"], DEFAULTS["max_iters"]
+thresholds, stage_exits = "", ""
 if kind == "search":
     c1, c2, c3 = st.columns(3)
-    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0,
-                                step=0.5, key="budget_ap",
+    budget_ap = c1.number_input("AP budget (largest AP drop, points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS,
+                                value=DEFAULTS["budget_ap"], step=0.5, key="budget_ap",
                                 help="the search keeps only models within this many AP points of the unpruned one")
     objective = c2.selectbox("Objective (what to make small)", list(forms.SEARCH_OBJECTIVES), key="objective",
                              format_func={"params": "parameters",
                                           "latency": "latency (FP32, first resolution)"}.get)
-    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=forms.MAX_SEARCH_ITERS, value=6, key="max_iters",
+    max_iters = c3.number_input("Search iterations (limit)", min_value=1, max_value=forms.MAX_SEARCH_ITERS,
+                                value=DEFAULTS["max_iters"], key="max_iters",
                                 help="each iteration prunes, retrains and evaluates one threshold")
     st.caption("The search tries 0.05 first, then 1.0, then narrows the bracket around your budget from the "
                "measured AP of each retrained model; it never picks a model outside the budget.")
@@ -297,11 +299,11 @@ precisions = st.pills("Precisions", list(forms.PRECISIONS), selection_mode="mult
                       key="precisions", help=present.advice_text(advice["export.data_type"]))
 st.caption(f"Precision: {present.advice_text(advice['export.data_type'])}")
 precisions_slot = st.empty()
-gate_max_ap_drop = 2.0
+gate_max_ap_drop = DEFAULTS["gate_max_ap_drop"]
 if precisions and set(precisions) & {"INT8", "FP16"}:
     gate_max_ap_drop = st.number_input(
-        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS, value=2.0, step=0.5,
-        key="gate_max_ap_drop",
+        "INT8/FP16 gate: largest AP drop (points)", min_value=0.0, max_value=forms.MAX_AP_DROP_POINTS,
+        value=DEFAULTS["gate_max_ap_drop"], step=0.5, key="gate_max_ap_drop",
         help="every INT8/FP16 result is compared with its float parent on the same evaluation; a larger "
              "AP drop, or outputs that no longer follow the float model's, marks it failed with remedies")
 gate_slot = st.empty()
@@ -316,8 +318,10 @@ if precisions and "INT8" in precisions:
     default_cal = str(info.images) if info is not None else ""
     cal_images = st.text_input("Calibration images folder", value=default_cal, key="cal_images")
     c1, c2 = st.columns(2)
-    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=forms.MAX_CALIBRATION_BATCH_SIZE, value=8, key="cal_batch_size")
-    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=forms.MAX_CALIBRATION_BATCHES, value=2, key="cal_batches")
+    cal_batch_size = c1.number_input("Calibration batch size", min_value=1, max_value=forms.MAX_CALIBRATION_BATCH_SIZE,
+                                     value=DEFAULTS["cal_batch_size"], key="cal_batch_size")
+    cal_batches = c2.number_input("Calibration batches", min_value=1, max_value=forms.MAX_CALIBRATION_BATCHES,
+                                  value=DEFAULTS["cal_batches"], key="cal_batches")
     if stats is not None:
         from bpnet.guide.recommend import recommend_calibration
 
@@ -334,8 +338,8 @@ if precisions and "INT8" in precisions and kind != "explore":
                       "float until the INT8 model is within the budget of the FP32 one (docs/int8.md); one "
                       "INT8 stage that evaluates several candidate models, so it takes several times longer"):
         int8_max_drop = st.number_input("INT8 accuracy control: largest AP drop (points)", min_value=0.0,
-                                        max_value=forms.MAX_AP_DROP_POINTS, value=1.0, step=0.5,
-                                        key="int8_max_drop")
+                                        max_value=forms.MAX_AP_DROP_POINTS, value=forms.DEFAULT_INT8_MAX_DROP,
+                                        step=0.5, key="int8_max_drop")
 int8_max_drop_slot = st.empty()
 name = st.text_input("Run name (optional)", key="name")
 

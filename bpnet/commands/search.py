@@ -4,14 +4,17 @@
 
 def add_arguments(parser):
     from bpnet.commands.gate import add_evaluation_arguments
+    from bpnet.limits import DEFAULT_AP_BUDGET, DEFAULT_SEARCH_ITERS
 
     parser.add_argument("-m", "--model", required=True, help="the unpruned trained model (.hdf5)")
     parser.add_argument("-e", "--retrain_spec", required=True, help="training spec used to retrain each pruned model")
     add_evaluation_arguments(parser)
-    parser.add_argument("--budget", type=float, default=2.0, help="largest AP drop in points (default 2)")
+    parser.add_argument("--budget", type=float, default=DEFAULT_AP_BUDGET,
+                        help=f"largest AP drop in points (default {DEFAULT_AP_BUDGET:g})")
     parser.add_argument("--objective", default="params", help="params or latency (default params)")
     parser.add_argument("--latency_hw", default=None, help="H,W for the latency objective")
-    parser.add_argument("--max_iters", type=int, default=6, help="iteration limit (default 6)")
+    parser.add_argument("--max_iters", type=int, default=DEFAULT_SEARCH_ITERS,
+                        help=f"iteration limit (default {DEFAULT_SEARCH_ITERS})")
 
 
 def run(args):

@@ -19,10 +19,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from bpnet.errors import BpnetError
-from bpnet.limits import CALIBRATORS, MAX_AP_DROP_POINTS
+from bpnet.limits import CALIBRATORS, DEFAULT_INT8_MAX_DROP, MAX_AP_DROP_POINTS
 from bpnet.specs import Strict
 
-DEFAULT_MAX_DROP = 1.0
+DEFAULT_MAX_DROP = DEFAULT_INT8_MAX_DROP
 DEFAULT_CALIBRATORS = ("entropy", "minmax", "percentile:99.99", "percentile:99.999")
 CALIBRATOR_METHODS = CALIBRATORS
 DEFAULT_MAX_EVAL_IMAGES = 300

@@ -19,8 +19,9 @@ ground truth; the gate reports them in AP points (x 100).
 import numpy as np
 
 from bpnet.errors import BpnetError
+from bpnet.limits import DEFAULT_GATE_MAX_AP_DROP
 
-DEFAULT_THRESHOLD_AP = 2.0
+DEFAULT_THRESHOLD_AP = DEFAULT_GATE_MAX_AP_DROP
 DEFAULT_MAX_OUTPUT_ERROR = 0.3
 GATED_METRICS = ("AP", "APm", "APl")
 # COCO's per-keypoint OKS sigmas (17 keypoints, COCO order).

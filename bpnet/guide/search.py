@@ -16,8 +16,9 @@ import math
 from dataclasses import dataclass, field
 
 from bpnet.errors import BpnetError
+from bpnet.limits import DEFAULT_SEARCH_ITERS, DEFAULT_SEARCH_THRESHOLD_RANGE
 
-DEFAULT_THRESHOLD_RANGE = (0.05, 1.0)
+DEFAULT_THRESHOLD_RANGE = DEFAULT_SEARCH_THRESHOLD_RANGE
 SAFEGUARD = 0.25             # the next point stays this far (in log space) inside the bracket
 SIGNIFICANT_DIGITS = 3       # thresholds are rounded so trial folders and reports read well
 
@@ -36,7 +37,7 @@ class SearchConfig:
     base_ap: float                     # AP points of the unpruned model on the same evaluation
     budget_ap: float                   # the largest AP drop (points) the user accepts
     threshold_range: tuple = DEFAULT_THRESHOLD_RANGE
-    max_iters: int = 6
+    max_iters: int = DEFAULT_SEARCH_ITERS
     threshold_rel_tol: float = 0.1     # stop when the bracket's hi / lo is below 1 + this
     ap_tol: float = 0.25               # stop when a trial uses the budget up to this many points
 

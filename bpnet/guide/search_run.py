@@ -20,7 +20,7 @@ from bpnet.errors import BpnetError
 from bpnet.events import emit
 from bpnet.fileio import read_json, write_json_atomic
 from bpnet.guide.search import DEFAULT_THRESHOLD_RANGE, SearchConfig, Trial, run_search
-from bpnet.limits import (DEFAULT_PRUNE_GRANULARITY, DEFAULT_PRUNE_MIN_FILTERS, EQUALIZATIONS, MAX_AP_DROP_POINTS,
+from bpnet.limits import (DEFAULT_AP_BUDGET, DEFAULT_PRUNE_GRANULARITY, DEFAULT_SEARCH_ITERS, DEFAULT_PRUNE_MIN_FILTERS, EQUALIZATIONS, MAX_AP_DROP_POINTS,
                           MAX_SEARCH_ITERS, NORMALIZERS)
 from bpnet.specs import spec_to_yaml
 
@@ -73,7 +73,7 @@ def check_search_inputs(base_model, budget_ap, objective, max_iters, latency_opt
 
 
 def search_prune_threshold(base_model, train_spec, annotations, images_dir, infer_spec, out_dir,
-                           budget_ap=2.0, objective="params", max_iters=6,
+                           budget_ap=DEFAULT_AP_BUDGET, objective="params", max_iters=DEFAULT_SEARCH_ITERS,
                            threshold_range=DEFAULT_THRESHOLD_RANGE, prune_options=None,
                            latency_options=None, max_images=None, progress=None):
     """Find the smallest pruned + retrained model whose AP is within `budget_ap` points of the base.
