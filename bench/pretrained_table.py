@@ -190,11 +190,35 @@ def time_default_run(work):
                 worker.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 worker.kill()
-    stages = [{"label": s["label"], "status": s["status"], "seconds": round(s.get("duration_s") or 0.0, 1)}
-              for s in run["stages"]]
-    results = [{k: r.get(k) for k in ("pth", "precision", "params", "AP", "latency_ms", "num_images")}
+    return run_summary(config, run, spec, wall)
+
+
+def run_summary(config, run, spec, wall=None):
+    """Stage durations (a stage reused from an earlier run of the same spec counts with the
+    duration it took there) and results of a finished run."""
+    from worker import client
+
+    store = client.get_store(config)
+    stages = []
+    for s in run["stages"]:
+        source = store.stage(s["source_stage_id"]) if s.get("source_stage_id") else s
+        stages.append({"label": s["label"], "status": s["status"], "reused": bool(s.get("source_stage_id")),
+                       "seconds": round(source.get("duration_s") or 0.0, 1)})
+    results = [{k: r.get(k) for k in ("pth", "precision", "params", "AP", "latency_ms", "num_images", "gate")}
                for r in run["results"]]
-    return {"status": run["status"], "wall_s": round(wall, 1), "spec": spec, "stages": stages, "results": results}
+    total = round(sum(s["seconds"] for s in stages), 1)
+    return {"status": run["status"], "wall_s": round(wall, 1) if wall is not None else None,
+            "stage_sum_s": total, "spec": spec, "stages": stages, "results": results}
+
+
+def summary_of_studio_run(home, run_id):
+    """`run_summary` of a run already in a studio (`--default-run-from HOME RUN`)."""
+    from worker import client
+    from worker.config import load_config
+
+    config = load_config({"BPNET_STUDIO_HOME": str(home)})
+    run = client.get_run(run_id, config=config)
+    return run_summary(config, run, run["spec"])
 
 
 # ---------------------------------------------------------------- report
@@ -226,19 +250,24 @@ def markdown(report):
     run = report.get("default_run")
     if run:
         spec = run["spec"]
+        took = (f"**{run['status']} in {run['wall_s'] / 60:.1f} min ({run['wall_s']:.0f} s)**"
+                if run.get("wall_s") is not None and not any(s["reused"] for s in run["stages"]) else
+                f"**{run['status']}; its stages took {run['stage_sum_s'] / 60:.1f} min ({run['stage_sum_s']:.0f} s) "
+                "together** (one worker runs them one after another; stages marked reused ran in an earlier "
+                "submission of the same spec and count with the time they took there)")
         lines += [f"The dashboard's default run (New run as it opens: prune thresholds "
                   f"{spec['prune_thresholds']}, {spec['retrain_epochs']} retrain epoch(s), "
                   f"{'/'.join(spec['precisions'])} at {spec['resolutions']}, one worker, embedded broker, "
-                  f"fresh studio so the import runs too): **{run['status']} in {run['wall_s'] / 60:.1f} min "
-                  f"({run['wall_s']:.0f} s)**.", "",
+                  f"fresh studio so the import runs too): {took}.", "",
                   "| stage | seconds |", "|---|---|"]
-        lines += [f"| {s['label']} | {s['seconds']:.0f} |" for s in run["stages"]]
-        lines += ["", "| result | parameters | AP | CNN ms (ORT, its stage's benchmark) |", "|---|---|---|---|"]
+        lines += [f"| {s['label']}{' (reused)' if s['reused'] else ''} | {s['seconds']:.0f} |" for s in run["stages"]]
+        lines += ["", "| result | parameters | AP | CNN ms (ORT, its stage's benchmark) | gate |",
+                  "|---|---|---|---|---|"]
         for r in run["results"]:
             name = ("unpruned" if r["pth"] is None else f"pth {r['pth']:g}") + f" {r['precision']}"
             ap = "—" if r["AP"] is None else f"{r['AP']:.3f}"
             ms = "—" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}"
-            lines.append(f"| {name} | {r['params'] or 0:,} | {ap} | {ms} |")
+            lines.append(f"| {name} | {r['params'] or 0:,} | {ap} | {ms} | {r.get('gate') or '—'} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -261,6 +290,9 @@ def main():
     parser.add_argument("--skip-table", action="store_true")
     parser.add_argument("--skip-default-run", action="store_true")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--render-only", action="store_true", help="the table from WORK/rows.json as measured so far")
+    parser.add_argument("--default-run-from", nargs=2, metavar=("STUDIO_HOME", "RUN_ID"),
+                        help="report this finished run of the default spec instead of submitting one")
     args = parser.parse_args()
     from bpnet.imports.card import load_card
     from bpnet.machine import describe_cpu
@@ -273,7 +305,15 @@ def main():
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds}
     card_hw = tuple(load_card(SOURCE.with_name(SOURCE.stem + ".card.yaml")).input.training_hw)
     report["card_hw"] = list(card_hw)
-    if not args.skip_table:
+    if args.render_only:   # the rows measured so far (rows.json), e.g. when a run was cut short
+        report["retrain_steps"] = retrain_steps()
+        report["rows"] = json.loads((work / "rows.json").read_text())
+        missing = [r for r in report["rows"] if "fp32_ms" not in r]
+        if missing:
+            latency = interleaved_latency([p for r in missing for p in (r["onnx_fp32"], r["onnx_int8"]) if p], args.rounds)
+            for r in missing:
+                r["fp32_ms"], r["int8_ms"] = latency[r["onnx_fp32"]], latency.get(r["onnx_int8"])
+    elif not args.skip_table:
         base = base_model(work)
         report["retrain_steps"] = retrain_steps()
         rows = []
@@ -286,11 +326,15 @@ def main():
                 row["seconds"] = round(time.time() - started)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                (work / "rows.json").write_text(json.dumps(rows, indent=2))
         latency = interleaved_latency([p for r in rows for p in (r["onnx_fp32"], r["onnx_int8"]) if p], args.rounds)
         for r in rows:
             r["fp32_ms"], r["int8_ms"] = latency[r["onnx_fp32"]], latency.get(r["onnx_int8"])
+        (work / "rows.json").write_text(json.dumps(rows, indent=2))
         report["rows"] = rows
-    if not args.skip_default_run:
+    if args.default_run_from:
+        report["default_run"] = summary_of_studio_run(*args.default_run_from)
+    elif not args.skip_default_run:
         report["default_run"] = time_default_run(work)
         print(json.dumps(report["default_run"]["stages"]), flush=True)
     report["load_after"] = round(os.getloadavg()[0], 1)

@@ -120,8 +120,9 @@ def detections_in_annotated_boxes(results_file, annotations, min_keypoints=3):
 
 
 @pytest.mark.skipif(not os.environ.get("BPNET_PRETRAINED_E2E"),
-                    reason="the default pretrained run takes ~18 minutes on 2 cores (docs/pretrained.md), "
-                           "most of the suite's 20-minute budget; set BPNET_PRETRAINED_E2E=1 to run it")
+                    reason="the default pretrained run takes ~12 minutes on 2 shared cores (docs/pretrained.md: "
+                           "two INT8 exports of ~2.5 min each, a retrain, the first-run import), more than half "
+                           "of the suite's 20-minute budget; set BPNET_PRETRAINED_E2E=1 to run it")
 def test_the_default_run_starts_from_the_pretrained_network_and_finds_people(studio, browser_page, tmp_path):
     """New run as it opens (pretrained base, FP32 + INT8): submitted, finished by the worker, and
     Run detail shows pictures of annotated people with the network's skeletons on them."""
