@@ -237,7 +237,7 @@ def markdown(report):
                   f"INT8 only where the FP32 model finds people (AP >= 0.02: a drop from ~0 means nothing); "
                   f"latency = ONNX Runtime, batch 1, 288x384, median of {report['rounds']} interleaved rounds.", "",
                   f"| threshold | retrain | parameters | AP FP32 288x384 | AP FP32 {hw[0]}x{hw[1]} (card) | "
-                  "FP32 ms | AP INT8 288x384 | INT8 drop (points) | INT8 ms |",
+                  "FP32 ms | AP INT8 288x384 | INT8 drop (points, FP32 − INT8) | INT8 ms |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in report["rows"]:
             if r["ap_int8_strict"] is None:   # the FP32 model finds nobody
@@ -306,6 +306,10 @@ def main():
     card_hw = tuple(load_card(SOURCE.with_name(SOURCE.stem + ".card.yaml")).input.training_hw)
     report["card_hw"] = list(card_hw)
     if args.render_only:   # the rows measured so far (rows.json), e.g. when a run was cut short
+        previous = work / "report.json"
+        if previous.is_file():   # the machine and time of the measurement, not of this rendering
+            report.update({k: v for k, v in json.loads(previous.read_text()).items()
+                           if k in ("cpu", "isa", "threads", "load_before", "when")})
         report["retrain_steps"] = retrain_steps()
         report["rows"] = json.loads((work / "rows.json").read_text())
         missing = [r for r in report["rows"] if "fp32_ms" not in r]
@@ -337,7 +341,10 @@ def main():
     elif not args.skip_default_run:
         report["default_run"] = time_default_run(work)
         print(json.dumps(report["default_run"]["stages"]), flush=True)
-    report["load_after"] = round(os.getloadavg()[0], 1)
+    if not args.render_only or "load_after" not in report:
+        previous = work / "report.json"
+        report["load_after"] = (json.loads(previous.read_text()).get("load_after") if args.render_only and previous.is_file()
+                                else None) or round(os.getloadavg()[0], 1)
     (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
     text = markdown(report)
     print(text)
