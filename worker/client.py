@@ -279,13 +279,20 @@ def list_models(limit=200, config=None):
     config = _cfg(config)
     models = []
     for row in store.model_artifacts(("train", "retrain", "search"), limit):
-        try:
-            path = artifacts.resolve_inside(config.artifact_root, row["relpath"])
-        except BpnetError:
-            continue
-        if path.is_file():
+        path = _file_on_disk(config, row["relpath"])
+        if path is not None:
             models.append({**row, "path": path})
     return models
+
+
+def _file_on_disk(config, relpath):
+    """The artifact file at `relpath` under the artifact root, or None when it is gone (or the
+    path would leave the root)."""
+    try:
+        path = artifacts.resolve_inside(config.artifact_root, relpath)
+    except BpnetError:
+        return None
+    return path if path.is_file() else None
 
 
 def preview_prune(model_path, thresholds, prune=None):
@@ -351,10 +358,9 @@ def _completed_model_file(store, config, stages):
             continue
         model = (stage["outputs"] or {}).get("model")
         for art in store.artifacts_of_stages([stage["id"]]):
-            if art["name"] == model:
-                path = artifacts.resolve_inside(config.artifact_root, art["relpath"])
-                if path.is_file():
-                    return path
+            path = _file_on_disk(config, art["relpath"]) if art["name"] == model else None
+            if path is not None:
+                return path
     return None
 
 

@@ -134,10 +134,15 @@ def count_annotated_images(path):
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _ANNOTATED_IMAGES:
         try:
-            _ANNOTATED_IMAGES[memo] = len({a["image_id"] for a in labelled_people(read_coco_json(path))})
+            _ANNOTATED_IMAGES[memo] = len(annotated_image_ids(labelled_people(read_coco_json(path))))
         except (BpnetError, OSError):
             _ANNOTATED_IMAGES[memo] = 0
     return _ANNOTATED_IMAGES[memo]
+
+
+def annotated_image_ids(people):
+    """The ids of the images these person annotations are on."""
+    return {a["image_id"] for a in people}
 
 
 def labelled_people(data):
@@ -182,7 +187,7 @@ def inspect_dataset(annotations, images=None, bundled=False):
                        num_images=len(data["images"]),
                        num_people=sum(not a.get("iscrowd") for a in data["annotations"]),
                        num_people_with_keypoints=len(with_keypoints),
-                       num_images_with_keypoints=len({a["image_id"] for a in with_keypoints}),
+                       num_images_with_keypoints=len(annotated_image_ids(with_keypoints)),
                        bundled=bundled)
 
 
