@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bpnet.data.coco import check_unique_ids
+from bpnet.data.coco import read_coco_json
 from bpnet.errors import BpnetError
-from bpnet.fileio import read_json, write_json_atomic
+from bpnet.fileio import write_json_atomic
 from bpnet.image_files import count_images
 
 REPORT_NAME = "calibration_images.json"
@@ -244,13 +244,11 @@ def reason_left_out(image, profile, images_dir, min_persons, min_keypoints, max_
 
 
 def load_coco(path, flag):
-    coco = read_json(path, "annotations file")
-    for key in ("images", "annotations"):
-        if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
-            raise BpnetError(f"{flag}: {path} is not a COCO keypoints file: no {key!r} list (expected "
-                             "a JSON object with 'images' and 'annotations')")
-    check_unique_ids(coco, path)
-    return coco
+    """The annotations file through the one COCO reader, its message naming the flag."""
+    try:
+        return read_coco_json(path)
+    except BpnetError as err:
+        raise BpnetError(f"{flag}: {err}") from None
 
 
 def sample_calibration(annotations, images_dir, out_dir, n, min_persons=1, min_keypoints=1,

@@ -73,7 +73,7 @@ def test_ap_over_no_labelled_person_is_an_error_not_minus_one(tmp_path, case):
     data = _coco()
     if case == "no images":
         data["images"], data["annotations"] = [], []
-        message = "no images to evaluate"
+        message = "'images' is empty"
     else:
         for ann in data["annotations"]:
             ann["num_keypoints"], ann["keypoints"] = 0, [0] * 51
@@ -97,7 +97,7 @@ def test_sample_calibration_names_a_missing_annotations_key(tmp_path):
 
     data = _coco()
     del data["annotations"]
-    with pytest.raises(BpnetError, match="no 'annotations' list"):
+    with pytest.raises(BpnetError, match="-a/--annotations: COCO annotations file .*: field 'annotations' must be a list"):
         sample_calibration(_write(tmp_path, data), COCO_IMAGES, tmp_path / "cal", 4)
 
 

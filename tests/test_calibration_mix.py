@@ -11,7 +11,7 @@ AREAS = {"small": 600.0, "medium": 4000.0, "large": 20000.0}
 
 
 def person(image_id, k, size, visible=8):
-    return {"id": 1000 * image_id + k, "image_id": image_id, "iscrowd": 0, "num_keypoints": visible,
+    return {"id": 1000 * image_id + k, "image_id": image_id, "category_id": 1, "iscrowd": 0, "num_keypoints": visible,
             "area": AREAS[size], "keypoints": [5, 5, 2] * visible + [0, 0, 0] * (17 - visible)}
 
 

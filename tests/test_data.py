@@ -276,7 +276,7 @@ def test_malformed_keypoints_name_the_annotation(copy_of_coco_mini):
 
     rewrite(copy_of_coco_mini, break_one)
     broken_id = json.loads(annotations_of(copy_of_coco_mini).read_text())["broken_id"]
-    with pytest.raises(BpnetError, match=rf"malformed 'keypoints' \(need a list of 51 numbers.*id {broken_id} \(a list of 48\)"):
+    with pytest.raises(BpnetError, match=rf"annotation {broken_id} keypoints has a list of 48 numbers; .* 51 numbers"):
         load_copy(copy_of_coco_mini)
 
 

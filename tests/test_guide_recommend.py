@@ -117,13 +117,18 @@ def test_bundled_data_statistics(coco_mini):
     assert stats["num_images_with_people"] == 28
 
 
+PERSON = {"id": 1, "name": "person", "keypoints": [f"k{i}" for i in range(17)]}
+IMAGE = {"id": 1, "file_name": "a.jpg", "width": 5, "height": 5}
+
+
 @pytest.mark.parametrize("broken, message", [
-    ({"images": "x", "annotations": []}, "'images' must be a list"),
-    ({"images": [], "annotations": []}, "'images' is empty"),
-    ({"images": [{"id": 1, "width": 0, "height": 5}], "annotations": []}, "must be positive"),
-    ({"images": [{"id": 1, "width": 5, "height": 5}], "annotations": [{"image_id": 2}]}, "image_id 2"),
-    ({"images": [{"id": 1, "width": 5, "height": 5}],
-      "annotations": [{"image_id": 1, "keypoints": [1, 2]}]}, "keypoints has 2 numbers"),
+    ({"images": "x", "annotations": [], "categories": []}, "'images' must be a list"),
+    ({"images": [], "annotations": [], "categories": []}, "'images' is empty"),
+    ({"images": [{**IMAGE, "width": 0}], "annotations": [], "categories": []}, "must be positive"),
+    ({"images": [IMAGE], "annotations": [{"id": 7, "image_id": 2, "category_id": 1}], "categories": [PERSON]},
+     "annotation 7 has image_id 2"),
+    ({"images": [IMAGE], "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "keypoints": [1, 2]}],
+      "categories": [PERSON]}, "keypoints has a list of 2 numbers; its category names 17 keypoints"),
 ])
 def test_bad_annotations_are_named(broken, message, tmp_path):
     path = tmp_path / "ann.json"

@@ -96,8 +96,32 @@ def read_coco_json(path):
             if missing:
                 raise BpnetError(f"COCO annotations file {path}: an entry of {field!r} "
                                  f"(id {item.get('id') if isinstance(item, dict) else item!r}) lacks {missing}")
+    if not data["images"]:
+        raise BpnetError(f"COCO annotations file {path}: 'images' is empty; the dataset needs at least one image")
     check_unique_ids(data, path)
+    check_references(data, path)
     return data
+
+
+def check_references(data, path):
+    """Sizes are positive, every annotation belongs to a listed image, and its keypoints (when its
+    category names keypoints) are one x, y, v triple per keypoint name."""
+    for image in data["images"]:
+        if not all(isinstance(image[k], (int, float)) and image[k] > 0 for k in ("width", "height")):
+            raise BpnetError(f"COCO annotations file {path}: image {image['id']} has width {image['width']!r} "
+                             f"and height {image['height']!r}; both must be positive numbers")
+    image_ids = {image["id"] for image in data["images"]}
+    names = {c.get("id"): c.get("keypoints") for c in data["categories"] if isinstance(c, dict)}
+    for ann in data["annotations"]:
+        if ann["image_id"] not in image_ids:
+            raise BpnetError(f"COCO annotations file {path}: annotation {ann['id']} has image_id "
+                             f"{ann['image_id']!r}, which is not the id of any entry in 'images'")
+        keypoints, expected = ann.get("keypoints"), names.get(ann["category_id"])
+        if keypoints is not None and isinstance(expected, list) and \
+                (not isinstance(keypoints, list) or len(keypoints) != 3 * len(expected)):
+            raise BpnetError(f"COCO annotations file {path}: annotation {ann['id']} keypoints has "
+                             f"{_describe(keypoints)} numbers; its category names {len(expected)} keypoints, "
+                             f"so {3 * len(expected)} numbers (x, y, v triples) are expected")
 
 
 @dataclass(frozen=True)

@@ -9,49 +9,14 @@ the original image). Because the seed's resolution advice was measured on COCO (
 transfer to datasets of larger or smaller images.
 """
 
-from pathlib import Path
-
 import numpy as np
 
-from bpnet.errors import BpnetError
-from bpnet.fileio import read_json
+from bpnet.data.coco import read_coco_json
 
 SMALL_MAX_AREA = 32 ** 2
 MEDIUM_MAX_AREA = 96 ** 2
 COCO_LONG_SIDE_PX = 640
 NUM_COCO_KEYPOINTS = 17
-
-
-def check_coco_dict(data, source="annotations"):
-    """Raise a BpnetError naming the first missing or invalid field."""
-    if not isinstance(data, dict):
-        raise BpnetError(f"{source}: expected a JSON object with 'images' and 'annotations', "
-                         f"got {type(data).__name__}")
-    for key in ("images", "annotations"):
-        if not isinstance(data.get(key), list):
-            raise BpnetError(f"{source}: field '{key}' must be a list, got {data.get(key)!r:.60}")
-    if not data["images"]:
-        raise BpnetError(f"{source}: 'images' is empty; the dataset needs at least one image")
-    for i, image in enumerate(data["images"]):
-        for key in ("id", "width", "height"):
-            if key not in image:
-                raise BpnetError(f"{source}: images[{i}] has no '{key}' field")
-        if not _positive_number(image["width"]) or not _positive_number(image["height"]):
-            raise BpnetError(f"{source}: images[{i}] (id {image['id']}) has width {image['width']!r} "
-                             f"and height {image['height']!r}; both must be positive numbers")
-    image_ids = {image["id"] for image in data["images"]}
-    for i, ann in enumerate(data["annotations"]):
-        if ann.get("image_id") not in image_ids:
-            raise BpnetError(f"{source}: annotations[{i}].image_id {ann.get('image_id')!r} "
-                             f"is not the id of any entry in 'images'")
-        keypoints = ann.get("keypoints", [])
-        if len(keypoints) not in (0, 3 * NUM_COCO_KEYPOINTS):
-            raise BpnetError(f"{source}: annotations[{i}].keypoints has {len(keypoints)} numbers; "
-                             f"expected {3 * NUM_COCO_KEYPOINTS} (17 x, y, v triples)")
-
-
-def _positive_number(value):
-    return isinstance(value, (int, float)) and value > 0
 
 
 def person_area(ann):
@@ -90,13 +55,12 @@ def summarize(values):
             "max": float(values.max())}
 
 
-def dataset_stats(coco, source="annotations"):
+def dataset_stats(coco):
     """Statistics of a COCO person-keypoints dict.
 
     People = non-crowd annotations with at least one labelled keypoint (the ones the keypoint
     AP scores and the network learns from); crowd regions are counted separately.
     """
-    check_coco_dict(coco, source)
     images = {image["id"]: image for image in coco["images"]}
     people_per_image = {image_id: 0 for image_id in images}
     keypoints_per_person, areas, areas_at_640, height_fractions = [], [], [], []
@@ -150,4 +114,4 @@ def _histogram(counts):
 
 def dataset_stats_file(path):
     """Statistics of the COCO annotation file at `path`."""
-    return dataset_stats(read_json(path, "COCO annotations"), source=str(Path(path)))
+    return dataset_stats(read_coco_json(path))
