@@ -12,6 +12,7 @@ from pathlib import Path
 from bpnet.errors import BpnetError
 from worker import client
 
+from app import forms
 from app.forms import BUNDLED_ANNOTATIONS
 
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
@@ -66,6 +67,15 @@ preview_prune = _through_call(client.preview_prune)
 preview_base_model = _through_call(client.preview_base_model)
 import_base_model = _through_call(client.import_base_model)
 run_spec_problems = _through_call(client.run_spec_problems)
+
+
+def new_run_spec(form, dataset_info, train_template):
+    """The New-run form -> (run spec or None, {widget: message}): the widgets' values turned into
+    a run spec (`forms.run_spec_of_form`) and checked by the run spec's own rules (RunSpec, the
+    files it names, the calibration images), every message under the widget of its field."""
+    spec, errors = forms.run_spec_of_form(form, dataset_info, train_template)
+    errors = {**forms.errors_by_widget(run_spec_problems(spec)), **errors}
+    return (None if errors else spec), errors
 
 
 def list_runs(status=None, dataset=None, search=None, limit=200, offset=0):

@@ -148,13 +148,13 @@ def default_run_spec():
     """The run spec New run submits as it opens (pretrained base, bundled data)."""
     import yaml
 
-    from app import forms
+    from app import forms, jobs
 
-    request, errors = forms.validate_new_run(forms.default_new_run_form())
+    template = yaml.safe_load((ROOT / "specs" / "train_small.yaml").read_text())
+    spec, errors = jobs.new_run_spec(forms.default_new_run_form(), None, template)
     if errors:
         raise SystemExit(f"the New-run defaults do not validate: {errors}")
-    template = yaml.safe_load((ROOT / "specs" / "train_small.yaml").read_text())
-    return forms.run_spec_dict(request, template)
+    return spec
 
 
 def time_default_run(work):

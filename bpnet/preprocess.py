@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from bpnet.errors import BpnetError
-from bpnet.limits import STRIDE
+from bpnet.limits import MAX_SIDE_PX, STRIDE
 
 DEFAULT_IMAGE_SCALE = (256.0, 256.0, 256.0)
 DEFAULT_IMAGE_OFFSET = (0.5, 0.5, 0.5)
@@ -47,15 +47,22 @@ class Letterbox:
 
 
 def check_input_hw(input_hw, where="input_shape"):
-    """(H, W) must be positive multiples of the stride; raise a clear error otherwise."""
+    """(H, W) must be whole multiples of the stride up to MAX_SIDE_PX; raise a clear error otherwise
+    (the one rule for specs, run specs, the dashboard and the CLI)."""
     try:
-        h, w = (int(v) for v in input_hw)
+        h, w = (float(v) for v in input_hw)
     except (TypeError, ValueError):
         raise BpnetError(f"{where}: expected [H, W], got {input_hw!r}") from None
-    if h <= 0 or w <= 0 or h % STRIDE or w % STRIDE:
-        raise BpnetError(f"{where}: H and W must be positive multiples of {STRIDE}, got {h}x{w} "
-                         f"(e.g. {max(STRIDE, h // STRIDE * STRIDE)}x{max(STRIDE, w // STRIDE * STRIDE)})")
-    return h, w
+    if not (h.is_integer() and w.is_integer()) or not (STRIDE <= h <= MAX_SIDE_PX and STRIDE <= w <= MAX_SIDE_PX) \
+            or h % STRIDE or w % STRIDE:
+        raise BpnetError(f"{where}: H and W must be positive multiples of {STRIDE} up to {MAX_SIDE_PX}, got "
+                         f"{h:g}x{w:g} (e.g. {_nearest_side(h)}x{_nearest_side(w)})")
+    return int(h), int(w)
+
+
+def _nearest_side(value):
+    """The allowed side closest to `value` (for the hint in the error)."""
+    return int(max(STRIDE, min(MAX_SIDE_PX, round(value / STRIDE) * STRIDE)))
 
 
 def read_image(path):

@@ -228,17 +228,23 @@ def parse_spec(cls, data, source="spec"):
 
 def format_validation_error(err, source):
     lines = [f"{source}: {err.error_count()} invalid field(s):"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if not e["loc"] and e["type"] == "value_error":   # a rule across fields: its message names them
-            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
-        elif e["type"] == "extra_forbidden":
-            lines.append(f"  - {field}: unknown field (value {e['input']!r}); check the spelling")
-        elif e["type"] == "missing":
-            lines.append(f"  - {field}: required field is missing")
-        else:
-            lines.append(f"  - {field}: value {e['input']!r} is invalid: {e['msg']}")
+    lines += [f"  - {describe_field_error(e)}" for e in err.errors()]
     return "\n".join(lines)
+
+
+def describe_field_error(error):
+    """One pydantic error as a sentence naming the field, the value and the rule."""
+    field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"] and error["type"] == "value_error":   # a rule across fields: its message names them
+        return message
+    if error["type"] == "value_error":   # our own rules name the value and what is allowed
+        return f"{field}: {message}"
+    if error["type"] == "extra_forbidden":
+        return f"{field}: unknown field (value {error['input']!r}); check the spelling"
+    if error["type"] == "missing":
+        return f"{field}: required field is missing"
+    return f"{field}: value {error['input']!r} is invalid: {message}"
 
 
 def _resolve_paths(obj, base):

@@ -11,50 +11,58 @@ from bpnet.errors import BpnetError
 
 # ---------------------------------------------------------------- form validation
 
-@pytest.mark.parametrize("h, w", [(288, 384), (8, 8), ("224", "320.0"), (2048, 64)])
-def test_resolution_accepts_multiples_of_8(h, w):
-    assert forms.parse_resolution(h, w) == (int(float(h)), int(float(w)))
+TEMPLATE = {"num_epoch": 1, "checkpoint_n_epoch": 1}   # a new base model's training spec (a stand-in)
 
 
-@pytest.mark.parametrize("h, w, fragment", [(290, 384, "H = 290"), (288, 383, "W = 383"), (0, 64, "H = 0"),
-                                            ("abc", 64, "not a number"), (4096, 64, "H = 4096"),
-                                            (288.5, 384, "H = 288.5")])
-def test_resolution_rejects_with_field_value_and_rule(h, w, fragment):
-    with pytest.raises(BpnetError, match="multiple") as err:
-        forms.parse_resolution(h, w)
-    assert fragment in str(err.value)
+def new_run(**changes):
+    """(run spec or None, {widget: message}) of good_form() with `changes`, as the page gets them."""
+    from app import jobs
+
+    return jobs.new_run_spec(good_form(**changes), None, TEMPLATE)
 
 
-def test_resolution_error_suggests_the_nearest_multiple():
-    with pytest.raises(BpnetError, match="e.g. 288"):
-        forms.parse_resolution(290, 384)
-
-
-def test_collect_resolutions_merges_presets_and_custom_without_repeats():
-    assert forms.collect_resolutions(["288×384", "224×320"], (288, 384)) == [(288, 384), (224, 320)]
-    with pytest.raises(BpnetError, match="none chosen"):
-        forms.collect_resolutions([], None)
+def test_custom_resolutions_join_the_presets_without_repeats():
+    assert forms.collect_resolutions(["288×384", "224×320"], (288, 384)) == [[288, 384], [224, 320]]
+    assert forms.collect_resolutions([], ("224", "320.0")) == [[224, 320]]
     with pytest.raises(BpnetError, match="unknown preset"):
         forms.collect_resolutions(["300×300"])
+    with pytest.raises(BpnetError, match="custom resolution H: 'abc' is not a number"):
+        forms.collect_resolutions([], ("abc", 64))
 
 
-def test_thresholds_parse_sorted_unique_and_reject_bad_lists():
-    assert forms.parse_thresholds("0.2, 0.05;0.1 0.1") == [0.05, 0.1, 0.2]
-    for text, fragment in (("", "empty"), ("  ,  ", "empty"), ("0.1, x", "'x' is not a number"),
-                           ("-0.1", "out of range"), ("0", "out of range"), ("11", "out of range"),
-                           ("nan", "out of range")):
-        with pytest.raises(BpnetError, match=fragment):
-            forms.parse_thresholds(text)
+@pytest.mark.parametrize("h, w, fragment", [(290, 384, "290x384 (e.g. 288x384)"), (288, 383, "288x383"),
+                                            (0, 64, "0x64"), (4096, 64, "4096x64"), (288.5, 384, "288.5")])
+def test_a_custom_resolution_is_refused_by_the_run_specs_rule_under_its_widget(h, w, fragment):
+    spec, errors = new_run(use_custom=True, custom_h=h, custom_w=w)
+    assert spec is None and set(errors) == {"resolution"} and fragment in errors["resolution"]
+
+
+def test_no_resolution_is_the_run_specs_refusal():
+    _, errors = new_run(presets=[])
+    assert "give at least one resolution" in errors["resolution"]
+
+
+def test_thresholds_parse_sorted_unique_and_the_run_spec_judges_their_range():
+    assert forms.parse_numbers("0.2, 0.05;0.1 0.1", "prune thresholds") == [0.05, 0.1, 0.2]
+    assert forms.parse_numbers("  ,  ", "prune thresholds") == []
+    with pytest.raises(BpnetError, match="'x' is not a number"):
+        forms.parse_numbers("0.1, x", "prune thresholds")
+    for text in ("-0.1", "0", "11", "nan"):
+        _, errors = new_run(thresholds=text)
+        assert set(errors) == {"thresholds"} and "out of range" in errors["thresholds"]
+    spec, errors = new_run(thresholds="")
+    assert errors == {} and spec["prune_thresholds"] == []   # only the unpruned model: a valid run
 
 
 def test_calibration_follows_the_seed_rule(coco_mini, tmp_path):
-    assert forms.check_calibration(coco_mini[1], 10, 8) == (coco_mini[1].resolve(), 10, 8)
-    with pytest.raises(BpnetError, match="80 images, fewer than .* 9 x 9 = 81"):
-        forms.check_calibration(coco_mini[1], 9, 9)
-    with pytest.raises(BpnetError, match="does not exist"):
-        forms.check_calibration(tmp_path / "none", 1, 1)
-    with pytest.raises(BpnetError, match="batches: 0 is not allowed"):
-        forms.check_calibration(coco_mini[1], 0, 1)
+    spec, errors = new_run(cal_images=str(coco_mini[1]), cal_batches=10, cal_batch_size=8)
+    assert errors == {} and spec["calibration"] == {"images": str(coco_mini[1]), "batch_size": 8, "batches": 10}
+    for changes, fragment in (({"cal_batches": 9, "cal_batch_size": 9}, "80 images, fewer than .* 9 x 9 = 81"),
+                              ({"cal_images": str(tmp_path / "none")}, "calibration.images: folder not found"),
+                              ({"cal_batches": 0}, "calibration.batches: value 0 is invalid")):
+        _, errors = new_run(**changes)
+        assert set(errors) == {"calibration"}
+        assert __import__("re").search(fragment, errors["calibration"])
 
 
 def test_bundled_dataset_inspection_counts_people(coco_mini):
@@ -91,59 +99,55 @@ def good_form(**changes):
     return form
 
 
-def test_valid_form_gives_a_request_and_result_count():
-    request, errors = forms.validate_new_run(good_form())
-    assert errors == {}
-    assert request.thresholds == [0.1, 0.5] and request.precisions == ["FP32", "INT8"]
-    assert forms.count_results(request) == 6   # (unpruned + 2 thresholds) x 2 precisions
-    assert request.dataset.bundled and request.name
-    assert request.calibration_images == forms.BUNDLED_IMAGES.resolve()   # defaults to the training images
-
-
-def test_request_becomes_a_valid_run_spec():
+def test_valid_form_gives_a_run_spec_with_one_result_per_model_and_precision():
     from worker.runs import expand_run, parse_run_spec
-    import yaml
 
-    request, _ = forms.validate_new_run(good_form())
-    template = yaml.safe_load((forms.ROOT / "specs" / "train_small.yaml").read_text())
-    spec = parse_run_spec(forms.run_spec_dict(request, template), "form")
-    assert spec.precisions == ("fp32", "int8") and spec.stages == (2,)
-    evaluations = [n for n in expand_run(spec) if n["kind"] == "evaluate"]
-    assert len(evaluations) == forms.count_results(request)
+    spec, errors = new_run()
+    assert errors == {}
+    assert spec["prune_thresholds"] == [0.1, 0.5] and spec["precisions"] == ["fp32", "int8"] and spec["name"]
+    assert spec["stages"] == [2] and spec["train"]["num_epoch"] == 2
+    assert spec["calibration"]["images"] == str(forms.BUNDLED_IMAGES.resolve())   # defaults to the training images
+    evaluations = [n for n in expand_run(parse_run_spec(spec, "form")) if n["kind"] == "evaluate"]
+    assert len(evaluations) == 6   # (unpruned + 2 thresholds) x 2 precisions
 
 
 def test_invalid_form_reports_every_field_at_once(tmp_path):
-    _, errors = forms.validate_new_run(good_form(
-        dataset="path", annotations=str(tmp_path / "missing.json"), use_custom=True, custom_h=100,
-        custom_w=64, thresholds="", stages=9, precisions=[], base="existing"))
-    assert set(errors) == {"dataset", "resolution", "thresholds", "stages", "precisions", "base"}
-    assert "does not exist" in errors["dataset"] and "H = 100" in errors["resolution"]
+    _, errors = new_run(dataset="path", annotations=str(tmp_path / "missing.json"), use_custom=True, custom_h=100,
+                        custom_w=64, thresholds="0", stages=9, precisions=[])
+    assert set(errors) == {"dataset", "resolution", "thresholds", "stages", "precisions"}
+    assert "does not exist" in errors["dataset"] and "100x64" in errors["resolution"]
+    _, errors = new_run(base="existing")
+    assert set(errors) == {"base"} and "none picked" in errors["base"]
+
+
+def test_rules_across_fields_land_under_the_field_they_name():
+    _, errors = new_run(kind="search", retrain_epochs=0)
+    assert set(errors) == {"retrain_epochs"} and "kind 'search' retrains every trial" in errors["retrain_epochs"]
+    _, errors = new_run(kind="explore")   # base "train": the explorer measures an existing model
+    assert set(errors) == {"base"} and "kind 'explore' measures one existing model" in errors["base"]
 
 
 def test_accuracy_control_field_becomes_a_quantize_stage():
     from worker.runs import expand_run, parse_run_spec
-    import yaml
 
-    request, errors = forms.validate_new_run(good_form(int8_max_drop=0.5))
-    assert errors == {} and request.int8_max_drop == 0.5
-    template = yaml.safe_load((forms.ROOT / "specs" / "train_small.yaml").read_text())
-    spec_dict = forms.run_spec_dict(request, template)
-    assert spec_dict["accuracy_control"] == {"max_drop": 0.5, "num_calibration_images": 16}
-    nodes = expand_run(parse_run_spec(spec_dict, "form"))
+    spec, errors = new_run(int8_max_drop=0.5)
+    assert errors == {} and spec["accuracy_control"] == {"max_drop": 0.5, "num_calibration_images": 16}
+    nodes = expand_run(parse_run_spec(spec, "form"))
     quantized = [n for n in nodes if n["kind"] == "quantize"]
     assert len(quantized) == 3 and not [n for n in nodes if n["kind"] == "export" and n["params"]["precision"] == "int8"]
     assert quantized[0]["params"]["accuracy_control"]["max_drop"] == 0.5
     # FP32 only: no INT8, so the field is not read; out of range: refused with the allowed range
-    assert forms.validate_new_run(good_form(precisions=["FP32"], int8_max_drop=-1))[0].int8_max_drop is None
-    _, errors = forms.validate_new_run(good_form(int8_max_drop=-1))
-    assert "largest AP drop (points): -1 is out of range; allowed 0 to 100" in errors["int8_max_drop"]
-    assert "accuracy_control" not in forms.run_spec_dict(forms.validate_new_run(good_form())[0], template)
+    assert "accuracy_control" not in new_run(precisions=["FP32"], int8_max_drop=-1)[0]
+    _, errors = new_run(int8_max_drop=-1)
+    assert "accuracy_control.max_drop: value -1 is invalid: Input should be greater than or equal to 0" \
+        == errors["int8_max_drop"]
+    assert "accuracy_control" not in new_run()[0]
 
 
 def test_calibration_is_only_checked_for_int8():
-    _, errors = forms.validate_new_run(good_form(precisions=["FP32"], cal_batches=100))
+    _, errors = new_run(precisions=["FP32"], cal_batches=100)
     assert errors == {}
-    _, errors = forms.validate_new_run(good_form(cal_batches=100))
+    _, errors = new_run(cal_batches=100)
     assert "800" in errors["calibration"]
 
 
@@ -248,14 +252,12 @@ def test_loss_points_keep_per_step_loss_and_epoch_means_apart():
 
 
 def test_a_held_out_evaluation_set_goes_into_the_run_spec(coco_mini, tmp_path):
-    request, errors = forms.validate_new_run(good_form(
-        dataset="path", annotations=str(coco_mini[0]), images="", eval_annotations=str(coco_mini[0]),
-        eval_images=str(coco_mini[1])))
+    spec, errors = new_run(dataset="path", annotations=str(coco_mini[0]), images="",
+                           eval_annotations=str(coco_mini[0]), eval_images="")
     assert errors == {}
-    spec = forms.run_spec_dict(request, {})
     assert spec["dataset"]["eval_annotations"] == str(coco_mini[0].resolve())
-    _, errors = forms.validate_new_run(good_form(dataset="path", annotations=str(coco_mini[0]),
-                                                 eval_annotations=str(tmp_path / "val.json")))
+    assert spec["dataset"]["eval_images"] == str(coco_mini[1].resolve())   # the COCO layout's folder
+    _, errors = new_run(dataset="path", annotations=str(coco_mini[0]), eval_annotations=str(tmp_path / "val.json"))
     assert "val.json does not exist" in errors["eval_dataset"]
 
 
@@ -263,11 +265,13 @@ def test_the_new_run_defaults_are_the_pretrained_run_the_docs_measure():
     """New run opens on the bundled pretrained network: one prune threshold that removes parameters
     while it still finds people (docs/pretrained.md), a short retrain, FP32 and INT8 (min-max) at
     288x384; bench/pretrained_table.py times exactly this run."""
-    request, errors = forms.validate_new_run(forms.default_new_run_form())
+    from app import jobs
+    from worker.runs import expand_run, parse_run_spec
+
+    spec, errors = jobs.new_run_spec(forms.default_new_run_form(), None, TEMPLATE)
     assert errors == {}
-    spec = forms.run_spec_dict(request, {})
     assert spec["model"] == str(forms.PRETRAINED_MODEL) and "train" not in spec
     assert spec["prune_thresholds"] == [0.1] and spec["retrain_epochs"] == 1
     assert spec["precisions"] == ["fp32", "int8"] and spec["resolutions"] == [[288, 384]]
     assert spec["calibration"]["calibrator"] == "minmax"
-    assert forms.count_results(request) == 4
+    assert len([n for n in expand_run(parse_run_spec(spec, "form")) if n["kind"] == "evaluate"]) == 4

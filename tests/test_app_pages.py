@@ -58,19 +58,20 @@ def test_new_run_shows_every_bad_input_and_blocks_submit(config, tmp_path):
     at.text_input(key="annotations").set_value(str(tmp_path / "nowhere.json")).run()
     at.checkbox(key="use_custom").check().run()
     at.number_input(key="custom_h").set_value(290).run()
-    at.text_input(key="thresholds").set_value(" , ").run()
+    at.text_input(key="thresholds").set_value("0.1, x").run()
     assert not at.exception
     shown = texts(at.error)
     assert "nowhere.json does not exist" in shown
-    assert "H = 290" in shown and "multiples of 8" in shown
-    assert "the list is empty" in shown
+    assert "got 290x320 (e.g. 288x320)" in shown and "multiples of 8" in shown   # the run spec's rule
+    assert "'x' is not a number" in shown
     assert at.button(key="submit").disabled
     assert "Fix the 3 problem(s)" in texts(at.info)
 
 
 def test_new_run_rejects_a_file_that_is_not_coco(config, tmp_path):
     bad = tmp_path / "person_keypoints_x.json"
-    bad.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"name": "cat"}]}))
+    bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 5, "height": 5}],
+                               "annotations": [], "categories": [{"name": "cat"}]}))
     at = open_page("views/new_run.py")
     at.radio(key="dataset").set_value("path").run()
     at.text_input(key="annotations").set_value(str(bad)).run()

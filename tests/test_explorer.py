@@ -21,7 +21,7 @@ def test_plan_rejects_a_stage_beyond_the_model():
 
 
 def test_plan_rejects_a_resolution_not_a_multiple_of_8():
-    with pytest.raises(BpnetError, match=r"resolutions\[1\]: H and W must be positive multiples of 8, got 290x384"):
+    with pytest.raises(BpnetError, match=r"resolutions\[1\]: H and W must be positive multiples of 8 up to 2048, got 290x384"):
         check_plan(3, None, [(288, 384), (290, 384)], ["fp32"])
 
 

@@ -51,7 +51,7 @@ def test_explorer_stage_exits_can_be_chosen(tiny3):
 
 @pytest.mark.parametrize("overrides, needle", [
     ({"explorer": {"stage_exits": [2, 4]}}, "explorer stages: [4] beyond this model's stages 1..3"),
-    ({"resolutions": [[64, 64], [60, 64]]}, "H and W must be positive multiples of 8, got 60x64"),
+    ({"resolutions": [[64, 64], [60, 64]]}, "H and W must be positive multiples of 8 up to 2048, got 60x64"),
     ({"precisions": ["int4"]}, "precisions"),
     ({"prune_thresholds": [0.1]}, "kind 'explore' does not prune"),
     ({"output_stage": 2}, "list them in explorer.stage_exits"),
@@ -146,17 +146,16 @@ def test_an_explorer_points_export_run_is_a_valid_run_spec(tiny3):
 
 
 def test_new_run_form_builds_an_explore_run(tiny3):
-    from app import forms
+    from app import jobs
 
     form = {"dataset": "bundled", "base": "existing", "existing_model": str(tiny3), "kind": "explore",
             "presets": ["224×320"], "stage_exits": "2, 1", "precisions": ["FP32"], "retrain_epochs": 0,
             "train_epochs": 1, "stages": 2}
-    request, errors = forms.validate_new_run(form)
+    spec, errors = jobs.new_run_spec(form, None, {})
     assert errors == {}
-    spec = forms.run_spec_dict(request, {})
     assert spec["kind"] == "explore" and spec["explorer"] == {"stage_exits": [1, 2]}
     assert parse_run_spec(spec).explorer.stage_exits == (1, 2)
-    _, errors = forms.validate_new_run({**form, "base": "train"})
-    assert "explorer measures an existing" in errors["base"]
-    _, errors = forms.validate_new_run({**form, "stage_exits": "0"})
-    assert "stage exits: 0 is not allowed" in errors["stage_exits"]
+    _, errors = jobs.new_run_spec({**form, "base": "train"}, None, {})
+    assert "kind 'explore' measures one existing model" in errors["base"]
+    _, errors = jobs.new_run_spec({**form, "stage_exits": "0, 4"}, None, {})
+    assert set(errors) == {"stage_exits"} and "beyond this model's stages 1..3" in errors["stage_exits"]

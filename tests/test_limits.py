@@ -16,6 +16,15 @@ from worker.kinds import prune as prune_kind
 from worker.runs import RunSpec, parse_run_spec
 
 
+def form_errors(**changes):
+    """{widget: message} the New-run page shows for the bundled-data form with `changes`."""
+    from app import jobs
+
+    form = {"dataset": "bundled", "base": "train", "presets": ["288×384"], "stages": 2, "thresholds": "0.1",
+            "precisions": ["FP32"], "retrain_epochs": 1, "train_epochs": 1, **changes}
+    return jobs.new_run_spec(form, None, {"num_epoch": 1})[1]
+
+
 def refusal(fn, *args):
     """The message of the BpnetError `fn(*args)` raises."""
     with pytest.raises(BpnetError) as err:
@@ -27,7 +36,7 @@ def refusal(fn, *args):
 def test_a_sweep_threshold_is_refused_by_form_and_run_spec_with_one_message(threshold):
     rule = limits.prune_threshold_problem(threshold, sweep=True)
     assert rule and "out of range" in rule
-    assert refusal(forms.parse_thresholds, str(threshold)) == f"prune thresholds: {rule}"
+    assert form_errors(thresholds=str(threshold)) == {"thresholds": f"prune_thresholds: {rule}"}
     run_spec = refusal(parse_run_spec, run_spec_dict(prune_thresholds=[threshold]))
     assert "prune_thresholds" in run_spec and rule in run_spec
 
@@ -50,10 +59,10 @@ def test_zero_prunes_only_dead_filters_in_the_engine_but_is_no_sweep_value():
 def test_the_stage_range_is_one_rule_for_form_run_spec_and_spec_files(stages):
     rule = limits.stages_problem(stages)
     assert f"between {limits.MIN_STAGES} and {limits.MAX_STAGES}" in rule
-    assert refusal(forms.parse_stages, stages) == f"stages: {rule}"
+    assert form_errors(stages=stages) == {"stages": f"stages: {rule}"}
     assert rule in refusal(parse_run_spec, run_spec_dict(stages=[stages]))
     assert rule in refusal(parse_spec, ModelSpec, {"stages": stages})
-    assert forms.parse_stages(str(limits.MAX_STAGES)) == limits.MAX_STAGES
+    assert form_errors(stages=float(limits.MAX_STAGES)) == {}
 
 
 def test_calibrators_equalisations_and_precisions_come_from_limits():
@@ -97,7 +106,7 @@ def test_too_few_calibration_images_is_one_rule_for_form_run_spec_cli_and_tensor
     images = coco_mini[1]
     rule = limits.calibration_count_problem(80, 9, 9)
     assert rule == "holds 80 images, fewer than batch_size x batches = 9 x 9 = 81"
-    assert rule in refusal(forms.check_calibration, images, 9, 9)
+    assert rule in form_errors(precisions=["INT8"], cal_images=str(images), cal_batches=9, cal_batch_size=9)["calibration"]
     assert rule in refusal(parse_run_spec, run_spec_dict(precisions=["int8"], calibration={"batch_size": 9, "batches": 9}))
     model = tmp_path / "m.hdf5"
     model.write_bytes(b"not read: the image count is checked first")
@@ -106,22 +115,21 @@ def test_too_few_calibration_images_is_one_rule_for_form_run_spec_cli_and_tensor
     assert rule in refusal(build_calibration_tensor, images, (64, 64), 9, 9)
 
 
-@pytest.mark.parametrize("field, bound, form_parse, form_low, engine_args", [
-    ("max_iters", limits.MAX_SEARCH_ITERS, forms.parse_int, "1", lambda v: (2.0, "params", v)),
-    ("budget_ap", limits.MAX_AP_DROP_POINTS, forms.parse_float, "0", lambda v: (v, "params", 3)),
+@pytest.mark.parametrize("field, bound, form_low, engine_args", [
+    ("max_iters", limits.MAX_SEARCH_ITERS, "1", lambda v: (2.0, "params", v)),
+    ("budget_ap", limits.MAX_AP_DROP_POINTS, "0", lambda v: (v, "params", 3)),
 ])
 def test_search_iterations_and_ap_budget_have_one_bound_in_form_run_spec_and_engine(
-        tmp_path, field, bound, form_parse, form_low, engine_args):
+        tmp_path, field, bound, form_low, engine_args):
     from bpnet.guide.search_run import check_search_inputs
 
     model = tmp_path / "m.hdf5"
     model.write_bytes(b"only its existence is checked first")
     over = bound + 1
-    assert f"{form_low} to {bound:g}" in refusal(form_parse, over, field, int(form_low), bound)
-    assert f"search.{field}" in refusal(parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[],
-                                                                      search={field: over}))
-    assert f"less than or equal to {bound:g}" in refusal(
-        parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[], search={field: over}))
+    run_spec = refusal(parse_run_spec, run_spec_dict(kind="search", prune_thresholds=[], search={field: over}))
+    assert f"search.{field}" in run_spec and f"less than or equal to {bound:g}" in run_spec
+    assert form_errors(kind="search", **{field: over}) == {field: f"search.{field}: value {over} is invalid: "
+                                                                  f"Input should be less than or equal to {bound:g}"}
     assert f"between {form_low} and {bound:g}" in refusal(check_search_inputs, model, *engine_args(over), {})
 
 

@@ -77,11 +77,12 @@ def validate_run_spec(spec, base_dir=None, source="run spec"):
     return parse_run_spec(_as_dict(spec, source), source, base_dir)
 
 
-def run_spec_problems(spec):
-    """[(field path, message)] of the fields of a run spec dict the RunSpec refuses."""
+def run_spec_problems(spec, base_dir=None):
+    """[(field path, message)] of what the run spec is refused for, per field: RunSpec's rules,
+    then the files it names and the calibration image count (the dashboard's widget errors)."""
     from worker.runs import run_spec_problems as problems
 
-    return problems(_as_dict(spec, "run spec"))
+    return problems(_as_dict(spec, "run spec"), base_dir)
 
 
 def preview_run(spec, base_dir=None, config=None):

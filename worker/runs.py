@@ -29,8 +29,8 @@ from bpnet.limits import (DEFAULT_AP_BUDGET, DEFAULT_EXPORT_HW, DEFAULT_GATE_MAX
                           PRECISIONS, calibration_count_problem, prune_threshold_problem, stages_problem)
 from bpnet.model_safety import check_model_file
 from bpnet.preprocess import check_input_hw
-from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, format_validation_error,
-                         load_yaml, parse_spec)
+from bpnet.specs import (InferSpec, Strict, TrainSpec, _resolve_paths, describe_field_error,
+                         format_validation_error, load_yaml, parse_spec)
 from worker.kinds import (engine, evaluate, explore, explore_point, export, gate, import_model, prune, quantize,
                           retrain, search, train)
 from worker.kinds.evaluate import BenchmarkOptions
@@ -216,14 +216,24 @@ def parse_run_spec(data, source="run spec", base_dir=None):
     return spec
 
 
-def run_spec_problems(data):
-    """[(field path, message)] of every field of a run spec dict that RunSpec refuses (no file
-    checks): what the dashboard shows under each widget."""
+def run_spec_problems(data, base_dir=None):
+    """[(field path, message)] of everything a run spec dict is refused for that belongs to one
+    field: RunSpec's rules, then (when they pass) the files it names, the base model's safety and
+    the calibration image count. The dashboard shows each message under the widget of its field;
+    `parse_run_spec` refuses the same spec with the same messages."""
     try:
-        RunSpec.model_validate(data)
+        spec = RunSpec.model_validate(data)
     except ValidationError as err:
-        return [(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in err.errors()]
-    return []
+        return [(_field_path(e), describe_field_error(e)) for e in err.errors()]
+    return run_input_problems(_resolve_paths(spec, Path(base_dir or os.getcwd()).resolve()))
+
+
+def _field_path(error):
+    """The error's field path; a rule across fields names its field first ('retrain_epochs: ...')."""
+    if error["loc"]:
+        return tuple(error["loc"])
+    named = error["msg"].removeprefix("Value error, ").split(":", 1)[0].split(".")[0]
+    return (named,) if named in RunSpec.model_fields else ()
 
 
 def load_run_spec(path):
@@ -232,15 +242,29 @@ def load_run_spec(path):
 
 
 def check_run_inputs(spec, source):
+    problems = run_input_problems(spec)
+    if problems:
+        raise BpnetError(f"{source}: {len(problems)} problem(s):\n" +
+                         "\n".join(f"  - {message}" for _, message in problems))
+    if spec.output_stage is not None:
+        check_output_stage(spec, source)
+    if spec.train_spec is not None or spec.train is not None:
+        base_train_spec(spec, source)   # raises on an invalid training spec
+    infer_spec(spec, spec.resolutions[0], source)
+
+
+def run_input_problems(spec):
+    """[(field path, message)] of the files a valid RunSpec names: missing files and folders, a
+    base model that is not a model we read (or carries code), too few calibration images."""
     problems = []
 
     def need_file(path, field):
         if path is not None and not Path(path).is_file():
-            problems.append(f"{field}: file not found: {path}")
+            problems.append((tuple(field.split(".")), f"{field}: file not found: {path}"))
 
     def need_dir(path, field):
         if path is not None and not Path(path).is_dir():
-            problems.append(f"{field}: folder not found: {path}")
+            problems.append((tuple(field.split(".")), f"{field}: folder not found: {path}"))
 
     need_file(spec.dataset.annotations, "dataset.annotations")
     need_dir(spec.dataset.images, "dataset.images")
@@ -254,15 +278,15 @@ def check_run_inputs(spec, source):
         try:   # a pretrained network the import stage rebuilds: its model card must be there
             find_card(spec.model)
         except BpnetError as err:
-            problems.append(f"model: {err}")
+            problems.append((("model",), f"model: {err}"))
     elif spec.model is not None and spec.model.suffix.lower() not in (".hdf5", ".h5"):
-        problems.append(f"model: {spec.model} is not a Keras model (.hdf5 or .h5) nor a pretrained "
-                        f"network `bpnet import` rebuilds ({', '.join(IMPORTED_SUFFIXES)})")
+        problems.append((("model",), f"model: {spec.model} is not a Keras model (.hdf5 or .h5) nor a "
+                         f"pretrained network `bpnet import` rebuilds ({', '.join(IMPORTED_SUFFIXES)})"))
     elif spec.model is not None and Path(spec.model).is_file():
         try:   # a model file is data: a Lambda/custom layer is refused before anything is queued
             check_model_file(spec.model, "model")
         except BpnetError as err:
-            problems.append(str(err))
+            problems.append((("model",), str(err)))
     if "int8" in spec.precisions:
         cal_dir = calibration_images(spec)
         need_dir(cal_dir, "calibration.images")
@@ -270,17 +294,14 @@ def check_run_inputs(spec, source):
             problem = calibration_count_problem(count_images(cal_dir), spec.calibration.batch_size,
                                                 spec.calibration.batches)
             if problem:
-                problems.append(f"calibration: {cal_dir} {problem}; add images or lower the batches")
-    if problems:
-        raise BpnetError(f"{source}: {len(problems)} problem(s):\n" +
-                         "\n".join(f"  - {p}" for p in problems))
-    if spec.kind == "explore":
-        explorer_plan(spec, source)   # a stage exit beyond the model, a bad resolution: refused now
-    elif spec.output_stage is not None:
-        check_output_stage(spec, source)
-    if spec.train_spec is not None or spec.train is not None:
-        base_train_spec(spec, source)   # raises on an invalid training spec
-    infer_spec(spec, spec.resolutions[0], source)
+                problems.append((("calibration",), f"calibration: {cal_dir} {problem}; add images or lower "
+                                 "the batches"))
+    if spec.kind == "explore" and not problems:
+        try:   # a stage exit beyond the model, a bad resolution: refused before queueing
+            explorer_plan(spec, "explorer")
+        except BpnetError as err:
+            problems.append((("explorer",), str(err)))
+    return problems
 
 
 def explorer_plan(spec, source="run spec"):

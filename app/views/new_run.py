@@ -176,10 +176,10 @@ st.subheader("1 · Dataset")
 source = st.radio("Dataset", ["bundled", "path"], horizontal=True, key="dataset",
                   format_func={"bundled": "bundled sample (coco-mini, 80 images)",
                                "path": "a COCO person-keypoints dataset on this machine"}.get)
-eval_annotations = eval_images = None
+annotations = images = eval_annotations = eval_images = None
 if source == "bundled":
-    info, dataset_error = inspect_dataset(str(forms.BUNDLED_ANNOTATIONS), str(forms.BUNDLED_IMAGES), True,
-                                          modification_time(forms.BUNDLED_ANNOTATIONS))
+    info, _ = inspect_dataset(str(forms.BUNDLED_ANNOTATIONS), str(forms.BUNDLED_IMAGES), True,
+                              modification_time(forms.BUNDLED_ANNOTATIONS))   # a problem: said under the widget
     st.warning("The bundled sample is used for training **and** evaluation: its AP is measured on the "
                "training images, so it is optimistic (overfit). It shows the workflow and relative "
                "trade-offs, not real-world accuracy.", icon=":material/warning:")
@@ -188,7 +188,7 @@ else:
                                 placeholder="/data/coco/annotations/person_keypoints_train2017.json")
     images = st.text_input("Images folder (empty: the COCO layout's folder next to annotations/)",
                            key="images", placeholder="/data/coco/train2017")
-    info, dataset_error = inspect_dataset(annotations, images, False, modification_time(annotations))
+    info, _ = inspect_dataset(annotations, images, False, modification_time(annotations))
     st.caption("Evaluate on held-out images for AP that means something (e.g. COCO val2017); "
                "empty = evaluate on the training data (optimistic).")
     c1, c2 = st.columns(2)
@@ -230,7 +230,7 @@ if base == "pretrained":
                "data: AP on them is optimistic.")
 elif base == "train":
     c1, c2 = st.columns(2)
-    train_epochs = c1.number_input("Training epochs", min_value=1, max_value=1000, value=4, key="train_epochs",
+    train_epochs = c1.number_input("Training epochs", min_value=1, max_value=forms.MAX_EPOCHS, value=4, key="train_epochs",
                                    help="epochs of the base model on the chosen data (small CPU spec: "
                                         "narrow backbone, 128×128 training input)")
     stages = c2.slider("Stages", min_value=forms.MIN_STAGES, max_value=forms.MAX_STAGES,
@@ -351,16 +351,10 @@ form = {"dataset": source, "base": base, "existing_model": existing_model, "trai
         "retrain_epochs": retrain_epochs, "name": name, "eval_annotations": eval_annotations,
         "eval_images": eval_images, "kind": kind, "budget_ap": budget_ap, "objective": objective,
         "max_iters": max_iters, "gate_max_ap_drop": gate_max_ap_drop, "stage_exits": stage_exits,
-        "int8_max_drop": int8_max_drop}
-request, errors = forms.validate_new_run(form, info)   # widget text -> values
-if dataset_error:
-    errors["dataset"] = dataset_error
-
-spec = None
-if not errors:   # the run spec itself, validated by RunSpec: its messages go under the widgets too
-    spec = forms.run_spec_dict(request, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
-    errors = forms.errors_by_widget(jobs.run_spec_problems(spec))   # the RunSpec's own checks
+        "int8_max_drop": int8_max_drop, "annotations": annotations, "images": images}
+spec, errors = jobs.new_run_spec(form, info, yaml.safe_load(TRAIN_TEMPLATE.read_text()))
 for slot, key in ((dataset_slot, "dataset"), (eval_slot, "eval_dataset"), (base_slot, "base"),
+                  (base_slot, "train_epochs"), (base_slot, "kind"),
                   (resolution_slot, "resolution"),
                   (stages_slot, "stages"), (thresholds_slot, "thresholds"), (precisions_slot, "precisions"),
                   (retrain_slot, "retrain_epochs"), (calibration_slot, "calibration"), (gate_slot, "gate"),
