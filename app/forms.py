@@ -70,6 +70,16 @@ def parse_numbers(text, what):
     return sorted(set(values))
 
 
+def parse_thresholds(text):
+    """The thresholds widget: at least one number (a sweep prunes at each; their range is the
+    run spec's rule)."""
+    values = parse_numbers(text, "prune thresholds")
+    if not values:
+        raise BpnetError("prune thresholds: the list is empty; give at least one number such as 0.1 "
+                         "(several, e.g. '0.05, 0.1, 0.2', make a sweep)")
+    return values
+
+
 def parse_stage_exits(text):
     """'1, 3' -> [1, 3]; '' -> [] (every stage exit of the model; checked against its stages by
     the run spec, bpnet.guide.explorer.check_plan)."""
@@ -135,7 +145,7 @@ def run_spec_of_form(form, dataset_info, train_template):
     else:
         spec["model"] = str(PRETRAINED_MODEL) if base == "pretrained" else str(form["existing_model"])
     if kind == "sweep":
-        spec["prune_thresholds"] = convert("thresholds", parse_numbers, form.get("thresholds"), "prune thresholds") or []
+        spec["prune_thresholds"] = convert("thresholds", parse_thresholds, form.get("thresholds")) or []
     if kind != "explore":
         spec["retrain_epochs"] = convert("retrain_epochs", parse_number, form.get("retrain_epochs"), "retrain epochs")
     if kind == "search":

@@ -43,15 +43,13 @@ def test_no_resolution_is_the_run_specs_refusal():
 
 
 def test_thresholds_parse_sorted_unique_and_the_run_spec_judges_their_range():
-    assert forms.parse_numbers("0.2, 0.05;0.1 0.1", "prune thresholds") == [0.05, 0.1, 0.2]
-    assert forms.parse_numbers("  ,  ", "prune thresholds") == []
-    with pytest.raises(BpnetError, match="'x' is not a number"):
-        forms.parse_numbers("0.1, x", "prune thresholds")
+    assert forms.parse_thresholds("0.2, 0.05;0.1 0.1") == [0.05, 0.1, 0.2]
+    for text, fragment in (("", "empty"), ("  ,  ", "empty"), ("0.1, x", "'x' is not a number")):
+        with pytest.raises(BpnetError, match=fragment):
+            forms.parse_thresholds(text)
     for text in ("-0.1", "0", "11", "nan"):
         _, errors = new_run(thresholds=text)
         assert set(errors) == {"thresholds"} and "out of range" in errors["thresholds"]
-    spec, errors = new_run(thresholds="")
-    assert errors == {} and spec["prune_thresholds"] == []   # only the unpruned model: a valid run
 
 
 def test_calibration_follows_the_seed_rule(coco_mini, tmp_path):
