@@ -66,7 +66,12 @@ def image_names(annotations, modified_ns):
 
 
 def mtime_ns(path):
-    return Path(path).stat().st_mtime_ns
+    """The file's modification time, part of a cache key (None when it cannot be read: the
+    reader then says what is wrong)."""
+    try:
+        return Path(str(path)).expanduser().stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

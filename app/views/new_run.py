@@ -8,6 +8,7 @@ import streamlit as st
 import yaml
 
 from app import forms, jobs, present
+from app.widgets import mtime_ns
 from app.views import explorer_section
 from bpnet.errors import BpnetError
 
@@ -27,14 +28,6 @@ def inspect_dataset(annotations, images, bundled, modified_ns):
         return forms.inspect_dataset(annotations, images, bundled), None
     except BpnetError as err:
         return None, str(err)
-
-
-def modification_time(path):
-    try:
-        from pathlib import Path
-        return Path(str(path)).expanduser().stat().st_mtime_ns
-    except (OSError, ValueError):
-        return None
 
 
 @st.cache_data(show_spinner="computing the dataset statistics…", max_entries=16)
@@ -100,7 +93,7 @@ def prune_preview(spec):
         return
     model = str(base["path"])
     grid = tuple(sorted(set(present.PRUNE_GRID) | set(chosen)))
-    rows, error = pruning_dry_run(model, modification_time(model), grid,
+    rows, error = pruning_dry_run(model, mtime_ns(model), grid,
                                   json.dumps(spec.get("prune") or {}, sort_keys=True))
     if error:
         st.warning(f"No pruning preview: {error}", icon=":material/warning:")
@@ -179,7 +172,7 @@ source = st.radio("Dataset", ["bundled", "path"], horizontal=True, key="dataset"
 annotations = images = eval_annotations = eval_images = None
 if source == "bundled":
     info, _ = inspect_dataset(str(forms.BUNDLED_ANNOTATIONS), str(forms.BUNDLED_IMAGES), True,
-                              modification_time(forms.BUNDLED_ANNOTATIONS))   # a problem: said under the widget
+                              mtime_ns(forms.BUNDLED_ANNOTATIONS))   # a problem: said under the widget
     st.warning("The bundled sample is used for training **and** evaluation: its AP is measured on the "
                "training images, so it is optimistic (overfit). It shows the workflow and relative "
                "trade-offs, not real-world accuracy.", icon=":material/warning:")
@@ -188,7 +181,7 @@ else:
                                 placeholder="/data/coco/annotations/person_keypoints_train2017.json")
     images = st.text_input("Images folder (empty: the COCO layout's folder next to annotations/)",
                            key="images", placeholder="/data/coco/train2017")
-    info, _ = inspect_dataset(annotations, images, False, modification_time(annotations))
+    info, _ = inspect_dataset(annotations, images, False, mtime_ns(annotations))
     st.caption("Evaluate on held-out images for AP that means something (e.g. COCO val2017); "
                "empty = evaluate on the training data (optimistic).")
     c1, c2 = st.columns(2)
@@ -202,7 +195,7 @@ advice = present.static_advice()
 if info is not None:
     dataset_slot.success(f"{info.num_images} images · {info.num_people_with_keypoints} people with keypoints "
                          f"in {info.num_images_with_keypoints} images · images from `{info.images}`", icon=":material/check_circle:")
-    stats, stats_error = dataset_statistics(str(info.annotations), modification_time(info.annotations))
+    stats, stats_error = dataset_statistics(str(info.annotations), mtime_ns(info.annotations))
     if stats_error:
         st.warning(f"No statistics: {stats_error}", icon=":material/warning:")
 if stats is not None:
