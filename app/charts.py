@@ -1,4 +1,6 @@
-"""Result rows -> Plotly figures (pure: no Streamlit, no store, no TensorFlow).
+"""Result rows -> charts (pure: no Streamlit, no store, no TensorFlow): Plotly figures, and the
+AP-vs-latency chart as a Vega-Lite spec — Compare's first chart, drawn on every load, and
+Streamlit's Vega chunk is a sixth of its Plotly chunk (docs/dashboard.md, page timings).
 
 A result row is a dict describing one evaluated model (see `app.jobs.result_rows`):
     label, run_id, run_name, pth, input_h, input_w, stages, precision, AP, AP50, AP75, APm, APl,
@@ -19,8 +21,7 @@ STATUS_COLORS = {"completed": "#2ca02c", "cached": "#17becf", "running": "#1f77b
                  "pending": "#9e9e9e", "failed": "#d62728", "cancelled": "#ff7f0e", "skipped": "#bdbdbd"}
 GATE_FAILED_COLOR = "#d62728"
 HOVER_TEMPLATE = ("<b>%{customdata[0]}</b><br>pth %{customdata[1]} · %{customdata[2]} · "
-                  "%{customdata[3]} stages · %{customdata[4]}<br>AP %{y:.3f} · %{customdata[5]}"
-                  "<br>click to open this result<extra></extra>")
+                  "%{customdata[3]} stages · %{customdata[4]}<br>AP %{y:.3f} · %{customdata[5]}<extra></extra>")
 
 
 def rows_with(rows, *keys):
@@ -50,8 +51,7 @@ def pareto_front(points):
 
 
 def _hover_data(rows):
-    """Per point: label, pth, resolution, stages, precision, latency text, stage id, run id. The
-    last two let a click on the point open its result (`selected_result`)."""
+    """Per point: label, pth, resolution, stages, precision, latency text, stage id, run id."""
     return [[r.get("label", ""), r.get("pth", "–"), resolution_text(r), r.get("stages", "?"),
              r.get("precision", "?"), _latency_hover(r), r.get("stage_id"), r.get("run_id")] for r in rows]
 
@@ -70,13 +70,11 @@ def _latency_hover(row):
 
 
 def selected_result(event):
-    """(run_id, stage_id) of the point clicked in a chart built here, from Streamlit's
-    `plotly_chart(on_select=...)` event; None when nothing is selected."""
-    points = ((event or {}).get("selection") or {}).get("points") or []
-    for point in points:
-        data = point.get("customdata")
-        if isinstance(data, (list, tuple)) and len(data) >= 8 and data[6]:
-            return data[7], data[6]
+    """(run_id, stage_id) of the point clicked in the AP-vs-latency chart, from Streamlit's
+    `vega_lite_chart(on_select=...)` event (the picked points' fields); None when none is."""
+    for point in ((event or {}).get("selection") or {}).get(PICK) or []:
+        if isinstance(point, dict) and point.get("stage_id") and point.get("run_id"):
+            return point["run_id"], point["stage_id"]
     return None
 
 
@@ -106,46 +104,73 @@ def ap_axis_range(values):
     return [0.0, top * 1.1 if top > 0 else 0.05]
 
 
-def ap_vs_latency_figure(rows, x_key="latency_ms", y_key="AP"):
-    """Scatter of AP against latency, one colour per precision, p5-p95 latency error bars, the
-    Pareto front as a line; points on top of each other are dodged sideways."""
+PICK = "pick"   # the Vega-Lite point selection of the AP-vs-latency chart
+# A five-pointed star as a Vega symbol path (unit size): the Pareto front's points.
+STAR = ("M0,-1L0.224,-0.309L0.951,-0.309L0.363,0.118L0.588,0.809L0,0.382L-0.588,0.809L-0.363,0.118"
+        "L-0.951,-0.309L-0.224,-0.309Z")
+
+
+def ap_vs_latency_points(rows, x_key="latency_ms", y_key="AP"):
+    """One record per plotted result: where it is drawn (dodged), its p5-p95 latency bar,
+    whether it is on the Pareto front or failed its gate, and what its tooltip says."""
     rows = rows_with(rows, x_key, y_key)
     xs = [finite(r[x_key]) for r in rows]
     ys = [finite(r[y_key]) for r in rows]
     x_span = (max(xs) - min(xs)) if len(xs) > 1 and max(xs) > min(xs) else (max(xs, default=1.0) or 1.0)
-    y_span = max(ys, default=0.0) or 1.0
-    offsets = dodge(xs, ys, x_span, y_span)
-    shown_x = {id(r): x + o for r, x, o in zip(rows, xs, offsets)}
-    fig = go.Figure()
-    for precision in sorted({r.get("precision", "?") for r in rows}):
-        group = [r for r in rows if r.get("precision", "?") == precision]
-        plus = [max(0.0, (finite(r.get("latency_p95_ms")) or finite(r[x_key])) - finite(r[x_key])) for r in group]
-        minus = [max(0.0, finite(r[x_key]) - (finite(r.get("latency_p5_ms")) or finite(r[x_key]))) for r in group]
-        fig.add_trace(go.Scatter(
-            x=[shown_x[id(r)] for r in group], y=[finite(r[y_key]) for r in group],
-            mode="markers", name=precision, customdata=_hover_data(group),
-            hovertemplate=HOVER_TEMPLATE,
-            error_x={"type": "data", "array": plus, "arrayminus": minus, "visible": any(plus) or any(minus),
-                     "thickness": 1.2, "width": 3},
-            marker={"size": 11, "color": PRECISION_COLORS.get(precision), "opacity": 0.85}))
-    failed = [r for r in rows if r.get("gate") == "failed"]
-    if failed:   # ringed in red: measured, but refused by the INT8/FP16 gate
-        fig.add_trace(go.Scatter(
-            x=[shown_x[id(r)] for r in failed], y=[finite(r[y_key]) for r in failed],
-            mode="markers", name="gate failed", customdata=_hover_data(failed), hovertemplate=HOVER_TEMPLATE,
-            marker={"size": 20, "symbol": "circle-open", "color": GATE_FAILED_COLOR, "line": {"width": 3}}))
-    front = [rows[i] for i in pareto_front(list(zip(xs, ys)))]
-    if front:
-        fig.add_trace(go.Scatter(
-            x=[shown_x[id(r)] for r in front], y=[finite(r[y_key]) for r in front],
-            mode="lines+markers", name="Pareto front", customdata=_hover_data(front),
-            hovertemplate=HOVER_TEMPLATE, line={"color": "black", "dash": "dash"},
-            marker={"size": 16, "symbol": "star", "color": "gold", "line": {"color": "black", "width": 1}}))
-    fig.update_layout(title="AP vs latency (Pareto front: no other result is both faster and more accurate)",
-                      xaxis_title="latency per image (ms, median; bars p5–p95; lower is better)",
-                      yaxis_title=f"{y_key} (higher is better)", legend_title="precision",
-                      yaxis_range=ap_axis_range(ys), margin={"t": 60}, clickmode="event+select")
-    return fig
+    offsets = dodge(xs, ys, x_span, max(ys, default=0.0) or 1.0)
+    front = set(pareto_front(list(zip(xs, ys))))
+    points = []
+    for i, (row, x, y, offset) in enumerate(zip(rows, xs, ys, offsets)):
+        p5, p95 = finite(row.get("latency_p5_ms")), finite(row.get("latency_p95_ms"))
+        points.append({
+            "x": x + offset, "low": (min(p5, x) if p5 is not None else x) + offset,
+            "high": (max(p95, x) if p95 is not None else x) + offset, "AP": y,
+            "precision": row.get("precision", "?"), "label": row.get("label", ""),
+            "pth": "–" if row.get("pth") is None else str(row["pth"]), "resolution": resolution_text(row),
+            "stages": str(row.get("stages", "?")), "latency": _latency_hover(row),
+            "front": i in front, "gate_failed": row.get("gate") == "failed",
+            "stage_id": row.get("stage_id"), "run_id": row.get("run_id")})
+    return points
+
+
+def ap_vs_latency_spec(rows, x_key="latency_ms", y_key="AP"):
+    """Vega-Lite: AP against latency, one colour per precision, p5-p95 latency bars, the
+    Pareto front as a dashed line of stars, results refused by their gate ringed in red; a
+    click on a point selects it (`selected_result`). Drawn as SVG so each point is an element."""
+    points = ap_vs_latency_points(rows, x_key, y_key)
+    precisions = sorted({p["precision"] for p in points})
+    color = {"field": "precision", "type": "nominal", "title": "precision",
+             "scale": {"domain": precisions, "range": [PRECISION_COLORS.get(p, "#7f7f7f") for p in precisions]}}
+    x = {"field": "x", "type": "quantitative", "title": "latency per image (ms, median; bars p5–p95; lower is better)",
+         "scale": {"zero": False}}
+    y = {"field": "AP", "type": "quantitative", "title": f"{y_key} (higher is better)",
+         "scale": {"domain": ap_axis_range([p["AP"] for p in points])}}
+    tooltip = [{"field": "label", "title": "result"}, {"field": "pth", "title": "prune threshold"},
+               {"field": "resolution"}, {"field": "stages"}, {"field": "precision"},
+               {"field": "AP", "format": ".3f"}, {"field": "latency"}]
+    layers = [
+        {"mark": {"type": "rule", "strokeWidth": 1.5},
+         "encoding": {"x": {**x, "field": "low"}, "x2": {"field": "high"}, "y": y, "color": color}},
+        {"transform": [{"filter": "datum.front"}], "mark": {"type": "line", "color": "black", "strokeDash": [6, 4]},
+         "encoding": {"x": x, "y": y, "order": {"field": "x"}}},
+        {"name": "results",   # its SVG group is `results_marks`: one element per result to click
+         "params": [{"name": PICK, "select": {"type": "point", "fields": ["run_id", "stage_id"], "on": "click"}}],
+         "mark": {"type": "point", "filled": True, "size": 130, "opacity": 0.85, "cursor": "pointer"},
+         "encoding": {"x": x, "y": y, "color": color, "tooltip": tooltip}},
+        {"transform": [{"filter": "datum.front"}],
+         "mark": {"type": "point", "shape": STAR, "size": 260, "filled": True, "color": "gold", "stroke": "black",
+                  "strokeWidth": 1, "cursor": "pointer"},
+         "encoding": {"x": x, "y": y, "tooltip": tooltip}},
+        {"transform": [{"filter": "datum.gate_failed"}],
+         "mark": {"type": "point", "shape": "circle", "size": 420, "filled": False, "color": GATE_FAILED_COLOR,
+                  "strokeWidth": 3},
+         "encoding": {"x": x, "y": y, "tooltip": tooltip}},
+    ]
+    return {"title": {"text": "AP vs latency — Pareto front (dashed, stars): no other result is both faster and "
+                              "more accurate", "subtitle": "red ring: refused by its INT8/FP16 gate"
+                              if any(p["gate_failed"] for p in points) else ""},
+            "data": {"values": points}, "height": 420, "layer": layers,
+            "usermeta": {"embedOptions": {"renderer": "svg"}}}
 
 
 PARALLEL_DIMENSIONS = (("pth", "prune threshold"), ("resolution", "resolution"), ("stages", "stages"),

@@ -94,7 +94,9 @@ def pages(newest_run, newest_name):
         ("New run", "/new", visible(lambda p: p.get_by_role("button", name="Submit run"))),
         ("Run detail", f"/run?run={newest_run}",
          visible(lambda p: p.get_by_text("One result: deployables and pictures"))),
-        ("Compare", "/compare", visible(lambda p: p.locator(".js-plotly-plot", has_text="Pareto front").first)),
+        # the AP-vs-latency chart's points (Vega-Lite; a --baseline before it was Plotly's chart)
+        ("Compare", "/compare", visible(lambda p: p.locator(
+            "[data-testid='stVegaLiteChart'] g.results_marks path, .js-plotly-plot:has-text('Pareto front')").first)),
         ("Workers", "/workers", table_with("cpu-bench@host")),
     ]
 

@@ -166,15 +166,18 @@ def result_row(label, latency, ap, precision="FP32", **extra):
     return row
 
 
-def test_ap_vs_latency_figure_highlights_the_front_and_skips_missing_values():
+def test_ap_vs_latency_chart_highlights_the_front_and_skips_missing_values():
     rows = [result_row("a", 10, 0.5), result_row("b", 5, 0.4, "INT8"), result_row("c", 12, 0.45),
             result_row("pending", None, None)]
-    fig = charts.ap_vs_latency_figure(rows)
-    names = [t.name for t in fig.data]
-    assert names == ["FP32", "INT8", "Pareto front"]
-    front = fig.data[-1]
-    assert list(front.x) == [5, 10] and list(front.y) == [0.4, 0.5]
-    assert "pth" in front.hovertemplate and front.customdata[0][3] == 2
+    spec = charts.ap_vs_latency_spec(rows)
+    points = spec["data"]["values"]
+    assert [p["label"] for p in points] == ["a", "b", "c"]
+    assert sorted((p["x"], p["AP"]) for p in points if p["front"]) == [(5, 0.4), (10, 0.5)]
+    assert points[0]["pth"] == "0.1" and points[0]["stages"] == "2" and points[0]["resolution"] == "288×384"
+    color = spec["layer"][2]["encoding"]["color"]["scale"]
+    assert color == {"domain": ["FP32", "INT8"], "range": [charts.PRECISION_COLORS["FP32"], charts.PRECISION_COLORS["INT8"]]}
+    picks = [param for layer in spec["layer"] for param in layer.get("params", [])]
+    assert picks == [{"name": charts.PICK, "select": {"type": "point", "fields": ["run_id", "stage_id"], "on": "click"}}]
 
 
 def test_other_figures_build_from_rows():

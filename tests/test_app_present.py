@@ -93,19 +93,20 @@ def test_ap_axis_starts_at_zero_and_overlapping_points_are_dodged():
     rows = [{"stage_id": "e1", "run_id": "r", "latency_ms": 10.0, "latency_p95_ms": 12.0, "AP": 0.5,
              "precision": "FP32"},
             {"stage_id": "e2", "run_id": "r", "latency_ms": 10.0, "AP": 0.5, "precision": "INT8"}]
-    fig = charts.ap_vs_latency_figure(rows).to_dict()
-    assert fig["layout"]["yaxis"]["range"][0] == 0
-    fp32 = next(t for t in fig["data"] if t["name"] == "FP32")
-    int8 = next(t for t in fig["data"] if t["name"] == "INT8")
-    assert fp32["x"][0] != int8["x"][0]                       # dodged apart
-    assert list(fp32["error_x"]["array"]) == [2.0]             # p95 - median
-    assert fp32["customdata"][0][6:] == ["e1", "r"]
+    spec = charts.ap_vs_latency_spec(rows)
+    layer = spec["layer"][0]["encoding"]
+    assert layer["y"]["scale"]["domain"][0] == 0
+    fp32, int8 = spec["data"]["values"]
+    assert fp32["x"] != int8["x"] and fp32["x"] + int8["x"] == pytest.approx(20.0)   # dodged apart, centred
+    assert fp32["high"] - fp32["x"] == pytest.approx(2.0) and fp32["low"] == fp32["x"]   # p95 bar only
+    assert (fp32["stage_id"], fp32["run_id"]) == ("e1", "r")
 
 
 def test_a_clicked_point_names_its_run_and_result():
-    event = {"selection": {"points": [{"customdata": ["l", "0.1", "64×64", 2, "FP32", "1 ms", "e9", "r9"]}]}}
+    event = {"selection": {charts.PICK: [{"run_id": "r9", "stage_id": "e9"}]}}
     assert charts.selected_result(event) == ("r9", "e9")
-    assert charts.selected_result({"selection": {"points": []}}) is None
+    assert charts.selected_result({"selection": {charts.PICK: []}}) is None
+    assert charts.selected_result({"selection": {}}) is None
     assert charts.selected_result(None) is None
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from bench import seed_store
 from tests.conftest import COCO_ANNOTATIONS, COCO_IMAGES, TINY_RUN_TRAIN
-from tests.browser import RUN_TIMEOUT_S, glide_cells, shot
+from tests.browser import RUN_TIMEOUT_S, SHOTS, glide_cells, shot
 from worker import client
 from worker.config import load_config
 
@@ -47,7 +47,7 @@ def test_runs_path_guard_and_ground_truth_pictures(studio, browser_page, tmp_pat
 
     page.goto(f"{studio}/compare")
     expect(page.get_by_text("all results have AP 0 — the base model is untrained")).to_be_visible()
-    expect(page.locator(".js-plotly-plot", has_text="Pareto front")).to_have_count(0)
+    expect(page.get_by_test_id("stVegaLiteChart").filter(has_text="Pareto front")).to_have_count(0)
     shot(page, "dash-3-compare-guard")
 
     # a click on the finished run's row (its row marker: the table is a canvas) opens it
@@ -78,9 +78,11 @@ def test_compare_point_opens_its_result_and_diff_lists_only_differences(studio, 
     shot(page, "dash-4-config-diff")
 
     # a click on a chart point opens its result on Run detail
-    chart = page.locator(".js-plotly-plot", has_text="Pareto front").first
+    chart = page.get_by_test_id("stVegaLiteChart").filter(has_text="Pareto front").first
     expect(chart).to_be_visible()
-    point = chart.locator(".scatterlayer .trace").first.locator(".points path").first
+    point = chart.locator("g.results_marks path").first
+    expect(point).to_be_visible()
+    chart.screenshot(path=str(SHOTS / "dash-4b-pareto-chart.png"))
     point.click(force=True)
     page.wait_for_url("**/run?**")
     expect(page.get_by_role("heading", name="Run detail")).to_be_visible()

@@ -107,14 +107,14 @@ if untrained:
     # No Pareto front of noise: with every AP at 0 there is nothing to trade latency against.
     st.warning(untrained, icon=":material/report:")
 else:
-    # One chart at a time: tabs would build and draw all five on every load (Plotly is the slowest
-    # part of this page in the browser).
+    # One chart at a time: tabs would build and draw all five on every load. The first is
+    # Vega-Lite, the others Plotly, whose 4.7 MB chunk is then fetched only when one is picked.
     chart = st.segmented_control("Chart", CHARTS, default=CHARTS[0], key="compare_chart") or CHARTS[0]
     if chart == CHARTS[0]:
         plotted = charts.rows_with(rows, "latency_ms", "AP")
         if plotted:
-            event = st.plotly_chart(charts.ap_vs_latency_figure(rows), key="pareto_chart", on_select="rerun",
-                                    selection_mode="points")
+            event = st.vega_lite_chart(charts.ap_vs_latency_spec(rows), key="pareto_chart", on_select="rerun",
+                                       selection_mode=charts.PICK, width="stretch")
             st.caption("Click a point to open its result. Bars: latency p5–p95 over the benchmark's repeats; "
                        "points on top of each other are drawn side by side.")
             clicked = charts.selected_result(event)
