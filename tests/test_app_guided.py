@@ -6,7 +6,7 @@ import json
 import time
 
 from bench import seed_store
-from tests.test_app_pages import config, figures, open_page, texts  # noqa: F401  (fixture)
+from tests.test_app_pages import config, figures, open_page, texts, vega_points  # noqa: F401  (fixture)
 from worker import artifacts
 from worker.store import open_store
 
@@ -96,8 +96,9 @@ def test_compare_marks_failed_gates(config):
     assert "Gate failed" in texts(at.error)
     table = frame_with(at, "INT8/FP16 gate")
     assert set(table["INT8/FP16 gate"]) == {"–", "❌ failed"}
-    names = [trace.get("name") for fig in figures(at) for trace in fig["data"]]
-    assert "gate failed" in names
+    points = vega_points(at)
+    assert {p["precision"] for p in points if p["gate_failed"]} == {"INT8"}   # ringed in red
+    assert not any(p["gate_failed"] for p in points if p["precision"] == "FP32")
 
 
 def test_run_detail_charts_the_search_iterations(config):

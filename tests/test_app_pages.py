@@ -50,6 +50,11 @@ def figures(at):
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
+def vega_points(at):
+    """The data records of the page's first Vega-Lite chart (Streamlit sends them as Arrow)."""
+    return convert_arrow_bytes_to_pandas_df(at.get("vega_lite_chart")[0].proto.data.data).to_dict("records")
+
+
 # ---------------------------------------------------------------- New run
 
 def test_new_run_shows_every_bad_input_and_blocks_submit(config, tmp_path):
@@ -209,7 +214,7 @@ def test_compare_builds_every_chart_from_stored_results(config):
     at.run()
     chart = at.get("vega_lite_chart")[0].proto   # the first chart is Vega-Lite; Streamlit sends its data as Arrow
     assert json.loads(chart.spec)["title"]["text"].startswith("AP vs latency")
-    points = convert_arrow_bytes_to_pandas_df(chart.data.data).to_dict("records")
+    points = vega_points(at)
     assert sorted({p["precision"] for p in points}) == ["FP32", "INT8"] and len(points) == 6
     front = sorted((p["x"], p["AP"]) for p in points if p["front"])
     assert front and [ap for _, ap in front] == sorted(ap for _, ap in front)
