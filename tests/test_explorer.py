@@ -86,6 +86,12 @@ def test_explorer_measures_every_stage_exit_and_the_oracle(tmp_path, coco_mini):
     groups = report["latency_by_people"][0]["groups"]
     assert sum(g["images"] for g in groups) == report["num_images"] == 12
     assert "bundled coco-mini" in report["note"]
+    # docs/explorer.md's tables are rendered from such a report
+    from bench.explorer_report import gain_table, people_table, point_table
+
+    rows = point_table(report)
+    assert len(rows) == 2 + 2 + 8 and rows[2].startswith("| 64×64 | **oracle** (ceiling) |")
+    assert len(gain_table(report)) == 2 + 2 and len(people_table(report)) > 2
 
 
 def test_explorer_refuses_a_stage_exit_beyond_the_model_before_any_work(tmp_path, coco_mini, capsys):
