@@ -263,6 +263,10 @@ def _dataset(ds, base, notes):
                                   "annotations and images")
     specs.finish()
     ds.finish()
+    if not _resolve(coco, base).is_file():
+        raise specs.error("coco", f"{coco}: file not found (TAO's specs name paths inside TAO's container, "
+                                  "e.g. /workspace/...: give the path of your copy of coco_spec.json, absolute or "
+                                  "relative to this spec file)")
     annotations, images, min_keypoints = coco_spec_dataset(_resolve(coco, base), "train", notes)
     return {"annotations": str(annotations), "images": str(images), "min_keypoints": min_keypoints}
 

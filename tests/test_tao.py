@@ -98,6 +98,17 @@ def test_tao_spec_field_that_is_neither_mapped_nor_known_is_an_error(tao_workspa
         load_train_spec_any(path)
 
 
+def test_a_tao_container_path_left_in_a_spec_names_the_field_and_the_way_out(tmp_path):
+    from bpnet.tao_spec import load_train_spec_any
+
+    path = tmp_path / "bpnet_retrain_m1_coco.yaml"   # as published: paths inside TAO's container
+    path.write_text((FIXTURES / "specs" / "bpnet_retrain_m1_coco.yaml").read_text())
+    with pytest.raises(BpnetError, match=r"dataloader.dataset_config.dataset_specs.coco: "
+                                         rf"{TAO_EXAMPLES}/data_pose_config/coco_spec.json: file not found "
+                                         r"\(TAO's specs name paths inside TAO's container"):
+        load_train_spec_any(path)
+
+
 def test_tao_inference_specs_load_unchanged(tao_workspace):
     from bpnet.tao_spec import load_infer_spec_any
 
