@@ -116,6 +116,10 @@ def test_invalid_form_reports_every_field_at_once(tmp_path):
     assert "does not exist" in errors["dataset"] and "100x64" in errors["resolution"]
     _, errors = new_run(base="existing")
     assert set(errors) == {"base"} and "none picked" in errors["base"]
+    # a refused field does not hide the rules across fields nor the file checks of the others
+    _, errors = new_run(kind="search", retrain_epochs=0, use_custom=True, custom_h=290, custom_w=64, cal_batches=20)
+    assert set(errors) == {"resolution", "retrain_epochs", "calibration"}
+    assert "fewer than batch_size x batches = 8 x 20 = 160" in errors["calibration"]
 
 
 def test_rules_across_fields_land_under_the_field_they_name():

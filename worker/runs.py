@@ -224,7 +224,15 @@ def run_spec_problems(data, base_dir=None):
     try:
         spec = RunSpec.model_validate(data)
     except ValidationError as err:
-        return [(_field_path(e), describe_field_error(e)) for e in err.errors()]
+        problems = [(_field_path(e), describe_field_error(e)) for e in err.errors()]
+        refused = {loc[0] for loc, _ in problems if loc}
+        rest = {k: v for k, v in data.items() if k not in refused}
+        if refused and len(rest) < len(data):
+            # pydantic checks rules across fields, and we check files, only once every field is
+            # valid: check them on the spec without the refused fields, so all are said at once
+            problems += [(loc, message) for loc, message in run_spec_problems(rest, base_dir)
+                         if loc and loc[0] not in refused]
+        return problems
     return run_input_problems(_resolve_paths(spec, Path(base_dir or os.getcwd()).resolve()))
 
 
