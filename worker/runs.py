@@ -306,29 +306,26 @@ def run_input_problems(spec):
                                  "the batches"))
     if spec.kind == "explore" and not problems:
         try:   # a stage exit beyond the model, a bad resolution: refused before queueing
-            explorer_plan(spec, "explorer")
+            explorer_plan(spec)
         except BpnetError as err:
             problems.append((("explorer",), str(err)))
     return problems
 
 
-def explorer_plan(spec, source="run spec"):
+def explorer_plan(spec):
     """The explorer's grid (stage exits, [(H, W)], precisions), checked against the model by
     bpnet.guide.explorer.check_plan (the same check the engine makes). A Keras model's stages are
     read from its file; a model in another format is imported at run time, so its stage exits
     must be listed, and are checked against it then."""
     from bpnet.guide.explorer import check_plan, stage_count_of_file
 
-    try:
-        count = stage_count_of_file(spec.model)
-        if count is None:
-            if not spec.explorer.stage_exits:
-                raise BpnetError(f"explorer.stage_exits: list the stage exits to measure for {spec.model.name} "
-                                 "(its stage count is known only once it is imported)")
-            count = max(spec.explorer.stage_exits)
-        return check_plan(count, spec.explorer.stage_exits, spec.resolutions, spec.precisions)
-    except BpnetError as err:
-        raise BpnetError(f"{source}: {err}") from None
+    count = stage_count_of_file(spec.model)
+    if count is None:
+        if not spec.explorer.stage_exits:
+            raise BpnetError(f"explorer.stage_exits: list the stage exits to measure for {spec.model.name} "
+                             "(its stage count is known only once it is imported)")
+        count = max(spec.explorer.stage_exits)
+    return check_plan(count, spec.explorer.stage_exits, spec.resolutions, spec.precisions)
 
 
 def check_output_stage(spec, source):
