@@ -13,9 +13,10 @@ from types import SimpleNamespace
 
 from bpnet.data.coco import inspect_dataset as inspect_coco
 from bpnet.errors import BpnetError
-from bpnet.limits import (DEFAULT_AP_BUDGET, DEFAULT_GATE_MAX_AP_DROP, DEFAULT_INT8_MAX_DROP, DEFAULT_SEARCH_ITERS,
-                          MAX_AP_DROP_POINTS, MAX_CALIBRATION_BATCH_SIZE, MAX_CALIBRATION_BATCHES, MAX_EPOCHS,
-                          MAX_SEARCH_ITERS, MAX_STAGES, MIN_STAGES, PRECISIONS as RUN_PRECISIONS)
+from bpnet.limits import DEFAULT_AP_BUDGET, DEFAULT_GATE_MAX_AP_DROP, DEFAULT_SEARCH_ITERS, PRECISIONS as RUN_PRECISIONS
+# The widgets' bounds and starting values, for the page (the rules themselves are the run spec's).
+from bpnet.limits import (DEFAULT_INT8_MAX_DROP, MAX_AP_DROP_POINTS, MAX_CALIBRATION_BATCH_SIZE,  # noqa: F401
+                          MAX_CALIBRATION_BATCHES, MAX_EPOCHS, MAX_SEARCH_ITERS, MAX_STAGES, MIN_STAGES)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ANNOTATIONS = ROOT / "data" / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
