@@ -1,6 +1,7 @@
 """Streamlit pieces more than one page uses (the pure logic stays in jobs/present/forms/charts)."""
 
 from pathlib import Path
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -32,6 +33,13 @@ def run_action_buttons(run_id, status, cancel_slot, rerun_slot, key):
 
 RUN_DETAIL_PAGE, RUN_DETAIL_PATH = "views/run_detail.py", "run"
 NAVIGATION_KEY = "navigate_to"
+
+
+def run_detail_href(run_id, result=None):
+    """Run detail's address relative to the current page (pages sit side by side under the
+    app's base path, so this also works behind a proxy's path prefix)."""
+    query = urlencode({"run": run_id, **({"result": result} if result else {})})
+    return f"{RUN_DETAIL_PATH}?{query}"
 
 
 def open_run_detail(run_id, result=None):

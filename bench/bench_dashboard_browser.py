@@ -72,12 +72,15 @@ def start_dashboard(port, env, command=None, cwd=ROOT):
     raise SystemExit("the dashboard did not start within 60 s")
 
 
-def table_with(text):
-    """A Streamlit table (drawn on a canvas) showing `text`: the table is visible and its hidden
-    accessible copy holds the cell."""
+def table_cell(text):
+    """A table cell showing `text` is visible: an HTML table's (app/html_table.py, the cell or its
+    link) or, for a --baseline from before those, a Streamlit dataframe's (drawn on a canvas; its
+    hidden accessible copy holds the cell)."""
     def content(page):
-        page.get_by_test_id("stDataFrame").first.wait_for(state="visible", timeout=120_000)
-        page.locator('[data-testid^="glide-cell"]', has_text=text).first.wait_for(state="attached", timeout=120_000)
+        page.locator(f'td:has-text("{text}"), [data-testid="stDataFrame"]').first.wait_for(
+            state="visible", timeout=120_000)
+        page.locator(f'td:has-text("{text}"), [data-testid^="glide-cell"]:has-text("{text}")').first.wait_for(
+            state="attached", timeout=120_000)
     return content
 
 
@@ -90,14 +93,14 @@ def visible(locate):
 def pages(newest_run, newest_name):
     """(title, path, a function that returns once the page's content is visible)."""
     return [
-        ("Runs", "/runs", table_with(newest_name)),
+        ("Runs", "/runs", table_cell(newest_name)),
         ("New run", "/new", visible(lambda p: p.get_by_role("button", name="Submit run"))),
         ("Run detail", f"/run?run={newest_run}",
          visible(lambda p: p.get_by_text("One result: deployables and pictures"))),
         # the AP-vs-latency chart's points (Vega-Lite; a --baseline before it was Plotly's chart)
         ("Compare", "/compare", visible(lambda p: p.locator(
             "[data-testid='stVegaLiteChart'] g.results_marks path, .js-plotly-plot:has-text('Pareto front')").first)),
-        ("Workers", "/workers", table_with("cpu-bench@host")),
+        ("Workers", "/workers", table_cell("cpu-bench@host")),
     ]
 
 

@@ -143,8 +143,3 @@ def set_number(page, label, value):
     box.fill(str(value))
     box.press("Enter")
     wait_for_app_run(page)
-
-
-def glide_cells(page, text):
-    """Cells of Streamlit's canvas tables (their hidden accessible copies carry the text)."""
-    return page.locator('[data-testid^="glide-cell"]', has_text=text)

@@ -6,6 +6,7 @@ import json
 import time
 
 from bench import seed_store
+from tests.html_tables import table_with_column
 from tests.test_app_pages import config, figures, open_page, texts, vega_points  # noqa: F401  (fixture)
 from worker import artifacts
 from worker.store import open_store
@@ -24,11 +25,6 @@ FAILED_GATE = {
                  {"kind": "qat", "title": "Advice", "why": "w", "params": {}, "runnable": False}]}
 
 
-def frame_with(at, column):
-    """The first table on the page with this column (AppTest does not keep dataframe keys)."""
-    return next(d.value for d in at.dataframe if column in d.value.columns)
-
-
 def seed_failed_gate(config):
     """A finished FP32 + INT8 run whose INT8 gate failed; returns (run id, gate stage id)."""
     run_id = seed_store.seed_finished_run(config, name="synthetic gated", thresholds=(0.1,))
@@ -41,7 +37,7 @@ def seed_failed_gate(config):
 
 def test_new_run_shows_dataset_statistics_recommendations_and_ranges(config):
     at = open_page("views/new_run.py")
-    stats = frame_with(at, "quantity")
+    stats = table_with_column(at, "quantity")
     assert "small / medium / large people" in list(stats["quantity"])
     shown = texts(at.info)
     assert "Recommended input resolution" in shown and "medium or small" in shown
@@ -94,7 +90,7 @@ def test_compare_marks_failed_gates(config):
     seed_failed_gate(config)
     at = open_page("views/compare.py")
     assert "Gate failed" in texts(at.error)
-    table = frame_with(at, "INT8/FP16 gate")
+    table = table_with_column(at, "INT8/FP16 gate")
     assert set(table["INT8/FP16 gate"]) == {"–", "❌ failed"}
     points = vega_points(at)
     assert {p["precision"] for p in points if p["gate_failed"]} == {"INT8"}   # ringed in red
@@ -123,4 +119,4 @@ def test_run_detail_charts_the_search_iterations(config):
     search_figures = [f for f in figures(at) if f["layout"].get("title", {}).get("text") == "AP-budget search"]
     assert len(search_figures) == 1
     assert search_figures[0]["data"][0]["y"] == [59.5, 40.0]
-    assert list(frame_with(at, "within budget")["threshold"]) == [0.05, 1.0]
+    assert list(table_with_column(at, "within budget")["threshold"]) == [0.05, 1.0]

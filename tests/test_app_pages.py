@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import seed_store  # noqa: E402
+from tests.html_tables import html_tables, table_with_column, tables_with_column  # noqa: E402
 from worker.config import load_config  # noqa: E402
 from worker.store import open_store  # noqa: E402
 
@@ -118,11 +119,14 @@ def test_runs_table_filters_cancels_and_reruns(config):
     failed = seed_store.seed_finished_run(config, name="synthetic broken", fail_kind="export", with_files=False)
     queued = seed_store.create_run(config, seed_store.tiny_run_spec("synthetic waiting"))
     at = open_page("views/runs.py")
-    table = at.dataframe[0].value
+    table, links = html_tables(at)[0]
     assert set(table["id"]) == {done, failed, queued}
     assert "calibration needs more images" in table.set_index("id").loc[failed, "error"]
+    # every run's name opens its Run detail
+    assert dict(zip(table["id"], links["name"])) == {i: f"run?run={i}" for i in (done, failed, queued)}
+    assert table.set_index("id").loc[done, "progress"] == "100%"
     at.multiselect(key="status_filter").set_value(["failed"]).run()
-    assert list(at.dataframe[0].value["id"]) == [failed]
+    assert list(html_tables(at)[0][0]["id"]) == [failed]
     at.multiselect(key="status_filter").set_value([]).run()
     at.selectbox(key="selected_run").set_value(queued).run()
     at.button(key="cancel-runs").click().run()
@@ -241,7 +245,7 @@ def test_workers_page_shows_capabilities_and_heartbeat(config):
     seed_store.register_worker(config, "cpu-1@host")
     seed_store.register_worker(config, "gone@host", heartbeat_age_s=600)
     at = open_page("views/workers.py")
-    table = at.dataframe[0].value.set_index("worker")
+    table = html_tables(at)[0][0].set_index("worker")
     assert table.loc["cpu-1@host", "alive"].endswith("online")
     assert table.loc["gone@host", "alive"].endswith("offline")
     assert "TensorRT ✘" in table.loc["cpu-1@host", "capabilities"]
@@ -309,7 +313,7 @@ def test_an_all_ap_zero_run_shows_the_guard_instead_of_a_pareto_front(config):
 
 
 def diff_table(at):
-    return next(d.value for d in at.dataframe if "field" in d.value.columns)
+    return table_with_column(at, "field")
 
 
 def test_compare_diff_lists_only_differing_fields_and_keeps_them_in_the_address(config):
@@ -344,9 +348,11 @@ def test_workers_name_the_running_stage_not_its_hash(config):
     seed_store.register_worker(config, "cpu-1@host")
     store.heartbeat("cpu-1@host", current_stage_id=stage["id"])
     at = open_page("views/workers.py")
-    running = at.dataframe[0].value.set_index("worker").loc["cpu-1@host", "running stage"]
-    assert running == "retrain s2 pth=0.1 · run synthetic busy"
-    assert stage["id"] not in running
+    table, links = html_tables(at)[0]
+    row = list(table["worker"]).index("cpu-1@host")
+    assert table.loc[row, "running stage"] == "retrain s2 pth=0.1 · run synthetic busy"
+    assert links.loc[row, "running stage"] == f"run?run={run_id}"   # opens its run
+    assert stage["id"] not in table.loc[row, "running stage"]
 
 
 @pytest.mark.slow
@@ -360,7 +366,7 @@ def test_new_run_shows_what_each_threshold_keeps_on_an_existing_model(config, tm
     at.text_input(key="existing_path").set_value(str(model)).run()
     at.text_input(key="thresholds").set_value("0.05").run()
     assert not at.exception
-    table = next(d.value for d in at.dataframe if "parameters kept" in d.value.columns)
+    table = table_with_column(at, "parameters kept")
     assert "0.05" in list(table["threshold"]) and "3" in list(table["threshold"])
     mine = table.set_index("threshold").loc["0.05"]
     assert "yours" in mine["note"] and mine["kept"].endswith("%")
@@ -388,7 +394,7 @@ def test_new_run_imports_the_pretrained_network_to_show_what_each_threshold_keep
     from tests.tiny_models import save_tiny_model
 
     at = open_page("views/new_run.py")   # the default: the bundled pretrained .tflite network
-    assert not at.dataframe or not any("parameters kept" in d.value.columns for d in at.dataframe)
+    assert not tables_with_column(at, "parameters kept")
     at.button(key="import_for_preview").click().run()
     assert not at.exception
     store = open_store(config.database_url)
@@ -402,7 +408,7 @@ def test_new_run_imports_the_pretrained_network_to_show_what_each_threshold_keep
     st.cache_data.clear()   # what the page's poll does once the import is done
     at.run()
     assert not at.exception
-    table = next(d.value for d in at.dataframe if "parameters kept" in d.value.columns)
+    table = table_with_column(at, "parameters kept")
     assert "0.1" in list(table["threshold"])
     assert any("as imported by the run's first stage" in e.label for e in at.expander)
     metrics = {m.label: m.value for m in at.metric}

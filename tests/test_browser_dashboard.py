@@ -9,7 +9,7 @@ import pytest
 
 from bench import seed_store
 from tests.conftest import COCO_ANNOTATIONS, COCO_IMAGES, TINY_RUN_TRAIN
-from tests.browser import RUN_TIMEOUT_S, SHOTS, glide_cells, shot
+from tests.browser import RUN_TIMEOUT_S, SHOTS, shot
 from worker import client
 from worker.config import load_config
 
@@ -50,13 +50,10 @@ def test_runs_path_guard_and_ground_truth_pictures(studio, browser_page, tmp_pat
     expect(page.get_by_test_id("stVegaLiteChart").filter(has_text="Pareto front")).to_have_count(0)
     shot(page, "dash-3-compare-guard")
 
-    # a click on the finished run's row (its row marker: the table is a canvas) opens it
+    # a click on the finished run's name in the Runs table opens it
     page.goto(f"{studio}/runs")
-    grid = page.get_by_test_id("stDataFrame").first
-    expect(glide_cells(page, "browser untrained").first).to_be_attached()
-    box = grid.bounding_box()
-    page.mouse.click(box["x"] + 15, box["y"] + 55)
-    page.wait_for_url(f"**/run?run={run_id}*")
+    page.get_by_role("link", name="browser untrained").click()
+    page.wait_for_url(f"**/run?run={run_id}")
     expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed")
 
 
@@ -73,8 +70,9 @@ def test_compare_point_opens_its_result_and_diff_lists_only_differences(studio, 
     # the permalink of a diff of two results that differ in precision only
     page.goto(f"{studio}/compare?a={unpruned['fp32']}&b={unpruned['int8']}")
     expect(page.get_by_text("1 field(s) differ")).to_be_visible()
-    expect(glide_cells(page, "result.precision").first).to_be_attached()
-    expect(glide_cells(page, "spec.")).to_have_count(0)
+    diff = page.locator("table.bp-table").filter(has_text="result.precision")
+    expect(diff.get_by_role("cell", name="result.precision", exact=True)).to_be_visible()
+    expect(diff.locator("td", has_text="spec.")).to_have_count(0)
     shot(page, "dash-4-config-diff")
 
     # a click on a chart point opens its result on Run detail

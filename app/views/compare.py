@@ -11,6 +11,7 @@ import io
 import streamlit as st
 
 from app import charts, jobs, present, widgets
+from app.html_table import html_table
 from bpnet.errors import BpnetError
 
 DEFAULT_RUNS = 5
@@ -189,9 +190,8 @@ diff = present.config_diff(present.result_config(row_a, run_a["spec"]), present.
 if left == right:
     st.caption("A and B are the same result.")
 elif diff:
-    st.dataframe(diff, hide_index=True, key="config_diff",
-                 column_config={"A": st.column_config.TextColumn(f"A: {labels[left]}"),
-                                "B": st.column_config.TextColumn(f"B: {labels[right]}")})
+    st.html(html_table([{"field": d["field"], f"A: {labels[left]}": d["A"], f"B: {labels[right]}": d["B"]}
+                        for d in diff]))
     st.caption(f"{len(diff)} field(s) differ; every other setting is the same.")
 else:
     st.caption("The two results have the same configuration.")

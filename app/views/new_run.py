@@ -8,6 +8,7 @@ import streamlit as st
 import yaml
 
 from app import forms, jobs, present
+from app.html_table import html_table
 from app.widgets import mtime_ns
 from app.views import explorer_section
 from bpnet.errors import BpnetError
@@ -105,7 +106,7 @@ def prune_preview(spec):
     with st.expander("Parameters each prune threshold keeps on this base model (dry run of the pruning "
                      "decision on its weights" + (", as imported by the run's first stage)" if imported else ")"),
                      expanded=bool(useless)):
-        st.dataframe(present.prune_preview_rows(rows, chosen), hide_index=True, key="prune_preview")
+        st.html(html_table(present.prune_preview_rows(rows, chosen)))
     if useless:
         hint = f"; the lowest that removes parameters is {useful[0]:g}" if useful else ""
         st.warning(f"Threshold(s) {', '.join(f'{t:g}' for t in useless)} prune nothing on this model{hint}.",
@@ -203,7 +204,7 @@ if stats is not None:
 
     resolution_advice = recommend_resolution(stats)
     with st.expander("Dataset statistics and the recommendations they lead to", expanded=True):
-        st.dataframe(present.stats_rows(stats), hide_index=True, key="stats_df")
+        st.html(html_table(present.stats_rows(stats)))
         h, w = resolution_advice.value
         st.info(f"**Recommended input resolution: {h}×{w}**\n" +
                 "\n".join(f"- {reason}" for reason in resolution_advice.reasons), icon=":material/lightbulb:")
@@ -375,7 +376,7 @@ else:
         st.caption(f"Estimate: {result['estimate_basis']}.")
         if result["estimate_stages"]:
             with st.expander("Cost per stage (from past stages on the same worker kind)"):
-                st.dataframe(jobs.cost_rows(result["estimate_stages"]), hide_index=True, key="cost_df")
+                st.html(html_table(jobs.cost_rows(result["estimate_stages"])))
         if result["cached"]:
             with st.expander(f"{len(result['cached'])} stage(s) already computed, reused"):
                 st.write("\n".join(f"- {label}" for label in result["cached"]))

@@ -4,7 +4,8 @@ filter by status and dataset; cancel, re-run, open."""
 import streamlit as st
 
 from app import jobs
-from app.widgets import follow_navigation, open_run_detail, run_action_buttons
+from app.html_table import html_table
+from app.widgets import run_action_buttons, run_detail_href
 from bpnet.errors import BpnetError
 
 REFRESH_S = 2         # while a run on the page is queued or running
@@ -26,11 +27,8 @@ dataset = c2.selectbox("Dataset", [""] + datasets, key="dataset_filter",
 search = c3.text_input("Name contains", key="search_filter")
 page = st.number_input("Page", min_value=1, value=1, key="page", help=f"{PAGE_SIZE} runs per page, newest first")
 
-COLUMNS = {
-    "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%.0f%%"),
-    "id": st.column_config.TextColumn("id", width="small"),
-    "error": st.column_config.TextColumn("error", width="large"),
-}
+COLUMNS = ("name", "status", "stage", "progress", "stages done", "elapsed", "ETA", "dataset", "created", "error", "id")
+TABLE_HEIGHT_PX = 560
 
 
 def any_active():
@@ -47,7 +45,6 @@ refresh_s = REFRESH_S if runs_active else IDLE_REFRESH_S
 @st.fragment(run_every=refresh_s)
 def runs_table():
     """Re-drawn every few seconds on its own, so the filters above keep their state."""
-    follow_navigation()   # a row click whose page switch a refresh replaced
     try:
         runs = jobs.list_runs(status=statuses or None, dataset=dataset or None, search=search or None,
                                limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
@@ -62,14 +59,11 @@ def runs_table():
         st.rerun()   # a run started or all finished: the refresh interval (set when the page is drawn) follows
     active = sum(r["status"] in ("queued", "running") for r in runs)
     st.caption(f"{len(runs)} run(s) shown · {active} active · refreshed every {refresh_s} s")
-    st.caption("Click a row to open its run.")
-    event = st.dataframe(jobs.run_table_rows(runs), hide_index=True, column_config=COLUMNS, key="runs_df",
-                         on_select="rerun", selection_mode="single-row",
-                         column_order=("name", "status", "stage", "progress", "stages done", "elapsed", "ETA",
-                                       "dataset", "created", "error", "id"))
-    picked = event.selection.rows if event else []
-    if picked and picked[0] < len(runs):
-        open_run_detail(runs[picked[0]]["id"])
+    st.caption("Click a run's name to open it.")
+    # An HTML table, not st.dataframe: the page shows in ~0.6 s less (app/html_table.py), and a
+    # link opens Run detail even while the table refreshes (a row click's rerun could be lost).
+    st.html(html_table(jobs.run_table_rows(runs), COLUMNS, links={"name": lambda row: run_detail_href(row["id"])},
+                       bars={"progress"}, max_height_px=TABLE_HEIGHT_PX))
     st.session_state["runs_on_page"] = {r["id"]: (r["name"], r["status"]) for r in runs}
 
 

@@ -5,6 +5,8 @@ import time
 import streamlit as st
 
 from app import jobs
+from app.html_table import html_table
+from app.widgets import run_detail_href
 from bpnet.errors import BpnetError
 
 REFRESH_S = 5
@@ -57,11 +59,12 @@ def workers_panel():
         st.info("No online worker has TensorRT: models are measured on ONNX Runtime and TensorRT engines "
                 "are not built.", icon=":material/info:")
     if workers:
-        st.dataframe(worker_rows(workers, time.time()), hide_index=True, key="workers_df")
-        busy = [w for w in workers if w.get("current_run_id") and w["alive"]]
-        for w in busy:
-            st.page_link("views/run_detail.py", label=f"{w['id']}: open {w['current_run_name']}",
-                         icon=":material/arrow_forward:", query_params={"run": w["current_run_id"]})
+        run_of = {w["id"]: w.get("current_run_id") for w in workers if w["alive"]}
+        st.html(html_table(worker_rows(workers, time.time()),
+                           links={"running stage": lambda row: run_of.get(row["worker"]) and
+                                  run_detail_href(run_of[row["worker"]])}))
+        if any(run_of.values()):
+            st.caption("Click a running stage to open its run.")
         with st.expander("raw capabilities"):
             st.json({w["id"]: w.get("capabilities") for w in workers})
 
