@@ -1,6 +1,7 @@
 """What one Streamlit element costs in the browser: a page with only a heading, and the same page
 with one 100-row table drawn each way the dashboard could (st.dataframe, st.table, a Markdown
-table, an HTML table through st.html), or with st.json.
+table, an HTML table through st.html), with st.json, with one Vega-Lite chart, and with the
+chart and a dataframe (Compare's first screen).
 
 Why: the dashboard's page target is p95 < 2 s from navigation to content visible, and on a 2-core
 machine Streamlit's own start takes most of it; this shows which elements add a component the
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,9 +50,16 @@ elif kind == "st.html table":
     st.html(html_table(rows, links={{"name": lambda r: "?run=" + r["id"]}}, bars={{"progress"}}))
 elif kind == "st.json":
     st.json({{r["id"]: r for r in rows[:10]}})
+if kind.startswith("Vega-Lite"):
+    points = [{{"x": i, "y": (i * 37) % 100}} for i in range(len(rows))]
+    st.vega_lite_chart(points, {{"mark": "point", "encoding": {{"x": {{"field": "x", "type": "quantitative"}},
+                                "y": {{"field": "y", "type": "quantitative"}}}}}}, width="stretch")
+if kind == "Vega-Lite + st.dataframe":
+    st.dataframe(rows, hide_index=True)
 st.write("end of page")
 '''
-KINDS = ("heading only", "st.dataframe", "st.table", "Markdown table", "st.html table", "st.json")
+KINDS = ("heading only", "st.dataframe", "st.table", "Markdown table", "st.html table", "st.json", "Vega-Lite",
+         "Vega-Lite + st.dataframe")
 
 
 def wait_for_content(page, kind):
@@ -62,6 +71,11 @@ def wait_for_content(page, kind):
         page.get_by_test_id("stDataFrame").first.wait_for(state="visible", timeout=120_000)
         page.locator('[data-testid^="glide-cell"]', has_text="run 0005").first.wait_for(state="attached",
                                                                                        timeout=120_000)
+    elif kind.startswith("Vega-Lite"):
+        page.locator("[data-testid='stVegaLiteChart'] g.mark-symbol path").first.wait_for(state="visible",
+                                                                                          timeout=120_000)
+        if kind.endswith("st.dataframe"):
+            wait_for_content(page, "st.dataframe")
     elif kind == "st.json":
         page.get_by_text("00000009").first.wait_for(state="visible", timeout=120_000)
     else:
@@ -92,7 +106,7 @@ def measure(port, repeats):
             for round_ in range(repeats + 1):
                 for kind in KINDS:
                     for mode in MODES:
-                        url = f"http://127.0.0.1:{port}/?kind={kind.replace(' ', '+')}"
+                        url = f"http://127.0.0.1:{port}/?kind={quote(kind)}"
                         context = browser.new_context(viewport=VIEWPORT) if mode == MODES[0] else returning
                         try:
                             seconds = load_seconds(context, url, kind)
@@ -128,10 +142,10 @@ def main():
     print(f"\none Streamlit element ({ROWS} rows) in headless Chromium, seconds from navigation to it drawn; "
           f"{args.repeats} loads per variant and mode, interleaved")
     print(f"{cpu_line(describe_cpu())}; load average (1 min) during the run {min(loads):.1f}–{max(loads):.1f}")
-    print(f"{'variant':<15} {'mode':<12} {'p50':>6} {'p95':>6} {'max':>6}  {'p50 over heading only':>22}")
+    print(f"{'variant':<24} {'mode':<12} {'p50':>6} {'p95':>6} {'max':>6}  {'p50 over heading only':>22}")
     for (kind, mode), values in timings.items():
         bare = statistics.median(timings["heading only", mode])
-        print(f"{kind:<15} {mode:<12} {statistics.median(values):6.2f} {percentile(values, 95):6.2f} "
+        print(f"{kind:<24} {mode:<12} {statistics.median(values):6.2f} {percentile(values, 95):6.2f} "
               f"{max(values):6.2f}  {statistics.median(values) - bare:+22.2f}")
     return 0
 

@@ -227,8 +227,11 @@ def test_compare_builds_every_chart_from_stored_results(config):
     assert any(t.startswith("latency by precision") for t in figs)
     assert any(t.startswith("every result across its settings") for t in figs)   # parallel coordinates
     assert len(figs) == 4   # and the Vega-Lite one
-    table = at.dataframe[0].value
+    table, links = html_tables(at)[0]
     assert len(table) == 6 and "latency (median)" in table.columns
+    results = {p["stage_id"]: p["run_id"] for p in points}
+    # each row's run name opens that very result on Run detail
+    assert sorted(links["run"]) == sorted(f"run?run={run}&result={stage}" for stage, run in results.items())
     assert "optimistic" in texts(at.info)
     assert len(at.get("image")) >= 2   # side-by-side overlays
 

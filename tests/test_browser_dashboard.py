@@ -57,7 +57,7 @@ def test_runs_path_guard_and_ground_truth_pictures(studio, browser_page, tmp_pat
     expect(page.get_by_test_id("stMetricValue").first).to_have_text("completed")
 
 
-def test_compare_point_opens_its_result_and_diff_lists_only_differences(studio, browser_page, tmp_path):
+def test_compare_point_and_row_open_their_result_and_diff_lists_only_differences(studio, browser_page, tmp_path):
     from playwright.sync_api import expect
 
     config = load_config({"BPNET_STUDIO_HOME": str(tmp_path / "studio")})
@@ -89,3 +89,11 @@ def test_compare_point_opens_its_result_and_diff_lists_only_differences(studio, 
     assert opened in {r["stage_id"] for r in results}
     expect(page.get_by_text("One result: deployables and pictures")).to_be_visible()
     shot(page, "dash-5-point-opened-result")
+
+    # and a run's name in the results table opens that row's result
+    page.goto(f"{studio}/compare")
+    table = page.locator("table.bp-table").filter(has_text="latency (median)")
+    table.get_by_role("link", name="synthetic compare").nth(1).click()
+    page.wait_for_url("**/run?**")
+    expect(page.get_by_text("One result: deployables and pictures")).to_be_visible()
+    assert f"run={run_id}" in page.url and page.url.split("result=")[1] in {r["stage_id"] for r in results}

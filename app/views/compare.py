@@ -1,8 +1,8 @@
 """Compare: results picked from any runs side by side, like an experiment dashboard: AP vs latency
 with the Pareto front (click a point to open its result), parallel coordinates over every
-setting, AP by person size, size vs AP, latency by precision, a table (click a row to open it)
-with CSV export, the config diff of two results (only what differs), and both results' pictures
-on the same images. Runs, filters and the two diffed results live in the address, so a
+setting, AP by person size, size vs AP, latency by precision, a table (a run's name opens that
+result) with CSV export, the config diff of two results (only what differs), and both results'
+pictures on the same images. Runs, filters and the two diffed results live in the address, so a
 comparison can be shared as a link."""
 
 import csv
@@ -150,12 +150,12 @@ else:
             st.caption("No latency measured for these results yet.")
 
 st.subheader("Table")
-st.caption("Click a row to open its result.")
-table_event = st.dataframe(present.result_display_rows(rows), hide_index=True, key="compare_table",
-                           on_select="rerun", selection_mode="single-row")
-selected_rows = table_event.selection.rows if table_event else []
-if selected_rows and selected_rows[0] < len(rows):
-    widgets.open_run_detail(rows[selected_rows[0]]["run_id"], rows[selected_rows[0]]["stage_id"])
+st.caption("Click a run's name to open that result.")
+# HTML, not st.dataframe: beside the chart a dataframe adds ~0.4 s to a returning visit
+# (bench/bench_streamlit_elements.py); its cells are formatted text, so it sorted them as text.
+links = [widgets.run_detail_href(r["run_id"], r["stage_id"]) for r in rows]
+st.html(html_table([{**shown, "_link": link} for shown, link in zip(present.result_display_rows(rows), links)],
+                   columns=present.RESULT_COLUMNS, links={"run": lambda row: row["_link"]}))
 table = jobs.result_table(rows)
 buffer = io.StringIO()
 writer = csv.DictWriter(buffer, fieldnames=list(jobs.RESULT_TABLE_COLUMNS))
