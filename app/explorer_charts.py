@@ -25,7 +25,7 @@ def point_label(point):
 
 
 def table_rows(report):
-    """One row per grid point plus an oracle row per resolution, for st.dataframe."""
+    """One row per grid point plus an oracle row per resolution, for the page's table."""
     rows = []
     for oracle in report["oracle"]:
         rows.append({"resolution": resolution_label(oracle["resolution"]), "stage exit": "oracle (ceiling)",

@@ -1,14 +1,16 @@
 """Static tables as plain HTML (pure): rows of dicts -> one `<table>` string for `st.html`.
 
-Why not `st.dataframe` / `st.table` for every table: both load Streamlit's Arrow and grid
-components, about 0.6 s of browser time on a 2-core machine per page that shows one (bench
-`bench/bench_streamlit_elements.py`); an HTML table costs what plain text costs. Tables a user
-sorts, selects rows in or scrolls through thousands of rows of stay `st.dataframe`; tables that
-are read (and whose rows link somewhere) are HTML. Every cell is escaped: run names, paths and
-errors come from users, and nothing in them may become markup.
+Why not `st.dataframe` / `st.table`: both load Streamlit's Arrow and grid components, about
+0.6 s of browser time on a 2-core machine per page that shows one
+(`bench/bench_streamlit_elements.py`); an HTML table costs what plain text costs. The
+dashboard's tables are read, not edited, their cells are formatted text (so a grid would sort
+them as text), and where a row leads somewhere its cell is a link. Every cell is escaped: run
+names, paths and errors come from users, and nothing in them may become markup.
 """
 
 import html
+import math
+import numbers
 
 TABLE_CLASS = "bp-table"
 # Short cells (names, numbers, dates) stay on one line; longer texts (errors, paths) wrap.
@@ -32,8 +34,18 @@ STYLE = f"""<style>
 
 
 def cell_text(value):
-    """What a cell shows: '' for None, the value's text otherwise."""
-    return "" if value is None else str(value)
+    """What a cell shows: '' for None, '–' for NaN/inf, floats to 4 decimals without trailing
+    zeros (tiny ones to 3 significant digits), anything else as its text."""
+    if value is None:
+        return ""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        value = float(value)
+        if not math.isfinite(value):
+            return "–"
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.3g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
 
 
 def bar_html(percent):

@@ -205,7 +205,7 @@ def stage_display_rows(stages, now, format_duration):
                      "time": format_duration(took),
                      "ETA": (format_duration(s.get("eta_s")) if s.get("eta_s") is not None else "estimating…")
                      if running else "–",
-                     "now": stage_state_text(s) if running else (s.get("error") or "").split("\n")[0],
+                     "doing now / error": stage_state_text(s) if running else (s.get("error") or "").split("\n")[0],
                      "worker": s.get("worker_id") or "–"})
     return rows
 

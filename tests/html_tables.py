@@ -54,10 +54,9 @@ def html_tables(at):
 
 
 def tables_with_column(at, column):
-    """The texts of every table on an AppTest page, st.dataframe or HTML, that has this column
-    (AppTest keeps no dataframe keys, so tables are told apart by their columns)."""
-    frames = [d.value for d in at.dataframe] + [texts for texts, _ in html_tables(at)]
-    return [frame for frame in frames if column in frame.columns]
+    """The texts of every table on an AppTest page that has this column (tables are told apart by
+    their columns)."""
+    return [texts for texts, _ in html_tables(at) if column in texts.columns]
 
 
 def table_with_column(at, column):

@@ -119,4 +119,4 @@ def test_run_detail_charts_the_search_iterations(config):
     search_figures = [f for f in figures(at) if f["layout"].get("title", {}).get("text") == "AP-budget search"]
     assert len(search_figures) == 1
     assert search_figures[0]["data"][0]["y"] == [59.5, 40.0]
-    assert list(table_with_column(at, "within budget")["threshold"]) == [0.05, 1.0]
+    assert list(table_with_column(at, "within budget")["threshold"]) == ["0.05", "1"]

@@ -168,7 +168,7 @@ def test_run_detail_of_a_finished_run(config):
     assert "prune s2 pth=0.1" in dag and "->" in dag
     loss = [f for f in figures(at) if f["layout"]["title"]["text"] == "training loss"]
     assert loss and loss[0]["data"][0]["y"] == [2.0, 1.0, 2.0 / 3]
-    results = at.dataframe[1].value
+    results = table_with_column(at, "latency (median)")
     assert len(results) == 2 and set(results["precision"]) == {"FP32"}
     assert "bundled 80 coco-mini images" in texts(at.info)
     assert len(at.get("image")) >= 1   # skeleton overlays drawn

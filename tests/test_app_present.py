@@ -81,8 +81,8 @@ def test_a_running_stage_without_progress_is_starting_tensorflow():
                                        {"label": "prune", "status": "running", "fraction": 0.5,
                                         "message": "ranking filters", "started_at": 0.0, "eta_s": 30.0}],
                                       10.0, lambda s: f"{s:.0f} s" if s is not None else "–")
-    assert rows[0]["now"] == present.STARTING_TEXT and rows[0]["ETA"] == "estimating…"
-    assert rows[1]["now"] == "ranking filters" and rows[1]["ETA"] == "30 s"
+    assert rows[0]["doing now / error"] == present.STARTING_TEXT and rows[0]["ETA"] == "estimating…"
+    assert rows[1]["doing now / error"] == "ranking filters" and rows[1]["ETA"] == "30 s"
 
 
 def test_ap_axis_starts_at_zero_and_overlapping_points_are_dodged():

@@ -1,8 +1,9 @@
 """The dashboard's HTML tables: what users typed stays text, links and bars are drawn as asked."""
 
+import numpy as np
 import pandas as pd
 
-from app.html_table import bar_html, html_table
+from app.html_table import bar_html, cell_text, html_table
 from tests.html_tables import read_tables
 
 
@@ -39,3 +40,10 @@ def test_progress_bars_are_clipped_to_their_track_and_show_the_number():
 def test_an_empty_table_has_no_rows_and_a_scrolling_one_says_its_height():
     assert read_tables(html_table([]))[0][0].empty
     assert 'style="max-height:420px"' in html_table([{"a": 1}], max_height_px=420)
+
+
+def test_numbers_read_as_a_table_shows_them():
+    assert [cell_text(v) for v in (0.05, 1.0, 0.30000000000000004, 1234.56789, 0.0, -2.5)] == \
+        ["0.05", "1", "0.3", "1234.5679", "0", "-2.5"]
+    assert cell_text(0.000123) == "0.000123" and cell_text(float("nan")) == "–" and cell_text(7) == "7"
+    assert cell_text(np.float32(0.25)) == "0.25" and cell_text(None) == ""

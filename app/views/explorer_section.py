@@ -13,6 +13,7 @@ without Streamlit); `render` and `prefilled_export` only draw and call the clien
 import json
 
 from app import explorer_charts as charts
+from app.html_table import html_table
 
 REPORT_NAME = "explorer.json"
 PREFILL_KEY = "explorer_export_spec"
@@ -88,11 +89,11 @@ def render(run, artifact_path):
             st.plotly_chart(charts.latency_by_people(report, point["resolution"], point["stage"],
                                                      point["precision"]), key=f"ex-people-{stage_id}")
         st.markdown("**AP and latency per stage exit** (oracle row first at each resolution)")
-        st.dataframe(charts.table_rows(report), hide_index=True, key=f"ex-table-{stage_id}")
+        st.html(html_table(charts.table_rows(report)))
         gains = charts.gain_rows(report)
         if gains:
             st.markdown(f"**AP-medium gain per resolution step** — {SEED_CLAIM}")
-            st.dataframe(gains, hide_index=True, key=f"ex-gain-{stage_id}")
+            st.html(html_table(gains))
         export_buttons(run, choices, stage_id)
 
 

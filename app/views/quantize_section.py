@@ -9,6 +9,8 @@ import json
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from app.html_table import html_table
+
 REPORT_NAME = "accuracy_control.json"
 MEASURES = (("people_per_image", "people per image"), ("person_size", "person size"),
             ("visible_keypoints", "visible keypoints per person"))
@@ -164,7 +166,7 @@ def render(run, artifact_path):
         else:
             c2.info("The best calibrator is within the budget: the plain INT8 model is the result, no layer "
                     "went back to float and nothing more was evaluated.", icon=":material/check:")
-        st.dataframe(calibrator_rows(report), hide_index=True, key=f"ac-rows-{stage_id}")
+        st.html(html_table(calibrator_rows(report)))
         rescaled = equalized_text(report)
         if rescaled:
             st.caption(rescaled)
@@ -183,4 +185,4 @@ def render(run, artifact_path):
             st.markdown("**Calibration vs evaluation mix**")
             for warning in mix_warnings(report):
                 st.warning(warning, icon=":material/warning:")
-            st.dataframe(rows, hide_index=True, key=f"ac-mix-{stage_id}")
+            st.html(html_table(rows))

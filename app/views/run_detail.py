@@ -13,12 +13,14 @@ import yaml
 
 from app import charts, jobs, present
 from app import widgets
+from app.html_table import html_table
 from app.views import explorer_section, quantize_section
 from app.widgets import run_action_buttons
 from bpnet.errors import BpnetError
 
 REFRESH_S = 2
 SAMPLE_IMAGES = 4
+STAGE_TABLE_HEIGHT_PX = 480   # a sweep has dozens of stages: the table scrolls under its header
 
 st.title("Run detail")
 
@@ -78,11 +80,8 @@ def live_status():
     elif current["status"] == "cancelled":
         st.warning("This run was cancelled.", icon=":material/cancel:")
     st.graphviz_chart(charts.dag_dot(jobs.stage_dag(stages)), width="content")
-    st.dataframe(present.stage_display_rows(stages, time.time(), jobs.format_duration), hide_index=True,
-                 key="stages_df", column_config={
-                     "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100,
-                                                                 format="%.0f%%"),
-                     "now": st.column_config.TextColumn("doing now / error", width="large")})
+    st.html(html_table(present.stage_display_rows(stages, time.time(), jobs.format_duration), bars={"progress"},
+                       max_height_px=STAGE_TABLE_HEIGHT_PX))
 
 
 c1, c2, _ = st.columns([1, 1, 4])
@@ -125,7 +124,7 @@ def search_section():
             continue
         st.plotly_chart(charts.search_figure(report, search["iterations"]), key=f"search-{search['stage_id']}")
         if report:
-            st.dataframe(jobs.search_trial_rows(report), hide_index=True, key=f"trials-{search['stage_id']}")
+            st.html(html_table(jobs.search_trial_rows(report)))
             if report.get("status") == "done":
                 st.success(f"Chosen: {report['message']} ({report['reason']}). Download it below under "
                            f"**{search['label']}** (chosen_model.hdf5).", icon=":material/target:")
@@ -198,14 +197,14 @@ st.subheader("Results")
 if rows:
     note = jobs.evaluation_note(rows[0].get("annotations"), run["dataset"])
     st.info(note, icon=":material/image:")
-    st.dataframe(present.result_display_rows(rows), hide_index=True, key="results_df")
+    st.html(html_table(present.result_display_rows(rows)))
 else:
     note = ""
     st.caption("No evaluated results yet.")
 stage_metrics = jobs.stage_metric_rows(run["stages"], run["metrics"])
 if stage_metrics:
     with st.expander("Stage metrics (pruning ratio, export parity, calibration time, training speed…)"):
-        st.dataframe(stage_metrics, hide_index=True)
+        st.html(html_table(stage_metrics))
 
 
 # ---------------------------------------------------------------- one result
@@ -224,7 +223,7 @@ def deployables(row):
     listing = [{"file": name, "size": present.fmt_bytes(art["size"]), "what": art["kind"]} for art, name in files]
     listing += [{"file": name, "size": present.fmt_bytes(len(text.encode())), "what": "generated from the result"}
                 for name, text in extras.items()]
-    st.dataframe(listing, hide_index=True, key=f"deploy-{row['stage_id']}")
+    st.html(html_table(listing))
     if not any(art["kind"].endswith("engine") for art, _ in files):
         st.caption("No TensorRT engine: no worker with TensorRT built one (the calibration cache, when "
                    "listed, is in TensorRT's format for building it on the target).")
