@@ -73,10 +73,12 @@ def cell_html(row, column, links, bars):
 
 
 def html_table(rows, columns=None, links=None, bars=(), max_height_px=None):
-    """One HTML table of `rows` (dicts): `columns` in this order (default: the first row's keys),
-    `links` {column: row -> relative address or None} makes that column's cells links (Streamlit's
-    `st.html` opens them in the same tab, like a page of the app; Markdown links open a new one), `bars` columns of 0..100 drawn as progress bars;
-    `max_height_px` scrolls the body under a sticky header."""
+    """One HTML table of `rows` (dicts).
+
+    `columns`: which, in this order (default: the first row's keys); `links`: {column: row ->
+    relative address or None}, that column's cells become links (`st.html` opens them in the same
+    tab, like a page of the app; Markdown links would open a new one); `bars`: columns of 0..100
+    drawn as progress bars; `max_height_px`: the body scrolls under a sticky header."""
     columns = list(columns or (rows[0].keys() if rows else ()))
     links = dict(links or {})
     bars = set(bars)
