@@ -62,11 +62,10 @@ def wrap_class(value):
     return ' class="long"' if len(cell_text(value)) > WRAP_ABOVE_CHARS else ""
 
 
-def cell_html(row, column, links, bars):
+def cell_html(row, column, href, bars):
     if column in bars:
         return bar_html(row.get(column))
     text = html.escape(cell_text(row.get(column)))
-    href = links[column](row) if column in links else None
     if href:
         return f'<a href="{html.escape(href, quote=True)}">{text}</a>'
     return text
@@ -75,17 +74,18 @@ def cell_html(row, column, links, bars):
 def html_table(rows, columns=None, links=None, bars=(), max_height_px=None):
     """One HTML table of `rows` (dicts).
 
-    `columns`: which, in this order (default: the first row's keys); `links`: {column: row ->
-    relative address or None}, that column's cells become links (`st.html` opens them in the same
+    `columns`: which, in this order (default: the first row's keys); `links`: {column: one
+    relative address (or None) per row}, that column's cells become links (`st.html` opens them in the same
     tab, like a page of the app; Markdown links would open a new one); `bars`: columns of 0..100
     drawn as progress bars; `max_height_px`: the body scrolls under a sticky header."""
     columns = list(columns or (rows[0].keys() if rows else ()))
     links = dict(links or {})
     bars = set(bars)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td{wrap_class(row.get(c))}>{cell_html(row, c, links, bars)}</td>"
+    body = "".join("<tr>" + "".join(f"<td{wrap_class(row.get(c))}>"
+                                    f"{cell_html(row, c, links[c][i] if c in links else None, bars)}</td>"
                                     for c in columns) + "</tr>"
-                   for row in rows)
+                   for i, row in enumerate(rows))
     height = f' style="max-height:{int(max_height_px)}px"' if max_height_px else ""
     return (f'{STYLE}<div class="{TABLE_CLASS}-wrap"{height}><table class="{TABLE_CLASS}">'
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")

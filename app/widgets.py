@@ -43,13 +43,13 @@ def run_detail_href(run_id, result=None):
 
 
 def open_run_detail(run_id, result=None):
-    """Open Run detail on `run_id` (and one of its results) from a click on the current page.
+    """Open Run detail on `run_id` (and one of its results) from a click that reruns the page
+    (Compare's chart; tables use links, `run_detail_href`).
 
-    The switch is also remembered in the session until Run detail has opened: a rerun that a
-    page's own refresh timer asks for at the same moment replaces a pending page switch in
-    Streamlit's request queue (the newest request's page wins), so on a loaded machine a click
-    on a live table could otherwise be lost. Every run after that repeats the switch
-    (`follow_navigation`)."""
+    The switch is also remembered in the session until Run detail has opened: a rerun asked for
+    at the same moment (another click, a fragment's refresh timer) replaces a pending page switch
+    in Streamlit's request queue (the newest request's page wins), so on a loaded machine the
+    click could otherwise be lost. Every run after that repeats the switch (`follow_navigation`)."""
     query = {"run": run_id, **({"result": result} if result else {})}
     st.session_state[NAVIGATION_KEY] = query
     st.switch_page(RUN_DETAIL_PAGE, query_params=query)

@@ -47,7 +47,7 @@ elif kind == "Markdown table":
     st.markdown("| " + " | ".join(rows[0]) + " |\\n|" + "---|" * len(rows[0]) + "\\n" +
                 "\\n".join("| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows))
 elif kind == "st.html table":
-    st.html(html_table(rows, links={{"name": lambda r: "?run=" + r["id"]}}, bars={{"progress"}}))
+    st.html(html_table(rows, links={{"name": ["?run=" + r["id"] for r in rows]}}, bars={{"progress"}}))
 elif kind == "st.json":
     st.json({{r["id"]: r for r in rows[:10]}})
 if kind.startswith("Vega-Lite"):

@@ -138,9 +138,10 @@ def test_runs_table_filters_cancels_and_reruns(config):
     assert "Re-run submitted" in texts(at.success)
 
 
-def test_a_row_click_whose_page_switch_a_refresh_replaced_opens_the_run_on_the_next_run(config):
-    """Streamlit keeps the newest of two pending reruns' pages: the Runs table's refresh timer can
-    replace a click's switch to Run detail. The click is remembered, so the next run opens it."""
+def test_a_click_whose_page_switch_a_refresh_replaced_opens_the_run_on_the_next_run(config):
+    """Streamlit keeps the newest of two pending reruns' pages: a rerun asked for at the same
+    moment (here the Runs page's refresh timer) can replace a click's switch to Run detail (a
+    Compare point's). The click is remembered, so the next run of any page opens it."""
     run_id = seed_store.seed_finished_run(config, name="synthetic clicked", with_files=False)
     at = open_page("views/runs.py")
     at.session_state["navigate_to"] = {"run": run_id}   # the click was seen, its switch replaced

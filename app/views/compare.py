@@ -153,9 +153,8 @@ st.subheader("Table")
 st.caption("Click a run's name to open that result.")
 # HTML, not st.dataframe: beside the chart a dataframe still adds 0.1-0.5 s to a load
 # (bench/bench_streamlit_elements.py); its cells are formatted text, so it sorted them as text.
-links = [widgets.run_detail_href(r["run_id"], r["stage_id"]) for r in rows]
-st.html(html_table([{**shown, "_link": link} for shown, link in zip(present.result_display_rows(rows), links)],
-                   columns=present.RESULT_COLUMNS, links={"run": lambda row: row["_link"]}))
+st.html(html_table(present.result_display_rows(rows),
+                   links={"run": [widgets.run_detail_href(r["run_id"], r["stage_id"]) for r in rows]}))
 table = jobs.result_table(rows)
 buffer = io.StringIO()
 writer = csv.DictWriter(buffer, fieldnames=list(jobs.RESULT_TABLE_COLUMNS))

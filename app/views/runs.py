@@ -62,7 +62,7 @@ def runs_table():
     st.caption("Click a run's name to open it.")
     # An HTML table, not st.dataframe: the page shows in ~0.6 s less (app/html_table.py), and a
     # link opens Run detail even while the table refreshes (a row click's rerun could be lost).
-    st.html(html_table(jobs.run_table_rows(runs), COLUMNS, links={"name": lambda row: run_detail_href(row["id"])},
+    st.html(html_table(jobs.run_table_rows(runs), COLUMNS, links={"name": [run_detail_href(r["id"]) for r in runs]},
                        bars={"progress"}, max_height_px=TABLE_HEIGHT_PX))
     st.session_state["runs_on_page"] = {r["id"]: (r["name"], r["status"]) for r in runs}
 

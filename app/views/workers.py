@@ -59,11 +59,10 @@ def workers_panel():
         st.info("No online worker has TensorRT: models are measured on ONNX Runtime and TensorRT engines "
                 "are not built.", icon=":material/info:")
     if workers:
-        run_of = {w["id"]: w.get("current_run_id") for w in workers if w["alive"]}
-        st.html(html_table(worker_rows(workers, time.time()),
-                           links={"running stage": lambda row: run_of.get(row["worker"]) and
-                                  run_detail_href(run_of[row["worker"]])}))
-        if any(run_of.values()):
+        runs = [run_detail_href(w["current_run_id"]) if w["alive"] and w.get("current_run_id") else None
+                for w in workers]
+        st.html(html_table(worker_rows(workers, time.time()), links={"running stage": runs}))
+        if any(runs):
             st.caption("Click a running stage to open its run.")
         with st.expander("raw capabilities"):
             st.json({w["id"]: w.get("capabilities") for w in workers})
